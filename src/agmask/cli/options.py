@@ -1,0 +1,66 @@
+"""Options shared by every command, and how they become a RunConfig."""
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+
+import click
+import yaml
+
+from agmask.errors import AgmaskError
+
+
+def _parse_set(values: tuple[str, ...]) -> dict[str, dict]:
+    """`--set unlearn.steps=20` -> {"unlearn": {"steps": 20}} (values parsed as YAML scalars)."""
+    out: dict[str, dict] = {}
+    for item in values:
+        key, sep, raw = item.partition("=")
+        stage, dot, option = key.partition(".")
+        if not sep or not dot or not stage or not option:
+            raise AgmaskError(f"--set {item!r}: expected STAGE.OPTION=VALUE, e.g. --set unlearn.steps=20")
+        out.setdefault(stage, {})[option] = yaml.safe_load(raw)
+    return out
+
+
+def run_options(fn):
+    """--model --concept --run-dir --seed --device --budget --force --set --quiet."""
+    decorators = [
+        click.option("--model", default=None, help="Model spec: embedded:NAME, tiny:llama|qwen2, a .gguf file, a "
+                     "local directory or a Hugging Face id. Default: the run dir's manifest, else the embedded default."),
+        click.option("--concept", "concepts", multiple=True, help="Shipped concept name (e.g. inception) or YAML "
+                     "path; repeat to unlearn several concepts one after another."),
+        click.option("--run-dir", type=click.Path(path_type=Path), default=Path("runs/default"), show_default=True,
+                     help="Run directory holding every artefact."),
+        click.option("--seed", type=int, default=0, show_default=True),
+        click.option("--device", default="cpu", show_default=True, help="cpu, cuda, cuda:N, or auto."),
+        click.option("--dtype", default=None, help="float32 (CPU default) or bfloat16 (CUDA default)."),
+        click.option("--budget", type=click.Choice(["demo", "full"]), default="demo", show_default=True,
+                     help="demo: minutes on 2 CPU cores; full: real runs."),
+        click.option("--force", is_flag=True, help="Rerun stages even if they are up to date."),
+        click.option("--set", "sets", multiple=True, metavar="STAGE.OPTION=VALUE", help="Override a stage option."),
+        click.option("--quiet", "-q", is_flag=True, help="No progress bars."),
+    ]
+    return functools.reduce(lambda f, d: d(f), reversed(decorators), fn)
+
+
+def build_config(model, concepts, run_dir, seed, device, dtype, budget, force, sets, **_):
+    """Explicit options win; otherwise the run dir's manifest names the model and concept."""
+    from agmask.config import RunConfig
+    from agmask.files import read_json
+
+    manifest_path = Path(run_dir) / "manifest.json"
+    recorded = read_json(manifest_path) if manifest_path.is_file() else {}
+    if model is None:
+        model = recorded.get("model", {}).get("spec")
+    if not concepts and recorded.get("concept"):
+        source = recorded["concept"]["source"]
+        concepts = (source.removeprefix("shipped:"),)
+    if not concepts and recorded.get("concepts"):
+        concepts = tuple(recorded["concepts"])
+    kwargs = dict(run_dir=Path(run_dir), seed=seed, device=device, dtype=dtype, budget=budget, force=force,
+                  overrides=_parse_set(sets))
+    if model:
+        kwargs["model"] = model
+    if concepts:
+        kwargs["concepts"] = list(concepts)
+    return RunConfig(**kwargs)

@@ -1,0 +1,47 @@
+"""`agmask run` and one command per stage."""
+from __future__ import annotations
+
+import click
+
+from agmask.cli.options import build_config, run_options
+
+
+def _reporter(quiet: bool):
+    from agmask.progress import Reporter
+
+    return Reporter(enabled=not quiet)
+
+
+@click.command("run")
+@run_options
+def run_command(**opts) -> None:
+    """Run every stage (resuming finished ones); several --concept unlearn them one after another."""
+    from agmask.cli.summary import print_run_summary
+    from agmask.pipeline import run_pipeline
+
+    cfg = build_config(**opts)
+    run_dirs = run_pipeline(cfg, reporter=_reporter(opts["quiet"]))
+    for run_dir in run_dirs:
+        print_run_summary(run_dir)
+
+
+def _stage_command(name: str, help_text: str) -> click.Command:
+    @click.command(name, help=help_text)
+    @run_options
+    def command(**opts) -> None:
+        from agmask.cli.summary import print_run_summary
+        from agmask.pipeline import run_pipeline
+
+        cfg = build_config(**opts)
+        for run_dir in run_pipeline(cfg, stages=[name], reporter=_reporter(opts["quiet"])):
+            print_run_summary(run_dir, stage=name)
+
+    return command
+
+
+def register_stage_commands(group: click.Group) -> None:
+    from agmask.pipeline import STAGES, stage_module
+
+    for name in STAGES:
+        doc = (stage_module(name).__doc__ or name).strip().splitlines()[0]
+        group.add_command(_stage_command(name, doc))

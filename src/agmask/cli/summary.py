@@ -1,0 +1,36 @@
+"""What the CLI prints after a run: tables read from the run directory's JSON artefacts."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+
+def _fmt(v, spec: str = ".2f") -> str:
+    return "-" if v is None else format(v, spec)
+
+
+def baseline_table(summary: dict, title: str) -> Table:
+    table = Table(title=title)
+    for col in ("set", "n", "mean answer log-prob", "median first-token rank", "MC share", "MC top-1",
+                "base-known", "greedy hit (base-known)"):
+        table.add_column(col, justify="right" if col != "set" else "left")
+    for name, s in summary.items():
+        table.add_row(name, str(s["n"]), _fmt(s["mean_answer_logprob"]), _fmt(s["median_first_token_rank"], ".0f"),
+                      _fmt(s["mc_share"]), _fmt(s["mc_top1_rate"]), str(s["base_known_n"]),
+                      _fmt(s["greedy_hit_rate_base_known"]))
+    return table
+
+
+def print_run_summary(run_dir: Path, stage: str | None = None) -> None:
+    from agmask.files import read_json
+
+    console = Console(width=150)
+    run_dir = Path(run_dir)
+    baseline = run_dir / "baseline" / "summary.json"
+    if baseline.is_file() and stage in (None, "baseline"):
+        manifest = read_json(run_dir / "manifest.json")
+        console.print(baseline_table(read_json(baseline),
+                                     f"baseline: {manifest['model']['spec']}, concept {manifest['concept']['name']}"))
+    console.print(f"run directory: {run_dir}")

@@ -1,0 +1,70 @@
+"""Run configuration: the options shared by every stage, plus each stage's own resolved config.
+
+Each stage module defines a `Config` dataclass and `PRESETS = {"demo": {...}, "full": {...}}`;
+the resolved stage config is `Config(**PRESETS[budget], **overrides)`. Its JSON is part of that
+stage's input hash, so editing one stage's options reruns that stage and its dependants only.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from agmask.errors import AgmaskError
+from agmask.models.registry import DEFAULT_MODEL
+
+Budget = Literal["demo", "full"]
+
+
+class RunConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    model: str = Field(DEFAULT_MODEL, description="model spec (see `agmask models`)")
+    concepts: list[str] = Field(default_factory=lambda: ["inception"], description="shipped names or YAML paths")
+    run_dir: Path = Field(Path("runs/default"), description="where every artefact goes")
+    seed: int = 0
+    device: str = Field("cpu", description="cpu, cuda, cuda:N, or auto (device_map over all GPUs)")
+    dtype: str | None = Field(None, description="float32 (CPU default) or bfloat16 (CUDA default)")
+    budget: Budget = "demo"
+    force: bool = False
+    overrides: dict[str, dict[str, Any]] = Field(default_factory=dict, description="per-stage option overrides")
+
+    @field_validator("concepts")
+    @classmethod
+    def _some_concept(cls, v: list[str]) -> list[str]:
+        if not v:
+            raise ValueError("at least one --concept is needed")
+        return v
+
+    def core(self) -> dict:
+        """The options every stage's result depends on (device excluded: it changes speed, not meaning)."""
+        return {"model": self.model, "seed": self.seed, "dtype": self.dtype, "budget": self.budget}
+
+
+def resolve_stage_config(stage_module, cfg: RunConfig):
+    """Build a stage's Config from its budget preset and the user's overrides; unknown keys are errors."""
+    config_cls = getattr(stage_module, "Config", None)
+    if config_cls is None:
+        return None
+    name = stage_module.NAME
+    values = dict(getattr(stage_module, "PRESETS", {}).get(cfg.budget, {}))
+    overrides = cfg.overrides.get(name, {})
+    known = {f.name for f in dataclasses.fields(config_cls)}
+    unknown = sorted(set(overrides) - known)
+    if unknown:
+        raise AgmaskError(f"unknown option(s) for stage {name}: {', '.join(unknown)} (known: {', '.join(sorted(known))})")
+    values.update(overrides)
+    try:
+        return config_cls(**values)
+    except (TypeError, ValueError) as e:
+        raise AgmaskError(f"bad option for stage {name}: {e}") from e
+
+
+def config_json(obj) -> str:
+    if obj is None:
+        return "null"
+    data = dataclasses.asdict(obj) if dataclasses.is_dataclass(obj) else obj
+    return json.dumps(data, sort_keys=True, default=str)

@@ -1,0 +1,143 @@
+"""The stage driver: run directory, manifest, DONE markers keyed by input hashes, resume, --force.
+
+A stage is a module in `agmask.stages` with NAME, DIR (its folder in the run dir), DEPENDS
+(upstream stages whose artefacts it reads), optional Config/PRESETS, and `run(cfg, run_dir, session)`.
+It is complete when `<DIR>/DONE` holds its current input hash: sha256 of the resolved config,
+the concept file's contents, the model sha256 and the output hashes of its upstream stages.
+"""
+from __future__ import annotations
+
+import importlib
+import json
+import time
+from pathlib import Path
+from types import ModuleType
+
+from agmask import __version__
+from agmask.config import RunConfig, config_json, resolve_stage_config
+from agmask.errors import AgmaskError
+from agmask.files import read_json, sha256_file, sha256_text, write_json
+from agmask.progress import SILENT, Reporter
+from agmask.session import Session
+
+# In pipeline order. `agmask run` runs them all.
+STAGES = ["baseline"]
+DONE = "DONE"
+
+
+def stage_module(name: str) -> ModuleType:
+    if name not in STAGES:
+        raise AgmaskError(f"unknown stage {name!r} (stages: {', '.join(STAGES)})")
+    return importlib.import_module(f"agmask.stages.{name}")
+
+
+def stage_dir(run_dir: Path, name: str) -> Path:
+    return Path(run_dir) / stage_module(name).DIR
+
+
+def read_done(run_dir: Path, name: str) -> dict | None:
+    path = stage_dir(run_dir, name) / DONE
+    try:
+        return read_json(path) if path.is_file() else None
+    except (OSError, json.JSONDecodeError):
+        return None  # a damaged marker means "not done"
+
+
+def input_hash(session: Session, name: str) -> str:
+    """What a stage's result depends on; any change reruns it."""
+    module = stage_module(name)
+    upstream = {}
+    for dep in module.DEPENDS:
+        done = read_done(session.run_dir, dep)
+        if done is None:
+            raise AgmaskError(f"stage {name} needs stage {dep} first: run `agmask {dep}` (or `agmask run`) "
+                              f"with --run-dir {session.run_dir}")
+        upstream[dep] = done["outputs"]
+    payload = {
+        "stage": name,
+        "agmask": __version__,
+        "core": session.cfg.core(),
+        "stage_config": config_json(resolve_stage_config(module, session.cfg)),
+        "concept": sha256_text(session.concept.text),
+        "model_sha256": manifest(session.run_dir)["model"]["sha256"],
+        "prior_adapters": [str(p) for p in session.prior_adapters],
+        "upstream": upstream,
+    }
+    return sha256_text(json.dumps(payload, sort_keys=True))
+
+
+def manifest(run_dir: Path) -> dict:
+    path = Path(run_dir) / "manifest.json"
+    if not path.is_file():
+        raise AgmaskError(f"{run_dir} is not a run directory (no manifest.json); start one with `agmask run`")
+    return read_json(path)
+
+
+def write_manifest(session: Session) -> dict:
+    """Record model and concept for the run dir; refuse to mix models or concepts in one dir."""
+    from agmask.models import identify
+
+    cfg, path = session.cfg, session.run_dir / "manifest.json"
+    model_sha = identify(cfg.model, cfg.seed)
+    data = {
+        "agmask": __version__,
+        "model": {"spec": cfg.model, "sha256": model_sha},
+        "concept": {"name": session.spec.name, "source": session.concept.source,
+                    "sha256": sha256_text(session.concept.text)},
+        "seed": cfg.seed, "budget": cfg.budget, "device": cfg.device, "dtype": cfg.dtype,
+        "prior_adapters": [str(p) for p in session.prior_adapters],
+    }
+    if path.is_file() and not cfg.force:
+        old = read_json(path)
+        for key in ("model", "concept"):
+            if old[key]["spec" if key == "model" else "name"] != data[key]["spec" if key == "model" else "name"]:
+                raise AgmaskError(f"{session.run_dir} was made for {key} {old[key].get('spec') or old[key].get('name')!r}"
+                                  f"; use another --run-dir (or --force to start it over)")
+    write_json(path, data)
+    return data
+
+
+def output_hashes(run_dir: Path, module: ModuleType) -> dict[str, str]:
+    outputs = {}
+    for rel in [module.DIR, *getattr(module, "EXTRA_OUTPUTS", [])]:
+        root = Path(run_dir) / rel
+        files = [root] if root.is_file() else sorted(p for p in root.rglob("*") if p.is_file() and p.name != DONE)
+        for f in files:
+            outputs[str(f.relative_to(run_dir))] = sha256_file(f)
+    return outputs
+
+
+def run_stage(session: Session, name: str) -> bool:
+    """Run one stage unless it is complete. Returns True if it ran."""
+    module = stage_module(name)
+    expected = input_hash(session, name)
+    done = read_done(session.run_dir, name)
+    if done and done.get("input_hash") == expected and not session.cfg.force:
+        session.reporter.log(f"{name}: up to date, skipped")
+        return False
+    marker = stage_dir(session.run_dir, name) / DONE
+    marker.unlink(missing_ok=True)  # a failure from here on leaves the stage not done
+    start = time.perf_counter()
+    module.run(session.cfg, session.run_dir, session)
+    elapsed = time.perf_counter() - start
+    write_json(marker, {"stage": name, "input_hash": expected, "seconds": round(elapsed, 2),
+                        "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
+                        "outputs": output_hashes(session.run_dir, module)})
+    session.reporter.log(f"{name}: done in {elapsed:.1f} s")
+    return True
+
+
+def run_pipeline(cfg: RunConfig, stages: list[str] | None = None, reporter: Reporter = SILENT) -> list[Path]:
+    """Run stages (default: all) for each concept; returns the run directories written."""
+    stages = stages or STAGES
+    for s in stages:
+        stage_module(s)  # unknown names fail before any work
+    if len(cfg.concepts) == 1:
+        session = Session.create(cfg, reporter=reporter)
+        write_manifest(session)
+        for s in stages:
+            run_stage(session, s)
+        return [session.run_dir]
+    from agmask.incremental import run_incremental
+
+    return run_incremental(cfg, stages, reporter)

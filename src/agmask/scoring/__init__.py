@@ -1,0 +1,127 @@
+"""Scoring an answer: one implementation used by every stage (DESIGN.md, "Scoring an answer").
+
+- answer log-prob: summed over the answer tokens after the set's lead; max over aliases
+- first-token rank: rank of the answer's first token in the next-token distribution (min over aliases)
+- multiple-choice view: softmax over the candidates' answer log-probs -> share, rank, top-1
+- greedy hit: the answer appears in the greedy generation (only meaningful on base-known prompts)
+"""
+from __future__ import annotations
+
+import math
+import statistics
+from dataclasses import asdict, dataclass
+
+import torch.nn as nn
+
+from agmask.concepts.schema import ConceptSpec, PromptItem
+from agmask.progress import SILENT, Reporter
+from agmask.scoring.continuation import score_continuations
+from agmask.scoring.encode import closing_for, collate_answers, encode_answer, render_prompt, tokens
+from agmask.scoring.generate import generate
+from agmask.scoring.logprobs import answer_logprobs, token_logprobs
+
+__all__ = ["ItemScore", "score_items", "summarize", "render_prompt", "encode_answer", "collate_answers",
+           "answer_logprobs", "token_logprobs", "generate", "prefix_for", "answer_hit", "BASE_KNOWN_RANK",
+           "QA_SETS"]
+
+BASE_KNOWN_RANK = 5  # base first-token rank <= 5: the base model "knows" this prompt
+QA_SETS = ("forget_train", "forget_eval", "probes", "neighbors", "retain_train", "retain_eval")  # relearn is text
+
+
+@dataclass
+class ItemScore:
+    set: str
+    index: int
+    prompt: str
+    answer: str
+    answer_logprob: float
+    first_token_rank: int
+    mc_share: float | None = None  # the item answer's softmax share among the candidates
+    mc_rank: int | None = None
+    mc_top1: bool | None = None
+    mc_top: str | None = None  # the candidate with the highest log-prob
+    generation: str | None = None
+    hit: bool | None = None
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def prefix_for(tokenizer, concept: ConceptSpec, set_name: str, prompt: str) -> str:
+    return render_prompt(tokenizer, prompt) + concept.lead_for(set_name)
+
+
+def answer_hit(generation: str, aliases: list[str]) -> bool:
+    text = generation.casefold()
+    return any(a.casefold() in text for a in aliases)
+
+
+def _mc_candidates(concept: ConceptSpec, aliases: list[str]) -> list[str] | None:
+    """The candidate list if the item's answer is one of them, else None (no multiple-choice view)."""
+    folded = {c.casefold() for c in concept.candidates}
+    return list(concept.candidates) if any(a.casefold() in folded for a in aliases) else None
+
+
+def score_item(model: nn.Module, tokenizer, concept: ConceptSpec, set_name: str, index: int,
+               item: PromptItem) -> ItemScore:
+    prefix = prefix_for(tokenizer, concept, set_name, item.prompt)
+    aliases = concept.answers_for(item)
+    candidates = _mc_candidates(concept, aliases)
+    close = closing_for(concept.lead_for(set_name))
+    texts = list(dict.fromkeys(aliases + (candidates or [])))  # dedup, keep order
+    scores = dict(zip(texts, score_continuations(model, tokenizer, prefix, [t + close for t in texts],
+                                                 prefix_ids=tokens(tokenizer, prefix))))
+    best = max(aliases, key=lambda a: scores[a].logprob)
+    row = ItemScore(set_name, index, item.prompt, aliases[0], scores[best].logprob,
+                    min(scores[a].first_rank for a in aliases))
+    if candidates:
+        alias_set = {a.casefold() for a in aliases}
+        # a candidate that is one of the item's aliases counts with the best alias's log-prob
+        cand_lp = [scores[best].logprob if c.casefold() in alias_set else scores[c].logprob for c in candidates]
+        target = next(i for i, c in enumerate(candidates) if c.casefold() in alias_set)
+        m = max(cand_lp)
+        z = sum(math.exp(v - m) for v in cand_lp)
+        row.mc_share = math.exp(cand_lp[target] - m) / z
+        row.mc_rank = 1 + sum(v > cand_lp[target] for v in cand_lp)
+        row.mc_top1 = row.mc_rank == 1
+        row.mc_top = candidates[max(range(len(candidates)), key=lambda i: cand_lp[i])]
+    return row
+
+
+def score_items(model: nn.Module, tokenizer, concept: ConceptSpec, set_name: str, items: list[PromptItem] | None = None,
+                generation_tokens: int = 0, batch_size: int = 8, reporter: Reporter = SILENT) -> list[ItemScore]:
+    """Score every item of a set; with `generation_tokens > 0` also the greedy reply after the lead."""
+    items = concept.items(set_name) if items is None else items
+    rows = []
+    with reporter.task(f"scoring {set_name}", len(items)) as advance:
+        for i, item in enumerate(items):
+            rows.append(score_item(model, tokenizer, concept, set_name, i, item))
+            advance(1)
+    if generation_tokens > 0:
+        prefixes = [prefix_for(tokenizer, concept, set_name, it.prompt) for it in items]
+        with reporter.task(f"generating {set_name}", len(items)) as advance:
+            gens = generate(model, tokenizer, prefixes, max_new_tokens=generation_tokens, batch_size=batch_size,
+                            on_batch=advance)
+        for row, item, g in zip(rows, items, gens):
+            row.generation = g[0]
+            row.hit = answer_hit(g[0], concept.answers_for(item))
+    return rows
+
+
+def summarize(rows: list[dict], known: set[int] | None = None) -> dict:
+    """Per-set summary. `known`: indices of base-known items (default: this run's rank <= 5)."""
+    if not rows:
+        return {"n": 0}
+    known = {r["index"] for r in rows if r["first_token_rank"] <= BASE_KNOWN_RANK} if known is None else known
+    mc = [r for r in rows if r.get("mc_share") is not None]
+    gen_known = [r for r in rows if r["index"] in known and r.get("hit") is not None]
+    return {
+        "n": len(rows),
+        "mean_answer_logprob": statistics.fmean(r["answer_logprob"] for r in rows),
+        "median_first_token_rank": statistics.median(r["first_token_rank"] for r in rows),
+        "mc_n": len(mc),
+        "mc_share": statistics.fmean(r["mc_share"] for r in mc) if mc else None,
+        "mc_top1_rate": statistics.fmean(float(r["mc_top1"]) for r in mc) if mc else None,
+        "base_known_n": len(known),
+        "greedy_hit_rate_base_known": statistics.fmean(float(r["hit"]) for r in gen_known) if gen_known else None,
+    }

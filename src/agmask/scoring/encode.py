@@ -1,0 +1,98 @@
+"""Prompt rendering and joint prompt+answer tokenisation: the one way every stage builds inputs.
+
+The prompt is rendered with the model's chat template, the set's lead is appended (the start of the
+assistant's reply, e.g. `The movie is "`), and prefix + answer are tokenised together. Tokens of the
+prefix alone are usually a prefix of the joint tokens, but a BPE merge can cross the boundary; then
+the answer span starts at the first token where the two differ, so the merged token is scored too.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+QUOTES = {'"': '"', "“": "”", "'": "'", "«": "»"}
+
+
+def render_prompt(tokenizer, prompt: str, system: str | None = None) -> str:
+    """The user message rendered as the model's chat template, ending with the assistant header."""
+    messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
+    if getattr(tokenizer, "chat_template", None):
+        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    return f"{system + chr(10) if system else ''}Question: {prompt}\nAnswer: "  # base models without a template
+
+
+def closing_for(lead: str) -> str:
+    """A lead that opens a quote makes the closing quote part of the scored answer.
+
+    With `The movie is "`, scoring `The Dark Knight"` (not `The Dark Knight`) keeps a title from
+    getting the probability mass of every longer title it is a prefix of (`The Dark Knight Rises`).
+    """
+    stripped = lead.rstrip(" ")
+    return QUOTES.get(stripped[-1], "") if stripped else ""
+
+
+def tokens(tokenizer, text: str) -> list[int]:
+    # The chat template already holds any BOS token, so never add special tokens a second time.
+    return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+
+def common_prefix_len(a: list[int], b: list[int]) -> int:
+    n = 0
+    for x, y in zip(a, b):
+        if x != y:
+            break
+        n += 1
+    return n
+
+
+@dataclass(frozen=True)
+class EncodedAnswer:
+    input_ids: list[int]  # prefix + answer, tokenised jointly
+    answer_start: int  # index of the first answer token (after any boundary merge)
+    prefix_is_prefix: bool  # False when a merge crossed the prefix/answer boundary
+
+
+def encode_answer(tokenizer, prefix: str, answer: str, prefix_ids: list[int] | None = None) -> EncodedAnswer:
+    """Tokenise prefix + answer jointly and locate the answer span (DESIGN.md, "Scoring an answer")."""
+    if not answer:
+        raise ValueError("empty answer")
+    prefix_ids = tokens(tokenizer, prefix) if prefix_ids is None else prefix_ids
+    joint = tokens(tokenizer, prefix + answer)
+    start = common_prefix_len(prefix_ids, joint)
+    if start >= len(joint):
+        raise ValueError(f"answer {answer!r} adds no tokens after the prefix")
+    return EncodedAnswer(joint, start, start == len(prefix_ids))
+
+
+@dataclass
+class AnswerBatch:
+    """Right-padded joint sequences for training and attribution (with gradients)."""
+
+    input_ids: torch.Tensor  # (B, T)
+    attention_mask: torch.Tensor  # (B, T) 1 on real tokens
+    target_mask: torch.Tensor  # (B, T) 1 where position t PREDICTS an answer token (t+1 is in the answer span)
+
+    @property
+    def targets(self) -> torch.Tensor:
+        """(B, T) the token each position predicts; the last column is padding (never a target)."""
+        return torch.cat([self.input_ids[:, 1:], torch.zeros_like(self.input_ids[:, :1])], dim=1)
+
+    def to(self, device) -> "AnswerBatch":
+        return AnswerBatch(self.input_ids.to(device), self.attention_mask.to(device), self.target_mask.to(device))
+
+
+def collate_answers(tokenizer, prefixes: list[str], answers: list[str]) -> AnswerBatch:
+    """Build a right-padded batch of prefix+answer with a mask of the answer-predicting positions."""
+    encoded = [encode_answer(tokenizer, p, a) for p, a in zip(prefixes, answers)]
+    width = max(len(e.input_ids) for e in encoded)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    ids = torch.full((len(encoded), width), pad, dtype=torch.long)
+    attn = torch.zeros((len(encoded), width), dtype=torch.long)
+    tmask = torch.zeros((len(encoded), width), dtype=torch.long)
+    for i, e in enumerate(encoded):
+        n = len(e.input_ids)
+        ids[i, :n] = torch.tensor(e.input_ids)
+        attn[i, :n] = 1
+        tmask[i, e.answer_start - 1 : n - 1] = 1  # position t predicts token t+1
+    return AnswerBatch(ids, attn, tmask)

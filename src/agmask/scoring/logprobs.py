@@ -1,0 +1,50 @@
+"""Answer log-probabilities, differentiable (training, attribution) and cached (evaluation).
+
+`answer_logprobs` is the loss everywhere: the batch loss is the SUM of per-sample negative answer
+log-probs, so one backward gives each sample's exact gradients (no mean over padded tokens).
+Logits are computed only at the answer-predicting positions: the lm_head is ~27% of a 0.5B
+model's FLOPs per token and most positions are prompt.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+
+from agmask.models.arch import base_causal_lm
+from agmask.scoring.encode import AnswerBatch
+
+
+def decoder_and_head(model: nn.Module) -> tuple[nn.Module, nn.Module]:
+    """The transformer body (ending with the final norm) and the lm_head of a (PEFT-wrapped) CausalLM."""
+    base = base_causal_lm(model)
+    return getattr(base, base.base_model_prefix), base.get_output_embeddings()
+
+
+def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Positions that ignore left padding: 0 at each row's first real token."""
+    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+
+
+def hidden_states(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """(B, T, H) last hidden state after the final norm."""
+    body, _ = decoder_and_head(model)
+    out = body(input_ids=input_ids, attention_mask=attention_mask,
+               position_ids=position_ids_from_mask(attention_mask), use_cache=False)
+    return out.last_hidden_state
+
+
+def token_logprobs(model: nn.Module, batch: AnswerBatch) -> torch.Tensor:
+    """(B, T) log-prob of the next token at every answer-predicting position, 0 elsewhere."""
+    _, head = decoder_and_head(model)
+    hidden = hidden_states(model, batch.input_ids, batch.attention_mask)  # (B, T, H)
+    where = batch.target_mask.bool() & batch.attention_mask.bool()
+    logits = head(hidden[where]).float()  # (N, V), N = number of answer tokens in the batch
+    lp = logits.log_softmax(-1).gather(-1, batch.targets[where].unsqueeze(-1)).squeeze(-1)  # (N,)
+    out = torch.zeros(batch.input_ids.shape, dtype=lp.dtype, device=lp.device)
+    out[where] = lp
+    return out
+
+
+def answer_logprobs(model: nn.Module, batch: AnswerBatch) -> torch.Tensor:
+    """(B,) summed answer log-prob per sample (differentiable)."""
+    return token_logprobs(model, batch).sum(-1)

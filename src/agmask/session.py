@@ -1,0 +1,49 @@
+"""What one run shares between stages: the config, the concept, and ONE lazily loaded model."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from agmask.concepts import LoadedConcept, load_concept
+from agmask.config import RunConfig
+from agmask.progress import SILENT, Reporter
+
+
+@dataclass
+class Session:
+    cfg: RunConfig
+    concept: LoadedConcept
+    run_dir: Path
+    reporter: Reporter = SILENT
+    prior_adapters: list[Path] = field(default_factory=list)  # incremental mode: earlier concepts' adapters
+    _loaded: tuple | None = None
+
+    @classmethod
+    def create(cls, cfg: RunConfig, concept: str | None = None, run_dir: Path | None = None,
+               reporter: Reporter = SILENT, prior_adapters: list[Path] | None = None) -> "Session":
+        return cls(cfg, load_concept(concept or cfg.concepts[0]), Path(run_dir or cfg.run_dir), reporter,
+                   list(prior_adapters or []))
+
+    @property
+    def spec(self):
+        return self.concept.spec
+
+    def model(self):
+        """(model, tokenizer, info), loaded on first use and shared by every later stage of the run."""
+        if self._loaded is None:
+            from agmask.models import load
+
+            self.reporter.log(f"loading {self.cfg.model} on {self.cfg.device}")
+            self._loaded = load(self.cfg.model, device=self.cfg.device, dtype=self.cfg.dtype, seed=self.cfg.seed,
+                                log=self.reporter.log)
+        return self._loaded
+
+    def stage_config(self, name: str):
+        """The resolved Config of stage `name` (budget preset + overrides)."""
+        from agmask.config import resolve_stage_config
+        from agmask.pipeline import stage_module
+
+        return resolve_stage_config(stage_module(name), self.cfg)
+
+    def release_model(self) -> None:
+        self._loaded = None

@@ -1,0 +1,1 @@
+"""Pipeline stages, one module each; see `agmask.pipeline` for the contract."""

@@ -1,0 +1,39 @@
+"""Stage 0, baseline: what the base model knows, per prompt of every question set.
+
+Writes `baseline/answers.jsonl` (greedy answer, answer log-prob, first-token rank and the
+multiple-choice view per prompt) and `baseline/summary.json` (per set).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from agmask.files import write_json, write_jsonl
+from agmask.scoring import QA_SETS, score_items, summarize
+
+NAME = "baseline"
+DIR = "baseline"
+DEPENDS: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Config:
+    generation_tokens: int = 16  # greedy reply length after the lead
+    batch_size: int = 8  # generation batch
+
+
+PRESETS = {"demo": {"generation_tokens": 12}, "full": {"generation_tokens": 32}}
+
+
+def run(cfg, run_dir: Path, session) -> None:
+    conf: Config = session.stage_config(NAME)
+    model, tokenizer, _ = session.model()
+    rows, summary = [], {}
+    for set_name in QA_SETS:
+        scored = [r.to_dict() for r in score_items(model, tokenizer, session.spec, set_name,
+                                                   generation_tokens=conf.generation_tokens,
+                                                   batch_size=conf.batch_size, reporter=session.reporter)]
+        rows.extend(scored)
+        summary[set_name] = summarize(scored)
+    write_jsonl(Path(run_dir) / DIR / "answers.jsonl", rows)
+    write_json(Path(run_dir) / DIR / "summary.json", summary)
