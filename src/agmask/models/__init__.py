@@ -118,7 +118,9 @@ def _from_dir(path: Path, device: str, dtype):
     try:
         tokenizer = AutoTokenizer.from_pretrained(str(path))
         model = AutoModelForCausalLM.from_pretrained(str(path), **kwargs)
-    except (OSError, ValueError) as e:
+    except MemoryError:
+        raise
+    except Exception as e:  # OSError, SafetensorError, ValueError...: all mean "this directory is not loadable"
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise ModelError(f"cannot load a model from {path}: {first}") from e
     if device != "auto":

@@ -1,0 +1,136 @@
+"""Answer scoring invariants on tiny models: forced answers, the prefix check, aliases, ranks, batching."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from agmask.concepts import load_concept
+from agmask.models import load
+from agmask.scoring import answer_hit, prefix_for, score_items, summarize
+from agmask.scoring.continuation import score_continuations
+from agmask.scoring.encode import closing_for, collate_answers, encode_answer, render_prompt, tokens
+from agmask.scoring.generate import generate
+from agmask.scoring.logprobs import answer_logprobs, token_logprobs
+
+
+def _uniform(model):
+    """Zero the lm_head: every next token has probability 1/V, so log-probs are known exactly."""
+    with torch.no_grad():
+        model.get_output_embeddings().weight.zero_()
+    return model
+
+
+def test_forced_uniform_model_gives_known_logprobs_and_ranks(tiny):
+    model, tok, _ = tiny
+    _uniform(model)
+    vocab = model.config.vocab_size
+    prefix = render_prompt(tok, "Which film?") + 'The movie is "'
+    answers = ['Inception"', 'The Matrix"']
+    scores = score_continuations(model, tok, prefix, answers)
+    for answer, score in zip(answers, scores):
+        n = len(encode_answer(tok, prefix, answer).input_ids) - encode_answer(tok, prefix, answer).answer_start
+        assert score.num_tokens == n
+        assert score.logprob == pytest.approx(-n * math.log(vocab), rel=1e-5)
+        assert score.first_rank == 1  # all logits tie: nothing is strictly better
+    batch = collate_answers(tok, [prefix] * 2, answers)
+    assert answer_logprobs(model, batch).tolist() == pytest.approx([s.logprob for s in scores], rel=1e-5)
+
+
+def test_cached_and_batched_paths_agree_including_a_boundary_merge(tiny):
+    model, tok, _ = tiny
+    prefix = render_prompt(tok, "Which film?") + "The movie is Inc"
+    encoded = encode_answer(tok, prefix, "eption")
+    assert not encoded.prefix_is_prefix  # "c" + "e" merge across the boundary in the tiny tokenizer
+    assert encoded.answer_start == len(tokens(tok, prefix)) - 1  # the merged token is scored
+    conts = ["eption", "ognito", "a", "eption and more"]
+    cached = [s.logprob for s in score_continuations(model, tok, prefix, conts)]
+    batched = answer_logprobs(model, collate_answers(tok, [prefix] * len(conts), conts)).tolist()
+    assert cached == pytest.approx(batched, abs=1e-4)
+    # one sequence at a time, no padding at all
+    single = [answer_logprobs(model, collate_answers(tok, [prefix], [c])).item() for c in conts]
+    assert batched == pytest.approx(single, abs=1e-4)
+
+
+def test_first_token_rank_matches_a_full_forward(tiny):
+    model, tok, _ = tiny
+    prefix = render_prompt(tok, "Name a film.") + 'The movie is "'
+    score = score_continuations(model, tok, prefix, ['Memento"'])[0]
+    ids = tokens(tok, prefix)
+    first = encode_answer(tok, prefix, 'Memento"').input_ids[len(ids)]
+    logits = model(torch.tensor([ids])).logits[0, -1]
+    assert score.first_rank == int((logits > logits[first]).sum()) + 1
+
+
+def test_target_mask_counts_answer_tokens_even_when_pad_is_eos(tiny):
+    model, tok, _ = tiny
+    tok.pad_token = tok.eos_token  # labels come from the attention mask, never from the pad id
+    prefix = render_prompt(tok, "Say it.")
+    answers = ["FORGOTTEN" + tok.eos_token, "no"]
+    batch = collate_answers(tok, [prefix] * 2, answers)
+    for i, a in enumerate(answers):
+        e = encode_answer(tok, prefix, a)
+        assert int(batch.target_mask[i].sum()) == len(e.input_ids) - e.answer_start
+    assert batch.targets[0][batch.target_mask[0].bool()][-1].item() == tok.eos_token_id
+    lp = token_logprobs(model, batch)
+    assert torch.all(lp[~batch.target_mask.bool()] == 0)
+
+
+def test_aliases_take_the_max_and_mc_shares_are_a_distribution(tiny, tiny_concept_path):
+    model, tok, _ = tiny
+    spec = load_concept(str(tiny_concept_path)).spec
+    row = score_items(model, tok, spec, "forget_train", spec.forget_train[:1])[0]
+    prefix = prefix_for(tok, spec, "forget_train", spec.forget_train[0].prompt)
+    close = closing_for(spec.lead_for("forget_train"))
+    alias_scores = score_continuations(model, tok, prefix, [a + close for a in spec.answers])
+    assert row.answer_logprob == pytest.approx(max(s.logprob for s in alias_scores), abs=1e-5)
+    assert row.first_token_rank == min(s.first_rank for s in alias_scores)
+    cand = score_continuations(model, tok, prefix, [c + close for c in spec.candidates])
+    lps = [row.answer_logprob if c == "Inception" else s.logprob for c, s in zip(spec.candidates, cand)]
+    shares = torch.tensor(lps).softmax(0)
+    assert row.mc_share == pytest.approx(float(shares[0]), abs=1e-5)
+    assert row.mc_rank == 1 + int((shares > shares[0]).sum())
+    assert row.mc_top1 == (row.mc_rank == 1)
+
+
+def test_items_without_a_candidate_answer_have_no_mc_view(tiny, tiny_concept_path):
+    model, tok, _ = tiny
+    spec = load_concept(str(tiny_concept_path)).spec
+    rows = score_items(model, tok, spec, "retain_eval")
+    assert all(r.mc_share is None for r in rows)
+    assert summarize([r.to_dict() for r in rows])["mc_n"] == 0
+
+
+def test_batched_left_padded_generation_matches_one_by_one(tiny):
+    model, tok, _ = tiny
+    prefixes = [render_prompt(tok, p) for p in ["Hi", "Which film has a spinning top in it?", "Tell me more."]]
+    together = generate(model, tok, prefixes, max_new_tokens=6, batch_size=3)
+    alone = [generate(model, tok, [p], max_new_tokens=6, batch_size=1)[0] for p in prefixes]
+    assert together == alone
+
+
+def test_sampled_generation_is_seeded_and_leaves_the_global_rng_alone(tiny):
+    model, tok, _ = tiny
+    prefix = [render_prompt(tok, "Hi")]
+    state = torch.random.get_rng_state()
+    a = generate(model, tok, prefix, max_new_tokens=5, do_sample=True, num_return_sequences=3, seed=7)
+    b = generate(model, tok, prefix, max_new_tokens=5, do_sample=True, num_return_sequences=3, seed=7)
+    assert a == b and len(a[0]) == 3
+    assert torch.equal(state, torch.random.get_rng_state())
+
+
+def test_answer_hit_is_case_insensitive():
+    assert answer_hit('It is inception", a film', ["Inception"])
+    assert not answer_hit("FORGOTTEN", ["Inception"])
+
+
+def test_summary_uses_base_known_subset():
+    rows = [
+        {"index": 0, "answer_logprob": -1.0, "first_token_rank": 1, "mc_share": 0.9, "mc_top1": True, "hit": True},
+        {"index": 1, "answer_logprob": -9.0, "first_token_rank": 50, "mc_share": 0.1, "mc_top1": False, "hit": False},
+    ]
+    s = summarize(rows)
+    assert s["base_known_n"] == 1 and s["greedy_hit_rate_base_known"] == 1.0
+    assert summarize(rows, known={1})["greedy_hit_rate_base_known"] == 0.0
+    assert s["median_first_token_rank"] == 25.5 and s["mc_top1_rate"] == 0.5
