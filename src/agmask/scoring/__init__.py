@@ -11,6 +11,7 @@ import math
 import statistics
 from dataclasses import asdict, dataclass
 
+import torch
 import torch.nn as nn
 
 from agmask.concepts.schema import ConceptSpec, PromptItem
@@ -20,7 +21,7 @@ from agmask.scoring.encode import closing_for, collate_answers, encode_answer, r
 from agmask.scoring.generate import generate
 from agmask.scoring.logprobs import answer_logprobs, token_logprobs
 
-__all__ = ["ItemScore", "score_items", "summarize", "render_prompt", "encode_answer", "collate_answers",
+__all__ = ["ItemScore", "score_items", "item_logprobs", "summarize", "render_prompt", "encode_answer", "collate_answers",
            "answer_logprobs", "token_logprobs", "generate", "prefix_for", "answer_hit", "BASE_KNOWN_RANK",
            "QA_SETS"]
 
@@ -106,6 +107,27 @@ def score_items(model: nn.Module, tokenizer, concept: ConceptSpec, set_name: str
             row.generation = g[0]
             row.hit = answer_hit(g[0], concept.answers_for(item))
     return rows
+
+
+@torch.no_grad()
+def item_logprobs(model: nn.Module, tokenizer, concept: ConceptSpec, set_name: str, items: list[PromptItem],
+                  batch_size: int = 16) -> torch.Tensor:
+    """(N,) answer log-prob per item (max over aliases, closing quote included): the batched path
+    without the multiple-choice view, for quick before/after comparisons (ablations, training checks)."""
+    close = closing_for(concept.lead_for(set_name))
+    pairs = [(i, prefix_for(tokenizer, concept, set_name, it.prompt), a + close)
+             for i, it in enumerate(items) for a in concept.answers_for(it)]
+    device = next(model.parameters()).device
+    values = []
+    for lo in range(0, len(pairs), batch_size):
+        chunk = pairs[lo : lo + batch_size]
+        batch = collate_answers(tokenizer, [p for _, p, _ in chunk], [a for _, _, a in chunk]).to(device)
+        values.append(answer_logprobs(model, batch).float().cpu())
+    flat = torch.cat(values)
+    out = torch.full((len(items),), float("-inf"))
+    for (i, _, _), v in zip(pairs, flat):
+        out[i] = max(out[i], v)
+    return out
 
 
 def summarize(rows: list[dict], known: set[int] | None = None) -> dict:

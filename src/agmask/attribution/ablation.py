@@ -1,0 +1,55 @@
+"""Causal checks of an attribution: zero the top neurons and see what the model forgets.
+
+The top-k neurons must lower the concept's answer log-prob on held-out prompts far more than k
+random neurons drawn from the same layers (same count per layer), and move neighbours much less.
+Split-half stability: the top-k from two halves of forget_train should overlap far above chance.
+"""
+from __future__ import annotations
+
+from collections import Counter
+from contextlib import contextmanager
+from typing import Iterator
+
+import torch
+import torch.nn as nn
+
+from agmask.models.arch import mlp_module
+
+
+@contextmanager
+def zero_neurons(model: nn.Module, neurons: list[tuple[int, int]]) -> Iterator[None]:
+    """Zero the given (layer, unit) MLP activations (input of down_proj) inside the block."""
+    by_layer: dict[int, list[int]] = {}
+    for layer, unit in neurons:
+        by_layer.setdefault(layer, []).append(unit)
+    handles = []
+    try:
+        for layer, units in by_layer.items():
+            idx = torch.tensor(sorted(set(units)))
+
+            def hook(module, args, _idx=idx):
+                act = args[0].clone()  # (B, T, I)
+                act[..., _idx.to(act.device)] = 0
+                return (act, *args[1:])
+
+            handles.append(mlp_module(model, layer, "down").register_forward_pre_hook(hook))
+        yield
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def random_like(neurons: list[tuple[int, int]], intermediate: int, generator: torch.Generator) -> list[tuple[int, int]]:
+    """As many random units per layer as `neurons` has, excluding `neurons` themselves."""
+    taken = set(neurons)
+    out = []
+    for layer, count in Counter(l for l, _ in neurons).items():
+        pool = torch.tensor([u for u in range(intermediate) if (layer, u) not in taken])
+        pick = pool[torch.randperm(len(pool), generator=generator)[:count]]
+        out.extend((layer, int(u)) for u in pick)
+    return out
+
+
+def jaccard(a: list[tuple[int, int]], b: list[tuple[int, int]]) -> float:
+    sa, sb = set(a), set(b)
+    return len(sa & sb) / max(len(sa | sb), 1)

@@ -1,0 +1,87 @@
+"""Stage 3, attribute: per-neuron saliency and Fisher on forget_train and retain_train, contrastive scores.
+
+Writes `attribute/scores.safetensors` ((layers, intermediate) tensors: `{forget,retain}.{saliency,fisher}`,
+`contrastive.{saliency,fisher}`, `combined`), `attribute/layers.json` (per-layer sensitivity, Fisher,
+activation similarity, the global top neurons) and the figures.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from agmask.attribution import SCORES, combined_score, contrastive, neuron_stats, top_neurons
+from agmask.attribution import figures
+from agmask.files import save_tensors, write_json
+
+NAME = "attribute"
+DIR = "attribute"
+DEPENDS: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Config:
+    batch_size: int = 8
+    max_items: int = 0  # per set; 0 = all
+    retain_weight: float = 1.0  # lambda in rank(forget) - lambda * rank(retain)
+    top_k: int = 100  # neurons listed in layers.json
+
+
+PRESETS = {"demo": {"max_items": 24}, "full": {}}
+
+
+def run(cfg, run_dir: Path, session) -> None:
+    conf: Config = session.stage_config(NAME)
+    model, tokenizer, info = session.model()
+    spec = session.spec
+    forget_items = spec.forget_train[: conf.max_items or None]
+    retain_items = spec.retain_train[: conf.max_items or None]
+    with session.reporter.task("attributing (forward + backward)", len(forget_items) + len(retain_items)) as adv:
+        forget = neuron_stats(model, tokenizer, spec, "forget_train", forget_items, conf.batch_size, advance=adv)
+        retain = neuron_stats(model, tokenizer, spec, "retain_train", retain_items, conf.batch_size, advance=adv)
+    tensors = {f"{which}.{s}": stats.mean(s) for which, stats in (("forget", forget), ("retain", retain))
+               for s in SCORES}
+    for s in SCORES:
+        tensors[f"contrastive.{s}"] = contrastive(forget.mean(s), retain.mean(s), conf.retain_weight)
+    combined = combined_score({s: forget.mean(s) for s in SCORES}, {s: retain.mean(s) for s in SCORES},
+                              conf.retain_weight)
+    tensors["combined"] = combined
+    out = Path(run_dir) / DIR
+    save_tensors(out / "scores.safetensors", tensors)
+
+    # per-layer views: sensitivity, Fisher, and how similar forget and retain activations are
+    f_act, r_act = forget.activation_mean, retain.activation_mean  # (L, I)
+    act_cos = torch.nn.functional.cosine_similarity(f_act, r_act, dim=1)  # (L,)
+    top = top_neurons(combined, conf.top_k)
+    top_per_layer = np.bincount([l for l, _, _ in top], minlength=info.num_layers)
+    layers = {
+        "num_layers": info.num_layers, "intermediate_size": info.intermediate_size,
+        "samples": {"forget_train": forget.n, "retain_train": retain.n},
+        "forget_sensitivity": forget.layer_sensitivity.tolist(),
+        "retain_sensitivity": retain.layer_sensitivity.tolist(),
+        "sensitivity_ratio": (forget.layer_sensitivity / retain.layer_sensitivity.clamp(min=1e-12)).tolist(),
+        "forget_mean_fisher": forget.mean("fisher").mean(1).tolist(),
+        "retain_mean_fisher": retain.mean("fisher").mean(1).tolist(),
+        "forget_saliency_mass": forget.mean("saliency").sum(1).tolist(),
+        "activation_cosine_forget_retain": act_cos.tolist(),
+        "layers_by_sensitivity": torch.argsort(forget.layer_sensitivity, descending=True).tolist(),
+        "layers_by_top_neurons": [int(i) for i in np.argsort(-top_per_layer, kind="stable")],
+        "top_neurons_per_layer": top_per_layer.tolist(),
+        "top_neurons": [{"layer": l, "unit": u, "combined": round(s, 6)} for l, u, s in top],
+    }
+    write_json(out / "layers.json", layers)
+
+    figures.layer_sensitivity(out / "layer_sensitivity.png", forget.layer_sensitivity, retain.layer_sensitivity,
+                              forget.mean("fisher").mean(1), retain.mean("fisher").mean(1))
+    figures.top_neuron_heatmap(out / "saliency_heatmap.png", forget.mean("saliency"),
+                               "Saliency |sum a*g| on forget_train", "saliency")
+    figures.top_neuron_heatmap(out / "fisher_heatmap.png", forget.mean("fisher"),
+                               "Fisher information sum g^2 on forget_train", "Fisher")
+    figures.layer_correlation(out / "layer_correlation.png", {
+        "saliency mass": np.array(layers["forget_saliency_mass"]),
+        "mean Fisher": np.array(layers["forget_mean_fisher"]),
+        "gradient norm": forget.layer_sensitivity.numpy(),
+        "1 - act. cosine (forget vs retain)": 1 - act_cos.numpy(),
+    })
