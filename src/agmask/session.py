@@ -38,6 +38,29 @@ class Session:
                                 log=self.reporter.log)
         return self._loaded
 
+    def with_prior_adapters(self, model):
+        """The base model with the earlier concepts' adapters loaded, active and frozen (incremental mode)."""
+        from agmask.lora import load_adapter
+
+        for path in self.prior_adapters:
+            model = load_adapter(model, path, name=Path(path).name).model
+        return model
+
+    def adapted_model(self):
+        """The base model + earlier adapters + this concept's adapter, all frozen: a PeftModel whose
+        `disable_adapter()` gives back the base model itself (never a copy)."""
+        from agmask.lora import load_adapter
+
+        model, _, _ = self.model()
+        adapter_path = self.run_dir / "adapters" / self.spec.name
+        return load_adapter(self.with_prior_adapters(model), adapter_path, name=self.spec.name).model
+
+    def drop_adapters(self, peft_model) -> None:
+        """Remove every LoRA layer so the session's model is the plain base again."""
+        base = peft_model.unload()
+        model, tokenizer, info = self._loaded
+        self._loaded = (base, tokenizer, info)
+
     def stage_config(self, name: str):
         """The resolved Config of stage `name` (budget preset + overrides)."""
         from agmask.config import resolve_stage_config

@@ -1,0 +1,161 @@
+"""A standard PEFT LoRA on gate_proj / up_proj / down_proj whose update touches only masked neurons.
+
+Index space: a neuron (layer i, unit j) is row j of gate_proj / up_proj's output and column j of
+down_proj's input. PEFT shapes: lora_A is (r, in), lora_B is (out, r); delta W = B @ A * scaling.
+  gate/up:  rows of lora_B outside the mask are zero (zero at init; gradient-masked) -> delta rows = 0
+  down:     columns of lora_A outside the mask are zeroed at init and gradient-masked -> delta cols = 0
+AdamW keeps a zero parameter with zero gradient at exactly zero (its moments stay 0; decoupled weight
+decay multiplies it), and clipping only rescales gradients, so the delta stays zero outside the mask.
+Gradient hooks live on the parameter tensors and do not survive save/load: `load_adapter(...,
+trainable=True)` re-registers them.
+"""
+from __future__ import annotations
+
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+from peft import LoraConfig, PeftModel, get_peft_model
+
+from agmask.errors import StageError
+from agmask.files import atomic_dir, load_tensors, save_tensors
+from agmask.models.arch import arch_spec, base_causal_lm, mlp_module, mlp_module_names
+
+MASK_FILE = "mask.safetensors"
+WHICH = ("gate", "up", "down")
+
+
+@dataclass
+class MaskedAdapter:
+    """A PEFT model plus the mask and gradient hooks of one named adapter."""
+
+    model: PeftModel
+    name: str
+    mask: torch.Tensor | None  # (L, I) bool; None = unmasked LoRA
+    layers: list[int]
+    handles: list = field(default_factory=list)
+
+    def remove_hooks(self) -> None:
+        for h in self.handles:
+            h.remove()
+        self.handles.clear()
+
+
+def _lora_pair(model: nn.Module, layer: int, which: str, name: str) -> tuple[nn.Parameter, nn.Parameter]:
+    module = mlp_module(model, layer, which)
+    return module.lora_A[name].weight, module.lora_B[name].weight  # (r, in), (out, r)
+
+
+def _apply_mask(model: nn.Module, name: str, mask: torch.Tensor, layers: list[int]) -> list:
+    """Zero out-of-mask LoRA entries and register gradient masks; returns the hook handles."""
+    handles = []
+    for layer in layers:
+        keep = mask[layer]  # (I,) bool
+        for which in WHICH:
+            a, b = _lora_pair(model, layer, which, name)
+            if which == "down":
+                m = keep.to(a.dtype).to(a.device)[None, :]  # (1, I): columns of lora_A (r, I)
+                target = a
+            else:
+                m = keep.to(b.dtype).to(b.device)[:, None]  # (I, 1): rows of lora_B (I, r)
+                target = b
+            with torch.no_grad():
+                target.mul_(m)
+            handles.append(target.register_hook(lambda g, _m=m: g * _m))
+    return handles
+
+
+def attach_lora(model: nn.Module, mask: torch.Tensor | None, layers: list[int] | None = None, r: int = 8,
+                alpha: float = 16.0, name: str = "default", seed: int = 0) -> MaskedAdapter:
+    """Add a LoRA adapter on the MLP projections of `layers` (default: layers the mask touches).
+
+    `model` may be a plain CausalLM or a PeftModel that already holds earlier adapters (incremental
+    mode); earlier adapters stay active and frozen, only the new one trains.
+    """
+    arch_spec(base_causal_lm(model))
+    if layers is None:
+        if mask is None:
+            raise StageError("an unmasked LoRA needs explicit layers")
+        layers = torch.nonzero(mask.any(1)).flatten().tolist()
+        if not layers:
+            raise StageError("the mask selects no neuron, so there is no layer to adapt; pass layers explicitly "
+                             "for an identity adapter")
+    config = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=0.0, bias="none", init_lora_weights=True, use_dora=False,
+                        target_modules=mlp_module_names(model, layers), task_type="CAUSAL_LM")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)  # lora_A's kaiming init, reproducible, no global RNG side effect
+        if isinstance(model, PeftModel):
+            previous = [n for n in model.peft_config]
+            model.add_adapter(name, config)
+            model.base_model.set_adapter(previous + [name])  # all active: their deltas add up
+            peft_model = model
+        else:
+            peft_model = get_peft_model(model, config, adapter_name=name)
+    _freeze_all_but(peft_model, name)
+    handles = _apply_mask(peft_model, name, mask, layers) if mask is not None else []
+    return MaskedAdapter(peft_model, name, mask, list(layers), handles)
+
+
+def _freeze_all_but(peft_model: PeftModel, name: str) -> None:
+    """Only the named adapter's LoRA weights train; base and earlier adapters are frozen explicitly."""
+    for pname, p in peft_model.named_parameters():
+        p.requires_grad_(f".{name}." in pname and "lora_" in pname)
+
+
+def trainable_parameters(adapter: MaskedAdapter) -> list[nn.Parameter]:
+    return [p for p in adapter.model.parameters() if p.requires_grad]
+
+
+def merged_delta(model: nn.Module, layer: int, which: str, name: str = "default") -> torch.Tensor:
+    """delta W = B @ A * scaling of one projection, (out, in)."""
+    module = mlp_module(model, layer, which)
+    a, b = module.lora_A[name].weight, module.lora_B[name].weight
+    return (b @ a) * module.scaling[name]
+
+
+def save_adapter(adapter: MaskedAdapter, out_dir: Path) -> Path:
+    """Write a standard PEFT adapter dir (adapter_config.json, adapter_model.safetensors) + mask.safetensors."""
+    out_dir = Path(out_dir)
+    with atomic_dir(out_dir) as tmp:
+        adapter.model.save_pretrained(str(tmp / "peft"), selected_adapters=[adapter.name])
+        src = tmp / "peft" if adapter.name == "default" else tmp / "peft" / adapter.name
+        for f in src.iterdir():
+            if f.is_file():
+                shutil.move(str(f), tmp / f.name)
+        shutil.rmtree(tmp / "peft")
+        mask = adapter.mask if adapter.mask is not None else torch.zeros(0, dtype=torch.bool)
+        save_tensors(tmp / MASK_FILE, {"mask": mask}, metadata={"layers": ",".join(map(str, adapter.layers)),
+                                                               "masked": str(adapter.mask is not None)})
+    return out_dir
+
+
+def load_adapter(model: nn.Module, adapter_dir: Path, name: str | None = None, trainable: bool = False) -> MaskedAdapter:
+    """Load an adapter saved by `save_adapter` onto `model` (a CausalLM or a PeftModel with others).
+
+    With `trainable=True` (relearning attack, further training) the gradient masks are re-registered.
+    """
+    adapter_dir = Path(adapter_dir)
+    if not (adapter_dir / "adapter_config.json").is_file():
+        raise StageError(f"{adapter_dir} holds no PEFT adapter (adapter_config.json missing); run `agmask unlearn`")
+    name = name or "default"
+    if isinstance(model, PeftModel):
+        model.load_adapter(str(adapter_dir), adapter_name=name, is_trainable=trainable)
+        model.base_model.set_adapter(list(model.peft_config))
+        peft_model = model
+    else:
+        peft_model = PeftModel.from_pretrained(model, str(adapter_dir), adapter_name=name, is_trainable=trainable)
+    mask, layers = None, []
+    if (adapter_dir / MASK_FILE).is_file():
+        saved = load_tensors(adapter_dir / MASK_FILE)["mask"]
+        mask = saved if saved.numel() else None
+    cfg = peft_model.peft_config[name]
+    layers = sorted({int(t.split(".")[-3]) for t in cfg.target_modules}) if not isinstance(cfg.target_modules, str) else []
+    if trainable:
+        _freeze_all_but(peft_model, name)
+    else:
+        for p in peft_model.parameters():
+            p.requires_grad_(False)
+    handles = _apply_mask(peft_model, name, mask, layers) if (trainable and mask is not None) else []
+    return MaskedAdapter(peft_model, name, mask, layers, handles)

@@ -1,0 +1,4 @@
+"""Scores -> a boolean neuron mask of shape (num_layers, intermediate_size)."""
+from agmask.masking.select import choose_layers, full_layer_mask, mask_from_scores, random_mask_like
+
+__all__ = ["choose_layers", "mask_from_scores", "random_mask_like", "full_layer_mask"]

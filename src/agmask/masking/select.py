@@ -1,0 +1,64 @@
+"""Neuron selection from a (layers, intermediate) score: global top-k, per-layer budget, or threshold.
+
+Layers come from the attribution's layer ranking or are given explicitly; neurons are ranked by score
+within them (never by index). The ablation masks have the same size: random units in the same
+layers (same count per layer), and every unit of the selected layers.
+"""
+from __future__ import annotations
+
+import torch
+
+from agmask.errors import StageError
+
+METHODS = ("topk", "per_layer", "threshold")
+
+
+def choose_layers(ranking: list[int], count: int, explicit: list[int] | None, num_layers: int) -> list[int]:
+    """Explicit layers if given, else the first `count` of `ranking` (0 = all layers); sorted."""
+    layers = list(explicit) if explicit else (list(ranking[:count]) if count else list(range(num_layers)))
+    bad = [l for l in layers if not 0 <= l < num_layers]
+    if bad:
+        raise StageError(f"unknown layer(s) {bad}: the model has layers 0..{num_layers - 1}")
+    if not layers:
+        raise StageError("no layers selected: set mask.layers or mask.num_layers")
+    return sorted(set(layers))
+
+
+def mask_from_scores(scores: torch.Tensor, layers: list[int], method: str = "topk", k: int = 256,
+                     threshold: float | None = None) -> torch.Tensor:
+    """Boolean (L, I) mask inside `layers`. Raises StageError if it selects nothing."""
+    if method not in METHODS:
+        raise StageError(f"unknown mask method {method!r} (choose {', '.join(METHODS)})")
+    allowed = torch.zeros(scores.shape[0], dtype=torch.bool)
+    allowed[layers] = True
+    masked = scores.float().masked_fill(~allowed[:, None], float("-inf"))  # (L, I)
+    mask = torch.zeros(scores.shape, dtype=torch.bool)
+    if method == "topk":
+        idx = torch.topk(masked.flatten(), min(k, int(allowed.sum()) * scores.shape[1])).indices
+        mask.view(-1)[idx] = True
+    elif method == "per_layer":
+        per = max(k // len(layers), 1)
+        for layer in layers:
+            mask[layer, torch.topk(scores[layer].float(), min(per, scores.shape[1])).indices] = True
+    else:
+        if threshold is None:
+            raise StageError("mask.method=threshold needs mask.threshold")
+        mask = masked > threshold
+    if not mask.any():
+        raise StageError(f"the mask selects no neuron (method {method}, k {k}, threshold {threshold}, layers {layers}); "
+                         "raise mask.k, lower mask.threshold or choose other layers")
+    return mask
+
+
+def random_mask_like(mask: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Same number of units per layer as `mask`, drawn uniformly within each layer."""
+    out = torch.zeros_like(mask)
+    for layer in torch.nonzero(mask.any(1)).flatten().tolist():
+        count = int(mask[layer].sum())
+        out[layer, torch.randperm(mask.shape[1], generator=generator)[:count]] = True
+    return out
+
+
+def full_layer_mask(mask: torch.Tensor) -> torch.Tensor:
+    """Every unit of the layers that `mask` touches."""
+    return mask.any(1, keepdim=True).expand_as(mask).clone()

@@ -1,0 +1,82 @@
+"""Training batches and the frozen-base references they are compared with (computed once).
+
+forget:  prompt + lead + concept answer (+ closing quote)  -> the concept's own answer probability
+target:  prompt (no lead) + forget target + end of turn     -> optional refusal CE
+retain:  prompt + lead + answer                             -> KL to the frozen base at the answer positions
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+
+from agmask.probing import capture, resid_hook_name
+from agmask.scoring import collate_answers, prefix_for, render_prompt
+from agmask.scoring.encode import AnswerBatch, closing_for
+from agmask.scoring.logprobs import decoder_and_head, hidden_states
+
+
+@dataclass
+class Example:
+    prefix: str
+    answer: str
+
+
+def forget_examples(tokenizer, spec, items) -> list[Example]:
+    close = closing_for(spec.lead_for("forget_train"))
+    return [Example(prefix_for(tokenizer, spec, "forget_train", it.prompt), spec.answers_for(it)[0] + close)
+            for it in items]
+
+
+def target_examples(tokenizer, spec, items) -> list[Example]:
+    end = tokenizer.eos_token or ""
+    return [Example(render_prompt(tokenizer, it.prompt), spec.forget_target + end) for it in items]
+
+
+def retain_examples(tokenizer, spec, items) -> list[Example]:
+    close = closing_for(spec.lead_for("retain_train"))
+    return [Example(prefix_for(tokenizer, spec, "retain_train", it.prompt), it.answer + close) for it in items]
+
+
+def collate(tokenizer, examples: list[Example], device) -> AnswerBatch:
+    return collate_answers(tokenizer, [e.prefix for e in examples], [e.answer for e in examples]).to(device)
+
+
+@torch.no_grad()
+def base_answer_logprobs(model: nn.Module, tokenizer, examples: list[Example], batch_size: int = 8) -> torch.Tensor:
+    """(N,) summed answer log-prob under the model as it is (call it on the frozen base)."""
+    from agmask.scoring.logprobs import answer_logprobs
+
+    device = next(model.parameters()).device
+    out = [answer_logprobs(model, collate(tokenizer, examples[i : i + batch_size], device)).float().cpu()
+           for i in range(0, len(examples), batch_size)]
+    return torch.cat(out)
+
+
+@torch.no_grad()
+def base_answer_distributions(model: nn.Module, tokenizer, examples: list[Example]) -> list[torch.Tensor]:
+    """Per example, (n_answer_positions, V) log-softmax of the base at its answer-predicting positions."""
+    device = next(model.parameters()).device
+    _, head = decoder_and_head(model)
+    out = []
+    for e in examples:
+        batch = collate(tokenizer, [e], device)
+        hidden = hidden_states(model, batch.input_ids, batch.attention_mask)  # (1, T, H)
+        where = batch.target_mask.bool() & batch.attention_mask.bool()
+        out.append(head(hidden[where]).float().log_softmax(-1).cpu())
+    return out
+
+
+@torch.no_grad()
+def base_residuals(model: nn.Module, tokenizer, examples: list[Example], layer: int) -> list[torch.Tensor]:
+    """Per example, (n_answer_positions, H) residual stream after `layer` (RMU's retain reference)."""
+    device = next(model.parameters()).device
+    out = []
+    for e in examples:
+        batch = collate(tokenizer, [e], device)
+        with capture(model, [resid_hook_name(layer)]) as cache:
+            hidden_states(model, batch.input_ids, batch.attention_mask)
+        where = batch.target_mask.bool() & batch.attention_mask.bool()
+        out.append(cache[resid_hook_name(layer)][where].float().cpu())
+    return out

@@ -1,0 +1,23 @@
+"""The loss of AG-Masked-LoRA, shared by the parameterisation ablations (unmasked, random mask)."""
+from __future__ import annotations
+
+from agmask.unlearn import objectives as obj
+
+
+def forget_and_retain(inputs, conf) -> dict:
+    """NPO on the concept's answer after the lead + optional refusal CE + KL to the base on retain_train."""
+    logp = obj.answer_logprob(inputs.model, inputs.forget)
+    terms = {"forget_npo": obj.npo(logp, inputs.forget_ref, conf.npo_beta),
+             "forget_logratio": (logp.detach() - inputs.forget_ref).mean()}
+    loss = conf.forget_weight * terms["forget_npo"]
+    if conf.target_weight > 0 and inputs.target is not None:
+        terms["target_ce"] = obj.cross_entropy(inputs.model, inputs.target)
+        loss = loss + conf.target_weight * terms["target_ce"]
+    if conf.retain_weight > 0:
+        terms["retain_kl"] = obj.kl_to_base(inputs.model, inputs.retain, inputs.retain_dist)
+        loss = loss + conf.retain_weight * terms["retain_kl"]
+    terms["loss"] = loss
+    return terms
+
+
+NEEDS = ("forget_ref", "retain_dist", "target")

@@ -1,0 +1,77 @@
+"""Loss terms shared by the methods. Each returns a scalar: the MEAN over the samples of the batch
+(per-sample first), so shards of a batch on several processes add up exactly to the whole batch."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from agmask.probing import capture, resid_hook_name
+from agmask.scoring.encode import AnswerBatch
+from agmask.scoring.logprobs import decoder_and_head, hidden_states, token_logprobs
+
+
+def answer_logprob(model, batch: AnswerBatch) -> torch.Tensor:
+    """(B,) summed answer log-prob under the adapted model (differentiable)."""
+    return token_logprobs(model, batch).sum(-1)
+
+
+def npo(logp: torch.Tensor, ref_logp: torch.Tensor, beta: float) -> torch.Tensor:
+    """Negative preference optimisation: -(2/beta) log sigmoid(-beta (log p - log p_ref)).
+
+    Bounded, unlike gradient ascent: the push fades once the answer is already unlikely.
+    """
+    return (-2.0 / beta * F.logsigmoid(-beta * (logp - ref_logp))).mean()
+
+
+def gradient_ascent(logp: torch.Tensor) -> torch.Tensor:
+    """Maximise the answer's negative log-likelihood (unbounded)."""
+    return logp.mean()
+
+
+def unlikelihood(model, batch: AnswerBatch) -> torch.Tensor:
+    """-sum_t log(1 - p(y_t)) over the answer tokens, mean over samples."""
+    lp = token_logprobs(model, batch)  # (B, T), 0 off the answer
+    where = batch.target_mask.bool() & batch.attention_mask.bool()
+    p = lp.exp().clamp(max=1 - 1e-6)
+    return (-(torch.log1p(-p)) * where).sum(-1).mean()
+
+
+def cross_entropy(model, batch: AnswerBatch) -> torch.Tensor:
+    """Mean over samples of the summed NLL of the target tokens (labels from the attention mask)."""
+    return -token_logprobs(model, batch).sum(-1).mean()
+
+
+def _per_sample_mean(values: torch.Tensor, where: torch.Tensor) -> torch.Tensor:
+    """values: (N,) at the True positions of `where` (B, T), row-major -> mean per sample, then over samples."""
+    sample = where.nonzero()[:, 0]  # (N,) batch index of each position
+    sums = torch.zeros(where.shape[0], dtype=values.dtype, device=values.device).index_add(0, sample, values)
+    return (sums / where.sum(1).clamp(min=1)).mean()
+
+
+def kl_to_base(model, batch: AnswerBatch, base_logprobs: list[torch.Tensor]) -> torch.Tensor:
+    """KL(base || adapted) at the answer positions: mean over a sample's positions, then over samples."""
+    _, head = decoder_and_head(model)
+    hidden = hidden_states(model, batch.input_ids, batch.attention_mask)  # (B, T, H)
+    where = batch.target_mask.bool() & batch.attention_mask.bool()
+    logq = head(hidden[where]).float().log_softmax(-1)  # (N, V) adapted
+    logp = torch.cat(base_logprobs).to(logq.device)  # (N, V) base, same order (row-major over batch)
+    return _per_sample_mean((logp.exp() * (logp - logq)).sum(-1), where)
+
+
+def residual_at(model, batch: AnswerBatch, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(N, H) residual stream after `layer` at the answer-predicting positions (differentiable), and `where`."""
+    with capture(model, [resid_hook_name(layer)], keep_grad=True) as cache:
+        hidden_states(model, batch.input_ids, batch.attention_mask)
+    where = batch.target_mask.bool() & batch.attention_mask.bool()
+    return cache[resid_hook_name(layer)][where], where
+
+
+def rmu_forget(model, batch: AnswerBatch, layer: int, control: torch.Tensor) -> torch.Tensor:
+    """Representation misdirection: push the layer's residual towards a fixed random vector."""
+    h, where = residual_at(model, batch, layer)
+    return _per_sample_mean((h - control.to(h.device)).square().mean(-1), where)
+
+
+def rmu_retain(model, batch: AnswerBatch, layer: int, base_resid: list[torch.Tensor]) -> torch.Tensor:
+    h, where = residual_at(model, batch, layer)
+    return _per_sample_mean((h - torch.cat(base_resid).to(h.device)).square().mean(-1), where)

@@ -1,0 +1,126 @@
+"""One trainer for every method: seeded batches, AdamW, clipping, data parallel through accelerate.
+
+Every process computes the same global batch indices and takes its shard (`idx[rank::world]`);
+loss terms are means over samples, so each shard's loss is scaled by shard/global size and the
+gradients are summed across processes (torch.distributed via accelerate): the update equals the
+one-process update on the whole batch. References (the model before this adapter trains: its
+answer log-probs on forget prompts, its distributions on retain prompts) are computed once, at
+step 0, when the new adapter is still the identity (LoRA B is zero at init).
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+from agmask.lora import MaskedAdapter, trainable_parameters
+from agmask.progress import SILENT, Reporter
+from agmask.unlearn import data
+from agmask.unlearn.methods import Method
+
+
+@dataclass
+class StepInputs:
+    model: torch.nn.Module
+    forget: object  # AnswerBatch
+    forget_ref: torch.Tensor | None
+    target: object | None
+    retain: object
+    retain_dist: list | None
+    retain_resid: list | None
+    rmu_layer: int
+    rmu_control: torch.Tensor | None
+
+
+def _accelerator(device: str):
+    from accelerate import Accelerator
+
+    return Accelerator(cpu=not device.startswith("cuda"))
+
+
+def _shard(indices: list[int], rank: int, world: int) -> list[int]:
+    return indices[rank::world]
+
+
+def _all_reduce_grads(params: list[torch.nn.Parameter], accelerator) -> None:
+    if accelerator.num_processes == 1:
+        return
+    import torch.distributed as dist
+
+    for p in params:
+        if p.grad is not None:
+            dist.all_reduce(p.grad, op=dist.ReduceOp.SUM)
+
+
+def train(adapter: MaskedAdapter, method: Method, tokenizer, spec, conf, seed: int = 0, device: str = "cpu",
+          reporter: Reporter = SILENT, on_step: Callable[[dict], None] | None = None,
+          accelerator=None) -> list[dict]:
+    """Train `adapter` with `method`'s loss for conf.steps steps (or until early stop). Returns the log rows."""
+    accelerator = accelerator or _accelerator(device)
+    rank, world = accelerator.process_index, accelerator.num_processes
+    model = adapter.model
+    model.eval()  # no dropout; LoRA dropout is 0 anyway
+    dev = next(model.parameters()).device
+    forget_items = spec.forget_train[: conf.max_forget or None]
+    retain_items = spec.retain_train
+    forget = data.forget_examples(tokenizer, spec, forget_items)
+    target = data.target_examples(tokenizer, spec, forget_items)
+    retain = data.retain_examples(tokenizer, spec, retain_items)
+
+    # references from the model as it is now: the new adapter is still the identity
+    forget_ref = data.base_answer_logprobs(model, tokenizer, forget) if "forget_ref" in method.needs else None
+    retain_dist = data.base_answer_distributions(model, tokenizer, retain) if "retain_dist" in method.needs else None
+    rmu_layer = max(adapter.layers)
+    retain_resid = data.base_residuals(model, tokenizer, retain, rmu_layer) if "retain_resid" in method.needs else None
+    gen = torch.Generator().manual_seed(seed)
+    control = None
+    if method.name == "rmu":
+        hidden = model.get_base_model().config.hidden_size
+        control = torch.rand(hidden, generator=gen)
+        control = conf.rmu_steering * control / control.norm()
+
+    params = trainable_parameters(adapter)
+    opt = torch.optim.AdamW(params, lr=conf.lr, weight_decay=conf.weight_decay)
+    f_order = torch.randperm(len(forget), generator=gen).tolist()
+    r_order = torch.randperm(len(retain), generator=gen).tolist()
+    rows: list[dict] = []
+    recent: list[float] = []
+    start = time.perf_counter()
+    with reporter.task(f"unlearning ({method.name})", conf.steps) as advance:
+        for step in range(conf.steps):
+            f_idx = [f_order[(step * conf.batch_size + i) % len(forget)] for i in range(conf.batch_size)]
+            r_idx = [r_order[(step * conf.batch_size + i) % len(retain)] for i in range(conf.batch_size)]
+            f_local, r_local = _shard(f_idx, rank, world), _shard(r_idx, rank, world)
+            inputs = StepInputs(
+                model=model,
+                forget=data.collate(tokenizer, [forget[i] for i in f_local], dev),
+                forget_ref=forget_ref[f_local].to(dev) if forget_ref is not None else None,
+                target=data.collate(tokenizer, [target[i] for i in f_local], dev),
+                retain=data.collate(tokenizer, [retain[i] for i in r_local], dev),
+                retain_dist=[retain_dist[i] for i in r_local] if retain_dist is not None else None,
+                retain_resid=[retain_resid[i] for i in r_local] if retain_resid is not None else None,
+                rmu_layer=rmu_layer, rmu_control=control,
+            )
+            with torch.enable_grad():
+                terms = method.loss(inputs, conf)
+                (terms["loss"] * (len(f_local) / conf.batch_size)).backward()
+            _all_reduce_grads(params, accelerator)
+            grad_norm = torch.nn.utils.clip_grad_norm_(params, conf.max_grad_norm)
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            row = {"step": step + 1, **{k: float(v) for k, v in terms.items()}, "grad_norm": float(grad_norm),
+                   "seconds": round(time.perf_counter() - start, 2)}
+            rows.append(row)
+            if on_step and accelerator.is_main_process:
+                on_step(row)
+            advance(1)
+            if "forget_logratio" in terms:
+                # every process must take the same decision: average the criterion over processes
+                ratio = accelerator.reduce(terms["forget_logratio"].detach().reshape(1), reduction="mean")
+                recent = (recent + [float(ratio)])[-3:]
+                if conf.early_stop_nats > 0 and len(recent) == 3 and sum(recent) / 3 <= -conf.early_stop_nats:
+                    reporter.log(f"early stop at step {step + 1}: forget log-ratio {sum(recent) / 3:.2f} nats")
+                    break
+    return rows
