@@ -110,7 +110,7 @@ def train(adapter: MaskedAdapter, method: Method, tokenizer, spec, conf, seed: i
             grad_norm = torch.nn.utils.clip_grad_norm_(params, conf.max_grad_norm)
             opt.step()
             opt.zero_grad(set_to_none=True)
-            row = {"step": step + 1, **{k: float(v) for k, v in terms.items()}, "grad_norm": float(grad_norm),
+            row = {"step": step + 1, **{k: float(v.detach()) for k, v in terms.items()}, "grad_norm": float(grad_norm),
                    "seconds": round(time.perf_counter() - start, 2)}
             rows.append(row)
             if on_step and accelerator.is_main_process:
