@@ -38,3 +38,24 @@ def tiny(request):
     from agmask.models import load
 
     return load(request.param)
+
+
+def pytest_configure(config):
+    # Tiny models do microsecond-sized matmuls: one thread avoids thread start/spin costs. Slow tests
+    # (real models) get every core back in their own fixture.
+    import torch
+
+    torch.set_num_threads(1)
+
+
+@pytest.fixture(autouse=True)
+def _threads_for_real_models(request):
+    import torch
+
+    if request.node.get_closest_marker("slow"):
+        previous = torch.get_num_threads()
+        torch.set_num_threads(os.cpu_count() or 1)
+        yield
+        torch.set_num_threads(previous)
+    else:
+        yield

@@ -39,9 +39,19 @@ def _stage_command(name: str, help_text: str) -> click.Command:
     return command
 
 
+def _stage_summary(name: str) -> str:
+    """First docstring line of a stage module, read without importing it (keeps `agmask --help` instant)."""
+    import ast
+    import importlib.util
+
+    spec = importlib.util.find_spec(f"agmask.stages.{name}")
+    with open(spec.origin, encoding="utf-8") as f:
+        doc = ast.get_docstring(ast.parse(f.read())) or name
+    return doc.strip().splitlines()[0]
+
+
 def register_stage_commands(group: click.Group) -> None:
-    from agmask.pipeline import STAGES, stage_module
+    from agmask.pipeline import STAGES
 
     for name in STAGES:
-        doc = (stage_module(name).__doc__ or name).strip().splitlines()[0]
-        group.add_command(_stage_command(name, doc))
+        group.add_command(_stage_command(name, _stage_summary(name)))

@@ -33,4 +33,24 @@ def print_run_summary(run_dir: Path, stage: str | None = None) -> None:
         manifest = read_json(run_dir / "manifest.json")
         console.print(baseline_table(read_json(baseline),
                                      f"baseline: {manifest['model']['spec']}, concept {manifest['concept']['name']}"))
+    attribute = run_dir / "attribute" / "layers.json"
+    if attribute.is_file() and stage in (None, "attribute"):
+        layers = read_json(attribute)
+        top = layers["top_neurons"][:5]
+        console.print(f"attribute: most concept-specific layers (by top-{len(layers['top_neurons'])} combined "
+                      f"neurons) {layers['layers_by_top_neurons'][:6]}; most sensitive layers "
+                      f"{layers['layers_by_sensitivity'][:6]}; top neurons "
+                      + ", ".join(f"L{n['layer']}.{n['unit']}" for n in top))
+    mask = run_dir / "mask" / "mask.json"
+    if mask.is_file() and stage in (None, "mask"):
+        m = read_json(mask)
+        console.print(f"mask: {m['selected']} of {m['total_mlp_neurons']} MLP neurons ({100 * m['fraction']:.2f}%) "
+                      f"in layers {m['layers']}")
+    unlearn = run_dir / "unlearn" / "summary.json"
+    if unlearn.is_file() and stage in (None, "unlearn"):
+        u = read_json(unlearn)
+        final = ", ".join(f"{k} {v:.3f}" for k, v in u["final"].items() if k not in ("step", "seconds"))
+        console.print(f"unlearn: {u['method']}, {u['steps_run']} steps in {u['seconds']:.0f} s; final {final}; "
+                      f"adapter {u['adapter_dir']} ({u['adapter_bytes'] / 1e6:.2f} MB, "
+                      f"{u['adapter_parameters']} parameters)")
     console.print(f"run directory: {run_dir}")

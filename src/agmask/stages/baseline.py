@@ -20,9 +20,10 @@ DEPENDS: tuple[str, ...] = ()
 class Config:
     generation_tokens: int = 16  # greedy reply length after the lead
     batch_size: int = 8  # generation batch
+    max_items: int = 0  # first N prompts of each set; 0 = all
 
 
-PRESETS = {"demo": {"generation_tokens": 12}, "full": {"generation_tokens": 32}}
+PRESETS = {"demo": {"generation_tokens": 12, "max_items": 12}, "full": {"generation_tokens": 32}}
 
 
 def run(cfg, run_dir: Path, session) -> None:
@@ -30,7 +31,8 @@ def run(cfg, run_dir: Path, session) -> None:
     model, tokenizer, _ = session.model()
     rows, summary = [], {}
     for set_name in QA_SETS:
-        scored = [r.to_dict() for r in score_items(model, tokenizer, session.spec, set_name,
+        items = session.spec.items(set_name)[: conf.max_items or None]
+        scored = [r.to_dict() for r in score_items(model, tokenizer, session.spec, set_name, items,
                                                    generation_tokens=conf.generation_tokens,
                                                    batch_size=conf.batch_size, reporter=session.reporter)]
         rows.extend(scored)

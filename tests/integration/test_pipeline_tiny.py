@@ -1,0 +1,85 @@
+"""The whole pipeline on a tiny model: every stage's artefacts, resume, incremental mode."""
+from __future__ import annotations
+
+import pytest
+import torch
+from peft import PeftModel
+
+from agmask.config import RunConfig
+from agmask.files import load_tensors, read_json, read_jsonl
+from agmask.models import load
+from agmask.pipeline import STAGES, read_done, run_pipeline, run_stage
+from agmask.session import Session
+
+FAST = {"unlearn": {"steps": 3, "batch_size": 2}, "mask": {"k": 12, "num_layers": 2}}
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory, tiny_concept_path):
+    run_dir = tmp_path_factory.mktemp("run")
+    cfg = RunConfig(model="tiny:qwen2", concepts=[str(tiny_concept_path)], run_dir=run_dir, overrides=FAST)
+    run_pipeline(cfg)
+    return cfg
+
+
+def test_every_stage_is_done_with_its_canonical_artefacts(finished_run):
+    run_dir = finished_run.run_dir
+    for stage in STAGES:
+        assert read_done(run_dir, stage) is not None, stage
+    for rel in ["manifest.json", "baseline/answers.jsonl", "baseline/summary.json",
+                "probe/activations.safetensors", "probe/keys.json",
+                "attribute/scores.safetensors", "attribute/layers.json", "attribute/layer_sensitivity.png",
+                "mask/mask.safetensors", "mask/mask.json",
+                "adapters/tinyfilm/adapter_config.json", "adapters/tinyfilm/adapter_model.safetensors",
+                "adapters/tinyfilm/mask.safetensors", "unlearn/log.jsonl", "unlearn/summary.json", "unlearn/loss.png"]:
+        assert (run_dir / rel).is_file(), rel
+
+
+def test_shapes_follow_the_model(finished_run):
+    run_dir = finished_run.run_dir
+    _, _, info = load("tiny:qwen2")
+    for key, value in load_tensors(run_dir / "attribute" / "scores.safetensors").items():
+        assert value.shape == (info.num_layers, info.intermediate_size), key
+    masks = load_tensors(run_dir / "mask" / "mask.safetensors")
+    assert masks["mask"].dtype == torch.bool and int(masks["mask"].sum()) == 12
+    assert torch.equal(masks["random"].sum(1), masks["mask"].sum(1))
+    assert len(read_jsonl(run_dir / "unlearn" / "log.jsonl")) == 3
+
+
+def test_a_rerun_skips_every_stage(finished_run):
+    session = Session.create(finished_run)
+    assert not any(run_stage(session, stage) for stage in STAGES)
+    assert session._loaded is None  # nothing to do: the model was never loaded
+
+
+def test_the_adapter_loads_with_plain_peft(finished_run):
+    model, tok, _ = load("tiny:qwen2")
+    peft_model = PeftModel.from_pretrained(model, str(finished_run.run_dir / "adapters" / "tinyfilm"))
+    ids = torch.tensor([tok("hello")["input_ids"]])
+    with peft_model.disable_adapter():
+        base = peft_model(ids).logits
+    assert not torch.equal(peft_model(ids).logits, base)
+
+
+def test_changing_a_mask_option_reruns_mask_and_unlearn_only(finished_run, tmp_path):
+    cfg = finished_run.model_copy(update={"overrides": {**FAST, "mask": {"k": 8, "num_layers": 2}}})
+    session = Session.create(cfg)
+    ran = {stage: run_stage(session, stage) for stage in STAGES}
+    assert ran == {s: s in ("mask", "unlearn") + tuple(STAGES[STAGES.index("unlearn") + 1:]) for s in STAGES}
+    # and back: the original options redo them again (artefacts follow the options)
+    session = Session.create(finished_run)
+    assert run_stage(session, "mask") is True
+
+
+def test_incremental_mode_stacks_adapters_and_writes_a_regression_table(tmp_path, tiny_concept_path):
+    second = tiny_concept_path.parent / "tiny_concept2.yaml"
+    cfg = RunConfig(model="tiny:llama", concepts=[str(tiny_concept_path), str(second)], run_dir=tmp_path / "inc",
+                    overrides=FAST)
+    run_dirs = run_pipeline(cfg)
+    assert [d.name for d in run_dirs] == ["tinyfilm", "tinypark"]
+    second_manifest = read_json(tmp_path / "inc" / "tinypark" / "manifest.json")
+    assert second_manifest["prior_adapters"] == [str(tmp_path / "inc" / "tinyfilm" / "adapters" / "tinyfilm")]
+    regression = read_json(tmp_path / "inc" / "regression.json")
+    assert [(r["after"], r["concept"]) for r in regression] == [
+        ("tinyfilm", "tinyfilm"), ("tinypark", "tinyfilm"), ("tinypark", "tinypark")]
+    assert read_json(tmp_path / "inc" / "manifest.json")["concepts"] == [str(tiny_concept_path), str(second)]
