@@ -43,5 +43,7 @@ def register_stage_commands(group: click.Group) -> None:
     from agmask.pipeline import STAGES, stage_module
 
     for name in STAGES:
+        if name in group.commands:  # a dedicated command (e.g. `report`) already exists
+            continue
         doc = (stage_module(name).__doc__ or name).strip().splitlines()[0]
         group.add_command(_stage_command(name, doc))
