@@ -14,7 +14,7 @@ from agmask.evaluate.context import EvalContext
 from agmask.evaluate.figures import write_figures
 from agmask.evaluate.quantize import lora_layers
 from agmask.evaluate.registry import resolve, run_metrics
-from agmask.files import write_json
+from agmask.files import read_json, write_json
 from agmask.progress import SILENT, Reporter
 
 METRICS_FILE = "metrics.json"
@@ -59,4 +59,4 @@ def evaluate_model(model: nn.Module, tokenizer, spec: ConceptSpec, config: EvalC
     state = run_metrics(ctx, metrics, out_dir / METRICS_FILE, input_hash, resume=resume, header=info)
     state["figures"] = write_figures(state["metrics"], out_dir)
     write_json(out_dir / METRICS_FILE, state)
-    return state
+    return read_json(out_dir / METRICS_FILE)  # exactly what is on disk (tuples become lists)
