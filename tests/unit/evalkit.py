@@ -1,21 +1,11 @@
 """Helpers for the evaluation tests: a tiny model forced to give one answer, and handmade adapters."""
 from __future__ import annotations
 
-import pytest
 import torch
 from peft import LoraConfig, get_peft_model
 
 from agmask.models.arch import decoder_layers, mlp_module_names
 from agmask.scoring.encode import tokens
-
-
-@pytest.fixture
-def one_thread():
-    """Tiny models run ~50x faster on one thread when other processes share the 2 cores."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 @torch.no_grad()

@@ -6,7 +6,7 @@ import torch
 
 from agmask.evaluate.attacks import NEAR_ZERO, attack_entry, recovered_fraction
 from agmask.evaluate.quantize import lora_layers, quantize_rtn, swapped_weights
-from evalkit import add_adapter, one_thread  # noqa: F401  (fixture)
+from evalkit import add_adapter
 
 
 def test_weights_on_the_grid_round_trip_exactly():
@@ -42,7 +42,7 @@ def test_recovered_fraction_known_values_and_near_zero_denominator():
     assert entry["recovered_fraction"] is None and entry["flag"] == NEAR_ZERO
 
 
-def test_swapped_weights_merge_matches_the_adapter_and_restores_exactly(tiny, one_thread):
+def test_swapped_weights_merge_matches_the_adapter_and_restores_exactly(tiny):
     model, _, _ = tiny
     adapted = add_adapter(model, [0, 2], std=0.3)
     ids = torch.randint(0, 200, (2, 9), generator=torch.Generator().manual_seed(1))
@@ -64,7 +64,7 @@ def test_swapped_weights_merge_matches_the_adapter_and_restores_exactly(tiny, on
     assert all(torch.equal(o, l.get_base_layer().weight) for o, l in zip(originals, lora_layers(adapted)))
 
 
-def test_swapped_weights_restore_after_an_exception(tiny, one_thread):
+def test_swapped_weights_restore_after_an_exception(tiny):
     model, _, _ = tiny
     adapted = add_adapter(model, [1], std=0.3)
     before = [l.get_base_layer().weight.detach().clone() for l in lora_layers(adapted)]

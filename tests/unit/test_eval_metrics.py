@@ -14,7 +14,7 @@ from agmask.evaluate.attacks import NEAR_ZERO
 from agmask.evaluate.context import select_items
 from agmask.evaluate.metrics_internal import pca_2d
 from agmask.files import read_json, read_jsonl
-from evalkit import add_adapter, force_answer, one_thread  # noqa: F401  (fixture)
+from evalkit import add_adapter, force_answer
 
 CFG = EvalConfig(generation_tokens=12, free_generation_tokens=12, corpus_tokens=200, corpus_window=64, batch_size=4)
 
@@ -24,7 +24,7 @@ def spec(tiny_concept_path):
     return load_concept(str(tiny_concept_path)).spec
 
 
-def test_forced_model_with_a_zero_adapter_gives_the_known_answers(tiny, spec, tmp_path, one_thread):
+def test_forced_model_with_a_zero_adapter_gives_the_known_answers(tiny, spec, tmp_path):
     model, tok, _ = tiny
     adapted = add_adapter(force_answer(model, tok, "Inception"), [1], std=0.0)  # lora_B = 0: base == adapted
     state = evaluate_model(adapted, tok, spec, CFG, tmp_path / "eval")
@@ -74,7 +74,7 @@ def test_forced_model_with_a_zero_adapter_gives_the_known_answers(tiny, spec, tm
     assert read_json(tmp_path / "eval" / "metrics.json") == state
 
 
-def test_a_random_adapter_moves_what_it_should(tiny, spec, tmp_path, one_thread):
+def test_a_random_adapter_moves_what_it_should(tiny, spec, tmp_path):
     model, tok, _ = tiny
     adapted = add_adapter(force_answer(model, tok, "Inception"), [1], std=0.5)  # LoRA on layer 1 only
     cfg = dataclasses.replace(CFG, quant_bits=(16, 4))
@@ -94,7 +94,7 @@ def test_a_random_adapter_moves_what_it_should(tiny, spec, tmp_path, one_thread)
     assert q["int16"]["mean_answer_logprob"]["unlearned"] == pytest.approx(f["adapted"]["mean_answer_logprob"])
 
 
-def test_metrics_json_resumes_and_reruns_on_new_inputs(tiny, spec, tmp_path, monkeypatch, one_thread):
+def test_metrics_json_resumes_and_reruns_on_new_inputs(tiny, spec, tmp_path, monkeypatch):
     model, tok, _ = tiny
     adapted = add_adapter(model, [0], std=0.2)
     cfg = dataclasses.replace(CFG, metrics=("generations", "forget_efficacy"))
@@ -133,7 +133,7 @@ def load_plain():
     return load("tiny:llama")[0]
 
 
-def test_base_scores_are_reused_from_the_baseline(tiny, spec, tmp_path, one_thread):
+def test_base_scores_are_reused_from_the_baseline(tiny, spec, tmp_path):
     """Baseline rows are the base side (here deliberately wrong, to prove they are used, not recomputed)."""
     model, tok, _ = tiny
     adapted = add_adapter(model, [0])
