@@ -161,3 +161,18 @@ def test_pca_of_points_on_a_line_has_one_component():
     assert ratio[0] == pytest.approx(1.0) and ratio[1] == pytest.approx(0.0, abs=1e-6)
     assert torch.allclose(coords[:, 1], torch.zeros(4), atol=1e-5)
     assert float(coords[:, 0].max() - coords[:, 0].min()) == pytest.approx(3 * 5**0.5, rel=1e-5)
+
+
+def test_train_sets_are_never_evaluated(tiny, spec, tmp_path):
+    from agmask.evaluate import EvalContext
+    from agmask.evaluate.adversarial import build_adversarial
+
+    with pytest.raises(ValueError, match="not evaluation sets"):
+        EvalConfig(kl_sets=("retain_train",))
+    ctx = EvalContext(add_adapter(tiny[0], [0]), tiny[1], spec, CFG, tmp_path)
+    for name in ("forget_train", "retain_train", "relearn"):
+        with pytest.raises(StageError, match="not an evaluation set"):
+            ctx.items(name)
+    train = [it.prompt for name in ("forget_train", "retain_train", "relearn") for it in spec.items(name)]
+    adversarial = [a.prompt for fam in build_adversarial(spec).values() for a in fam]
+    assert adversarial and not any(t in a for t in train for a in adversarial)

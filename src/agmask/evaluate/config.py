@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+EVAL_QA_SETS = ("forget_eval", "probes", "neighbors", "retain_eval")  # the evaluation sets; never the train sets
+
 
 @dataclass(frozen=True)
 class EvalConfig:
@@ -19,6 +21,10 @@ class EvalConfig:
     quant_bits: tuple[int, ...] = field(default=(8, 4), metadata={"help": "round-to-nearest attack bit widths"})
     near_zero_nats: float = field(default=0.1, metadata={
         "help": "|base - unlearned| below this makes a recovered fraction undefined (null + flag)"})
+    kl_sets: tuple[str, ...] = field(default=EVAL_QA_SETS, metadata={
+        "help": "sets for KL(base || adapted) on the base greedy reply"})
+    lens_sets: tuple[str, ...] = field(default=("forget_eval", "probes", "neighbors"), metadata={
+        "help": "sets for the logit lens"})
     metrics: tuple[str, ...] = field(default=(), metadata={"help": "metrics to compute; empty = every registered one"})
 
     def __post_init__(self):
@@ -32,13 +38,20 @@ class EvalConfig:
         if any(not 2 <= b <= 16 for b in bits):
             raise ValueError("quant_bits must be between 2 and 16")
         object.__setattr__(self, "quant_bits", bits)
+        for name in ("kl_sets", "lens_sets"):
+            sets = tuple(getattr(self, name))
+            unknown = sorted(set(sets) - set(EVAL_QA_SETS))
+            if unknown:
+                raise ValueError(f"{name}: {unknown} are not evaluation sets ({', '.join(EVAL_QA_SETS)})")
+            object.__setattr__(self, name, sets)
         object.__setattr__(self, "metrics", tuple(self.metrics))
 
 
-# demo: ~4 minutes on the 0.5B model on 2 CPU cores. generation_tokens equals the baseline's preset
-# (12 demo, 32 full), so the base model's greedy replies come from baseline/answers.jsonl.
+# demo: a few minutes on the 0.5B model on 2 CPU cores (see README for the measured cost per metric).
+# generation_tokens equals the baseline's preset (12 demo, 32 full), so the base model's greedy replies
+# after the lead come from baseline/answers.jsonl.
 PRESETS = {
-    "demo": {"max_items": 12, "adversarial_per_family": 2, "generation_tokens": 12, "free_generation_tokens": 20,
-             "corpus_tokens": 512, "batch_size": 12},
+    "demo": {"max_items": 8, "adversarial_per_family": 1, "generation_tokens": 12, "free_generation_tokens": 16,
+             "corpus_tokens": 512, "kl_sets": ("neighbors", "retain_eval"), "lens_sets": ("forget_eval", "neighbors")},
     "full": {},
 }

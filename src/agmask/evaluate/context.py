@@ -11,17 +11,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator, Literal
 
+import torch
 import torch.nn as nn
 
 from agmask.concepts.schema import ConceptSpec, PromptItem
 from agmask.errors import StageError
-from agmask.evaluate.config import EvalConfig
+from agmask.evaluate.config import EVAL_QA_SETS, EvalConfig
+from agmask.evaluate.internals import last_token_resid
 from agmask.progress import SILENT, Reporter
 from agmask.scoring import BASE_KNOWN_RANK, generate, prefix_for, render_prompt, score_items
 
 Which = Literal["base", "adapted"]
 Mode = Literal["lead", "free"]  # lead: after the set's answer lead; free: the bare chat prompt
-EVAL_QA_SETS = ("forget_eval", "probes", "neighbors", "retain_eval")  # never the train sets
 
 
 def select_items(items: list[PromptItem], k: int) -> list[tuple[int, PromptItem]]:
@@ -129,4 +130,14 @@ class EvalContext:
                     gens = generate(model, self.tokenizer, prefixes, max_new_tokens=tokens,
                                     batch_size=self.config.batch_size, on_batch=advance)
                 self._memo[key] = [g[0] for g in gens]
+        return self._memo[key]
+
+    def last_resid(self, which: Which, ids: list[list[int]]) -> torch.Tensor:
+        """(N, L, H) residual after every layer at each sequence's last token; memoised, so metrics that
+        read the same prompts (activation shift, logit lens) run the model once."""
+        key = ("resid", which, tuple(tuple(row) for row in ids))
+        if key not in self._memo:
+            pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+            with self.use(which) as model:
+                self._memo[key] = last_token_resid(model, ids, pad, self.config.batch_size)
         return self._memo[key]

@@ -25,12 +25,15 @@ def generations(ctx: EvalContext) -> dict:
     for set_name, mode in generation_plan(ctx):
         pairs = ctx.items(set_name)
         base, adapted = ctx.generations(set_name, "base", mode), ctx.generations(set_name, "adapted", mode)
-        for (index, item), b, a in zip(pairs, base, adapted):
+        scores = zip(ctx.scores(set_name, "base"), ctx.scores(set_name, "adapted"))
+        for (index, item), b, a, (sb, sa) in zip(pairs, base, adapted, scores):
             aliases = ctx.spec.answers_for(item)
             rows.append({"set": set_name, "mode": mode, "index": index, "family": item.family, "prompt": item.prompt,
                          "lead": ctx.spec.lead_for(set_name) if mode == "lead" else "", "answer": aliases[0],
                          "facts": item.facts, "base": b, "adapted": a,
-                         "base_hit": answer_hit(b, aliases), "adapted_hit": answer_hit(a, aliases)})
+                         "base_hit": answer_hit(b, aliases), "adapted_hit": answer_hit(a, aliases),
+                         "base_logprob": sb["answer_logprob"], "adapted_logprob": sa["answer_logprob"],
+                         "base_mc_share": sb["mc_share"], "adapted_mc_share": sa["mc_share"]})
         counts[f"{set_name}.{mode}"] = len(pairs)
     write_jsonl(ctx.out_dir / "generations.jsonl", rows)
     return {"file": "generations.jsonl", "rows": len(rows), "counts": counts,
@@ -79,20 +82,27 @@ def probe_recall(ctx: EvalContext) -> dict:
 def adversarial(ctx: EvalContext) -> dict:
     """Adversarial prompt families built from the spec: mean and worst case per family, base vs adapted."""
     fams = build_adversarial(ctx.spec, ctx.config.adversarial_per_family, ctx.config.few_shot)
-    results, prompts = {}, {}
+    # each family's lead replaces the forget_eval lead in a copy of the spec (same scoring function)
+    specs = {f: ctx.spec.model_copy(update={"lead": {**ctx.spec.lead, "forget_eval": adv[0].lead}})
+             for f, adv in fams.items()}
+    flat = [(f, a) for f, adv in fams.items() for a in adv]
+    prefixes = [prefix_for(ctx.tokenizer, specs[f], "forget_eval", a.prompt) for f, a in flat]
+    gens: dict[str, list[str]] = {}
+    for which in ("base", "adapted"):  # one batched generation over every family
+        with ctx.use(which) as model, ctx.reporter.task(f"generating adversarial ({which})", len(flat)) as advance:
+            gens[which] = [g[0] for g in generate(model, ctx.tokenizer, prefixes, ctx.config.generation_tokens,
+                                                  batch_size=ctx.config.batch_size, on_batch=advance)]
+    results, prompts, lo = {}, {}, 0
     for family, adv in fams.items():
-        spec = ctx.spec.model_copy(update={"lead": {**ctx.spec.lead, "forget_eval": adv[0].lead}})
-        items = [a.item() for a in adv]
+        spec, items = specs[family], [a.item() for a in adv]
         aliases = [spec.answers_for(it) for it in items]
-        prefixes = [prefix_for(ctx.tokenizer, spec, "forget_eval", it.prompt) for it in items]
         sides = {}
         for which in ("base", "adapted"):
             with ctx.use(which) as model:
                 rows = [r.to_dict() for r in score_items(model, ctx.tokenizer, spec, "forget_eval", items,
                                                          reporter=ctx.reporter)]
-                gens = [g[0] for g in generate(model, ctx.tokenizer, prefixes, ctx.config.generation_tokens,
-                                               batch_size=ctx.config.batch_size)]
-            sides[which] = with_hits(rows, gens, aliases)
+            sides[which] = with_hits(rows, gens[which][lo : lo + len(adv)], aliases)
+        lo += len(adv)
         known = {r["index"] for r in sides["base"] if r["first_token_rank"] <= BASE_KNOWN_RANK}
         results[family] = compare(sides["base"], sides["adapted"], known)
         prompts[family] = [{"prompt": a.prompt, "lead": a.lead, "base": b["generation"], "adapted": d["generation"]}

@@ -6,17 +6,12 @@ import statistics
 import torch
 
 from agmask.evaluate.context import EvalContext
-from agmask.evaluate.internals import last_token_resid, logit_lens_ranks
+from agmask.evaluate.internals import logit_lens_ranks
 from agmask.evaluate.registry import metric
 from agmask.scoring import BASE_KNOWN_RANK
 from agmask.scoring.encode import closing_for, encode_answer, tokens
 
 SHIFT_SETS = ("forget_eval", "retain_eval")
-LENS_SETS = ("forget_eval", "probes", "neighbors")
-
-
-def _pad_id(tokenizer) -> int:
-    return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
 
 
 def pca_2d(x: torch.Tensor) -> tuple[torch.Tensor, list[float]]:
@@ -39,8 +34,7 @@ def activation_shift(ctx: EvalContext) -> dict:
     for set_name in SHIFT_SETS:
         ids = [tokens(ctx.tokenizer, ctx.prefix(set_name, it.prompt, "lead")) for _, it in ctx.items(set_name)]
         for which in ("base", "adapted"):
-            with ctx.use(which) as model:
-                acts[which, set_name] = last_token_resid(model, ids, _pad_id(ctx.tokenizer), ctx.config.batch_size)
+            acts[which, set_name] = ctx.last_resid(which, ids)
         base, adapted = acts["base", set_name], acts["adapted", set_name]  # (N, L, H)
         rel = (adapted - base).norm(dim=-1) / base.norm(dim=-1).clamp(min=1e-12)  # (N, L)
         per_layer = rel.mean(0).tolist()
@@ -84,11 +78,11 @@ def _lens_summary(ranks: torch.Tensor) -> dict:
 def logit_lens(ctx: EvalContext) -> dict:
     """Best rank of the answer's first token over all layers (final norm + lm_head on each residual), before/after."""
     sets = {}
-    for set_name in LENS_SETS:
-        ids, targets = _lens_inputs(ctx, set_name)
+    for set_name in ctx.config.lens_sets:
+        ids, targets = _lens_inputs(ctx, set_name)  # usually the same ids as the activation shift's
         sets[set_name] = {"n": len(ids)}
         for which in ("base", "adapted"):
-            with ctx.use(which) as model:
-                resid = last_token_resid(model, ids, _pad_id(ctx.tokenizer), ctx.config.batch_size)
+            resid = ctx.last_resid(which, ids)
+            with ctx.use(which) as model:  # the lens uses the same final norm and lm_head either way
                 sets[set_name][which] = _lens_summary(logit_lens_ranks(model, resid, targets))
     return {"sets": sets}

@@ -7,7 +7,7 @@ from importlib import resources
 
 import torch
 
-from agmask.evaluate.context import EVAL_QA_SETS, EvalContext
+from agmask.evaluate.context import EvalContext
 from agmask.evaluate.internals import answer_position_logprobs, kl_per_position, window_logprobs
 from agmask.evaluate.metrics_forget import generation_plan, set_comparison
 from agmask.evaluate.registry import metric
@@ -47,7 +47,7 @@ def kl_greedy(ctx: EvalContext) -> dict:
     """KL(base || adapted) per token at the positions of the base model's own greedy reply, per evaluation set."""
     eos = ctx.tokenizer.eos_token or ""
     sets = {}
-    for set_name in EVAL_QA_SETS:
+    for set_name in ctx.config.kl_sets:
         pairs = ctx.items(set_name)
         replies = [g if g else eos for g in ctx.generations(set_name, "base")]  # empty reply: the stop token
         prefixes = [ctx.prefix(set_name, it.prompt, "lead") for _, it in pairs]

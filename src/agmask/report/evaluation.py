@@ -122,8 +122,11 @@ def generations_tables(run_dir: Path) -> str:
         def reply(text: str, hit: bool) -> Raw:
             return Raw(f'<span class="gen">{esc(text)}</span>' + (' <span class="hit">[answer]</span>' if hit else ""))
         body = [[r["prompt"], r["lead"] + "…" if r["lead"] else "", r["answer"], reply(r["base"], r["base_hit"]),
-                 reply(r["adapted"], r["adapted_hit"])] for r in rows[:EXAMPLES_PER_GROUP]]
-        out += f"<h4>{esc(group)}</h4>" + table(["prompt", "lead", "answer", "base", "unlearned"], body)
+                 reply(r["adapted"], r["adapted_hit"]), r.get("base_logprob"), r.get("adapted_logprob"),
+                 r.get("base_mc_share"), r.get("adapted_mc_share")] for r in rows[:EXAMPLES_PER_GROUP]]
+        out += f"<h4>{esc(group)}</h4>" + table(["prompt", "lead", "answer", "base reply", "unlearned reply",
+                                                   "answer log-prob: base", "unlearned", "MC share: base",
+                                                   "unlearned"], body)
     return out
 
 
