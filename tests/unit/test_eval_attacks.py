@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from agmask.evaluate.attacks import NEAR_ZERO, attack_entry, recovered_fraction
+from agmask.evaluate.attacks import NEAR_ZERO, NOT_FORGOTTEN, attack_entry, recovered_fraction
 from agmask.evaluate.quantize import lora_layers, quantize_rtn, swapped_weights
 from evalkit import add_adapter
 
@@ -38,6 +38,8 @@ def test_recovered_fraction_known_values_and_near_zero_denominator():
     assert recovered_fraction(-1.0, -5.0, -5.0) == (0.0, None)
     assert recovered_fraction(-1.0, -5.0, -1.0) == (1.0, None)
     assert recovered_fraction(-2.0, -2.05, -1.0) == (None, NEAR_ZERO)  # |base - unlearned| < 0.1 nats
+    assert recovered_fraction(-2.05, -2.0, -1.0) == (None, NEAR_ZERO)
+    assert recovered_fraction(-5.0, -1.0, -3.0) == (None, NOT_FORGOTTEN)  # the adapter raised the log-prob
     entry = attack_entry(-2.0, -2.0, -2.0, 0.1)
     assert entry["recovered_fraction"] is None and entry["flag"] == NEAR_ZERO
 

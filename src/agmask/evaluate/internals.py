@@ -35,12 +35,12 @@ def last_token_resid(model: nn.Module, id_lists: list[list[int]], pad: int, batc
     out = []
     for lo in range(0, len(id_lists), batch_size):
         ids, mask = right_pad(id_lists[lo : lo + batch_size], pad)
-        last = mask.sum(1) - 1  # (B,) index of the last real token
-        rows = torch.arange(len(ids))
         with capture(model, names) as cache:
             hidden_states(model, ids.to(device), mask.to(device))
         acts = torch.stack([cache[n] for n in names], dim=1).float()  # (B, L, T, H)
-        out.append(acts[rows, :, last.to(acts.device)].cpu())  # (B, L, H)
+        last = (mask.sum(1) - 1).to(acts.device)  # (B,) index of the last real token
+        rows = torch.arange(len(ids), device=acts.device)
+        out.append(acts[rows, :, last].cpu())  # (B, L, H)
     return torch.cat(out)
 
 

@@ -106,7 +106,8 @@ def attack_table(m: dict) -> str:
         return ""
     header = ["attack", "variant", "recovered fraction", "flag", "log-prob: base", "unlearned", "after attack", "details"]
     return ("<h3>Attacks</h3><p class=\"note\">recovered fraction = (after attack - unlearned) / (base - unlearned); "
-            "0 = nothing recovered, 1 = back to the base model; null when |base - unlearned| is too small.</p>"
+            "0 = nothing recovered, 1 = back to the base model; null (with a flag) unless the adapter lowered the "
+            "answer log-prob by at least the threshold.</p>"
             + table(header, rows))
 
 

@@ -82,7 +82,7 @@ def attack_line(m: dict) -> str:
     if not scored:
         flags = sorted({r[2].get("flag") or "undefined" for r in rows})
         return f"worst attack: recovered fraction undefined for every attack ({', '.join(flags)}: the adapter " \
-               "barely moved the answer log-prob)"
+               "did not lower the answer log-prob enough to measure recovery)"
     name, variant, entry = max(scored, key=lambda r: r[2]["recovered_fraction"])
     lp = entry["mean_answer_logprob"]
     return (f"worst attack: {name} {variant} recovers {fmt(entry['recovered_fraction'])} of the answer log-prob "
