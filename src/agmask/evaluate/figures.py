@@ -71,9 +71,11 @@ def pca(metrics: dict, path: Path) -> bool:
     fig, ax = plt.subplots(figsize=(6, 5))
     for key, pts in value["points"].items():
         which, set_name = key.split("/")
-        ax.scatter([p[0] for p in pts], [p[1] for p in pts], s=28, alpha=0.8,
-                   color=BASE if which == "base" else ADAPTED, marker="o" if set_name == "forget_eval" else "^",
-                   label=f"{'base' if which == 'base' else 'unlearned'} · {set_name}")
+        base = which == "base"  # unlearned points hollow and larger, so they stay visible on top of the base
+        ax.scatter([p[0] for p in pts], [p[1] for p in pts], s=28 if base else 60, alpha=0.85,
+                   facecolors=BASE if base else "none", edgecolors=BASE if base else ADAPTED, linewidths=1.4,
+                   marker="o" if set_name == "forget_eval" else "^",
+                   label=f"{'base' if base else 'unlearned'} · {set_name}")
     ratio = value["explained_variance_ratio"]
     ax.set_xlabel(f"PC1 ({ratio[0]:.0%})")
     ax.set_ylabel(f"PC2 ({ratio[1]:.0%})")

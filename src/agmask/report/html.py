@@ -26,9 +26,20 @@ def cell(value) -> str:
             return esc(value)
         return esc(f"{value:.4g}")
     if isinstance(value, (list, dict)):
-        text = json.dumps(value, ensure_ascii=False)
+        text = json.dumps(_rounded(value), ensure_ascii=False)
         return esc(text if len(text) <= 160 else text[:157] + "...")
     return esc(value)
+
+
+def _rounded(value):
+    """JSON with floats at 4 significant digits, for display."""
+    if isinstance(value, float):
+        return float(f"{value:.4g}")
+    if isinstance(value, dict):
+        return {k: _rounded(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_rounded(v) for v in value]
+    return value
 
 
 def table(header: list[str], rows: list[list], cls: str = "") -> str:
