@@ -54,4 +54,6 @@ def register_stage_commands(group: click.Group) -> None:
     from agmask.pipeline import STAGES
 
     for name in STAGES:
+        if name in group.commands:  # a dedicated command (e.g. `report`) already exists
+            continue
         group.add_command(_stage_command(name, _stage_summary(name)))

@@ -23,6 +23,24 @@ def baseline_table(summary: dict, title: str) -> Table:
     return table
 
 
+def eval_summary(run_dir: Path) -> list[str]:
+    """The five-line summary (forget, locality, utility, fluency, worst attack) from eval/metrics.json."""
+    from agmask.files import read_json
+    from agmask.report.headline import headline_lines
+
+    path = Path(run_dir) / "eval" / "metrics.json"
+    return headline_lines(read_json(path)["metrics"]) if path.is_file() else []
+
+
+def print_eval_summary(run_dir: Path, report: Path | None = None) -> None:
+    """Print the report path (when there is one) and the five-line evaluation summary."""
+    report = report or Path(run_dir) / "report.html"
+    if report.is_file():
+        print(f"report: {report}")
+    for line in eval_summary(run_dir):
+        print(line)
+
+
 def print_run_summary(run_dir: Path, stage: str | None = None) -> None:
     from agmask.files import read_json
 
@@ -54,3 +72,5 @@ def print_run_summary(run_dir: Path, stage: str | None = None) -> None:
                       f"adapter {u['adapter_dir']} ({u['adapter_bytes'] / 1e6:.2f} MB, "
                       f"{u['adapter_parameters']} parameters)")
     console.print(f"run directory: {run_dir}")
+    if stage in (None, "evaluate", "report"):
+        print_eval_summary(run_dir)  # plain print: `make demo` ends with the report path and five lines

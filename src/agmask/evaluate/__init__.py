@@ -1,0 +1,13 @@
+"""Stage 7, evaluation: a registry of metrics comparing the base model with the same model + adapter.
+
+Importing this package registers the metrics; the registry order is the run order.
+"""
+from agmask.evaluate import metrics_forget, metrics_utility, metrics_internal, attacks  # noqa: F401  (registration)
+from agmask.evaluate.attacks import recovered_fraction
+from agmask.evaluate.config import PRESETS, EvalConfig
+from agmask.evaluate.context import EvalContext
+from agmask.evaluate.registry import METRICS, metric
+from agmask.evaluate.runner import METRICS_FILE, evaluate_model
+
+__all__ = ["evaluate_model", "EvalConfig", "EvalContext", "PRESETS", "METRICS", "METRICS_FILE", "metric",
+           "recovered_fraction"]

@@ -1,0 +1,143 @@
+"""What every metric reads: the adapted model (the base is the same object under `disable_adapter()`),
+the concept, the options, and memoised per-set scores and generations shared between metrics.
+
+Base scores come from `baseline/answers.jsonl` when the stage has them (same scoring function, same
+prompt), so the base model is only run for what the baseline did not compute.
+"""
+from __future__ import annotations
+
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator, Literal
+
+import torch
+import torch.nn as nn
+
+from agmask.concepts.schema import ConceptSpec, PromptItem
+from agmask.errors import StageError
+from agmask.evaluate.config import EVAL_QA_SETS, EvalConfig
+from agmask.evaluate.internals import last_token_resid
+from agmask.progress import SILENT, Reporter
+from agmask.scoring import BASE_KNOWN_RANK, generate, prefix_for, render_prompt, score_items
+
+Which = Literal["base", "adapted"]
+Mode = Literal["lead", "free"]  # lead: after the set's answer lead; free: the bare chat prompt
+
+
+def select_items(items: list[PromptItem], k: int) -> list[tuple[int, PromptItem]]:
+    """k items spread over families (round robin, set order within a family); all when k is 0.
+
+    A set without families is sampled at even spacing, so a subset still covers the whole list.
+    Returns (index in the set, item) pairs in set order.
+    """
+    indexed = list(enumerate(items))
+    if not k or k >= len(items):
+        return indexed
+    groups: dict[str | None, list[tuple[int, PromptItem]]] = {}
+    for pair in indexed:
+        groups.setdefault(pair[1].family, []).append(pair)
+    if len(groups) == 1:
+        return [indexed[round(i * len(items) / k)] for i in range(k)]
+    chosen: list[tuple[int, PromptItem]] = []
+    queues = [list(g) for g in groups.values()]
+    while len(chosen) < k:
+        for q in queues:
+            if q and len(chosen) < k:
+                chosen.append(q.pop(0))
+    return sorted(chosen, key=lambda p: p[0])
+
+
+@dataclass
+class EvalContext:
+    model: nn.Module  # a peft.PeftModel
+    tokenizer: object
+    spec: ConceptSpec
+    config: EvalConfig
+    out_dir: Path
+    baseline: dict[tuple[str, int], dict] = field(default_factory=dict)  # (set, index) -> baseline row
+    baseline_generation_tokens: int | None = None
+    reporter: Reporter = SILENT
+    _memo: dict = field(default_factory=dict, repr=False)
+
+    def __post_init__(self):
+        if not callable(getattr(self.model, "disable_adapter", None)):
+            raise StageError("evaluation needs a PEFT model (peft.PeftModel): the base model is the same "
+                             "object under disable_adapter()")
+        self.out_dir = Path(self.out_dir)
+
+    @contextmanager
+    def use(self, which: Which) -> Iterator[nn.Module]:
+        """The model as `which`: with the adapter, or the same weights with the adapter disabled."""
+        if which == "base":
+            with self.model.disable_adapter():
+                yield self.model
+        elif which == "adapted":
+            yield self.model
+        else:
+            raise ValueError(f"unknown model variant {which!r}")
+
+    def items(self, set_name: str) -> list[tuple[int, PromptItem]]:
+        if set_name not in EVAL_QA_SETS:
+            raise StageError(f"{set_name} is not an evaluation set ({', '.join(EVAL_QA_SETS)})")
+        return select_items(self.spec.items(set_name), self.config.max_items)
+
+    def _baseline_rows(self, set_name: str, pairs: list[tuple[int, PromptItem]]) -> list[dict] | None:
+        rows = [self.baseline.get((set_name, i)) for i, _ in pairs]
+        if all(r is not None and r["prompt"] == it.prompt for r, (_, it) in zip(rows, pairs)):
+            return [dict(r) for r in rows]
+        return None
+
+    def scores(self, set_name: str, which: Which) -> list[dict]:
+        """Per-item score rows (answer log-prob, first-token rank, multiple-choice view), `index` = set index."""
+        key = ("scores", set_name, which)
+        if key not in self._memo:
+            pairs = self.items(set_name)
+            rows = self._baseline_rows(set_name, pairs) if which == "base" else None
+            if rows is None:
+                with self.use(which) as model:
+                    scored = score_items(model, self.tokenizer, self.spec, set_name, [it for _, it in pairs],
+                                         reporter=self.reporter)
+                rows = [dict(r.to_dict(), index=i) for r, (i, _) in zip(scored, pairs)]
+            for r in rows:  # generations and hits live in generations(), made with the eval settings
+                r.pop("generation", None)
+                r.pop("hit", None)
+            self._memo[key] = rows
+        return self._memo[key]
+
+    def base_known(self, set_name: str) -> set[int]:
+        """Set indices the base model knows (base first-token rank <= BASE_KNOWN_RANK)."""
+        return {r["index"] for r in self.scores(set_name, "base") if r["first_token_rank"] <= BASE_KNOWN_RANK}
+
+    def prefix(self, set_name: str, prompt: str, mode: Mode) -> str:
+        return prefix_for(self.tokenizer, self.spec, set_name, prompt) if mode == "lead" \
+            else render_prompt(self.tokenizer, prompt)
+
+    def generations(self, set_name: str, which: Which, mode: Mode = "lead") -> list[str]:
+        """Greedy replies of the selected items, aligned with `items(set_name)`."""
+        key = ("gen", set_name, which, mode)
+        if key not in self._memo:
+            pairs = self.items(set_name)
+            tokens = self.config.generation_tokens if mode == "lead" else self.config.free_generation_tokens
+            reuse = which == "base" and mode == "lead" and self.baseline_generation_tokens == tokens
+            rows = self._baseline_rows(set_name, pairs) if reuse else None
+            if rows is not None and all(r.get("generation") is not None for r in rows):
+                self._memo[key] = [r["generation"] for r in rows]
+            else:
+                prefixes = [self.prefix(set_name, it.prompt, mode) for _, it in pairs]
+                with self.use(which) as model, self.reporter.task(
+                        f"generating {set_name} ({which}, {mode})", len(pairs)) as advance:
+                    gens = generate(model, self.tokenizer, prefixes, max_new_tokens=tokens,
+                                    batch_size=self.config.batch_size, on_batch=advance)
+                self._memo[key] = [g[0] for g in gens]
+        return self._memo[key]
+
+    def last_resid(self, which: Which, ids: list[list[int]]) -> torch.Tensor:
+        """(N, L, H) residual after every layer at each sequence's last token; memoised, so metrics that
+        read the same prompts (activation shift, logit lens) run the model once."""
+        key = ("resid", which, tuple(tuple(row) for row in ids))
+        if key not in self._memo:
+            pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+            with self.use(which) as model:
+                self._memo[key] = last_token_resid(model, ids, pad, self.config.batch_size)
+        return self._memo[key]

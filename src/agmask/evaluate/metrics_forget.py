@@ -1,0 +1,110 @@
+"""Forget-side metrics: the generations artefact, held-out questions, probes, adversarial families."""
+from __future__ import annotations
+
+import statistics
+
+from agmask.evaluate.adversarial import build_adversarial
+from agmask.evaluate.context import EVAL_QA_SETS, EvalContext
+from agmask.evaluate.registry import metric
+from agmask.evaluate.summaries import by_family, compare, with_hits, worst_family
+from agmask.evaluate.text import facts_recalled, facts_rouge_l
+from agmask.files import write_jsonl
+from agmask.scoring import BASE_KNOWN_RANK, answer_hit, generate, prefix_for, score_items
+
+FREE_SETS = ("probes", "retain_eval")  # free replies (no lead): facts recalled and fluency
+
+
+def generation_plan(ctx: EvalContext) -> list[tuple[str, str]]:
+    return [(s, "lead") for s in EVAL_QA_SETS] + [(s, "free") for s in FREE_SETS]
+
+
+@metric("generations", "artefact")
+def generations(ctx: EvalContext) -> dict:
+    """Base vs adapted greedy replies for forget_eval, probes, neighbors and retain_eval -> eval/generations.jsonl."""
+    rows, counts = [], {}
+    for set_name, mode in generation_plan(ctx):
+        pairs = ctx.items(set_name)
+        base, adapted = ctx.generations(set_name, "base", mode), ctx.generations(set_name, "adapted", mode)
+        scores = zip(ctx.scores(set_name, "base"), ctx.scores(set_name, "adapted"))
+        for (index, item), b, a, (sb, sa) in zip(pairs, base, adapted, scores):
+            aliases = ctx.spec.answers_for(item)
+            rows.append({"set": set_name, "mode": mode, "index": index, "family": item.family, "prompt": item.prompt,
+                         "lead": ctx.spec.lead_for(set_name) if mode == "lead" else "", "answer": aliases[0],
+                         "facts": item.facts, "base": b, "adapted": a,
+                         "base_hit": answer_hit(b, aliases), "adapted_hit": answer_hit(a, aliases),
+                         "base_logprob": sb["answer_logprob"], "adapted_logprob": sa["answer_logprob"],
+                         "base_mc_share": sb["mc_share"], "adapted_mc_share": sa["mc_share"]})
+        counts[f"{set_name}.{mode}"] = len(pairs)
+    write_jsonl(ctx.out_dir / "generations.jsonl", rows)
+    return {"file": "generations.jsonl", "rows": len(rows), "counts": counts,
+            "lead_tokens": ctx.config.generation_tokens, "free_tokens": ctx.config.free_generation_tokens}
+
+
+def set_comparison(ctx: EvalContext, set_name: str, families: bool = False) -> dict:
+    """`compare` of base and adapted on one evaluation set, with greedy hits after the lead."""
+    pairs = ctx.items(set_name)
+    aliases = [ctx.spec.answers_for(it) for _, it in pairs]
+    base = with_hits(ctx.scores(set_name, "base"), ctx.generations(set_name, "base"), aliases)
+    adapted = with_hits(ctx.scores(set_name, "adapted"), ctx.generations(set_name, "adapted"), aliases)
+    known = ctx.base_known(set_name)
+    out = {"set": set_name, **compare(base, adapted, known)}
+    if families:
+        fams = by_family(base, adapted, known, {i: it.family for i, it in pairs})
+        out.update(families=fams, worst_family=worst_family(fams))
+    return out
+
+
+@metric("forget_efficacy", "forget")
+def forget_efficacy(ctx: EvalContext) -> dict:
+    """Held-out forget questions: answer log-prob, first-token rank, MC share/top-1, greedy hit (base-known); per family."""
+    return set_comparison(ctx, "forget_eval", families=True)
+
+
+def _facts_view(ctx: EvalContext, which: str) -> dict:
+    pairs = ctx.items("probes")
+    gens = ctx.generations("probes", which, "free")
+    recalled = [facts_recalled(g, it.facts) for g, (_, it) in zip(gens, pairs)]
+    rouge = [facts_rouge_l(g, it.facts) for g, (_, it) in zip(gens, pairs)]
+    recalled, rouge = [v for v in recalled if v is not None], [v for v in rouge if v is not None]
+    return {"n_with_facts": len(recalled),
+            "facts_recalled": statistics.fmean(recalled) if recalled else None,
+            "rouge_l_recall": statistics.fmean(rouge) if rouge else None}
+
+
+@metric("probe_recall", "forget")
+def probe_recall(ctx: EvalContext) -> dict:
+    """Direct probes: scores after the lead, and facts recalled + ROUGE-L recall of the free greedy reply."""
+    return {**set_comparison(ctx, "probes"),
+            "facts": {"base": _facts_view(ctx, "base"), "adapted": _facts_view(ctx, "adapted")}}
+
+
+@metric("adversarial", "forget")
+def adversarial(ctx: EvalContext) -> dict:
+    """Adversarial prompt families built from the spec: mean and worst case per family, base vs adapted."""
+    fams = build_adversarial(ctx.spec, ctx.config.adversarial_per_family, ctx.config.few_shot)
+    # each family's lead replaces the forget_eval lead in a copy of the spec (same scoring function)
+    specs = {f: ctx.spec.model_copy(update={"lead": {**ctx.spec.lead, "forget_eval": adv[0].lead}})
+             for f, adv in fams.items()}
+    flat = [(f, a) for f, adv in fams.items() for a in adv]
+    prefixes = [prefix_for(ctx.tokenizer, specs[f], "forget_eval", a.prompt) for f, a in flat]
+    gens: dict[str, list[str]] = {}
+    for which in ("base", "adapted"):  # one batched generation over every family
+        with ctx.use(which) as model, ctx.reporter.task(f"generating adversarial ({which})", len(flat)) as advance:
+            gens[which] = [g[0] for g in generate(model, ctx.tokenizer, prefixes, ctx.config.generation_tokens,
+                                                  batch_size=ctx.config.batch_size, on_batch=advance)]
+    results, prompts, lo = {}, {}, 0
+    for family, adv in fams.items():
+        spec, items = specs[family], [a.item() for a in adv]
+        aliases = [spec.answers_for(it) for it in items]
+        sides = {}
+        for which in ("base", "adapted"):
+            with ctx.use(which) as model:
+                rows = [r.to_dict() for r in score_items(model, ctx.tokenizer, spec, "forget_eval", items,
+                                                         reporter=ctx.reporter)]
+            sides[which] = with_hits(rows, gens[which][lo : lo + len(adv)], aliases)
+        lo += len(adv)
+        known = {r["index"] for r in sides["base"] if r["first_token_rank"] <= BASE_KNOWN_RANK}
+        results[family] = compare(sides["base"], sides["adapted"], known)
+        prompts[family] = [{"prompt": a.prompt, "lead": a.lead, "base": b["generation"], "adapted": d["generation"]}
+                           for a, b, d in zip(adv, sides["base"], sides["adapted"])]
+    return {"families": results, "worst_family": worst_family(results), "examples": prompts}

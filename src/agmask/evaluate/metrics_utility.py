@@ -1,0 +1,112 @@
+"""What must survive: neighbours (locality), general questions and text (utility), and fluency."""
+from __future__ import annotations
+
+import math
+import statistics
+from importlib import resources
+
+import torch
+
+from agmask.evaluate.context import EvalContext
+from agmask.evaluate.internals import answer_position_logprobs, kl_per_position, window_logprobs
+from agmask.evaluate.metrics_forget import generation_plan, set_comparison
+from agmask.evaluate.registry import metric
+from agmask.evaluate.text import fluency_stats, is_degenerate
+from agmask.files import sha256_text
+from agmask.scoring import answer_hit, collate_answers
+from agmask.scoring.encode import tokens
+
+CORPUS = "general_corpus.txt"
+
+
+def general_corpus() -> str:
+    """The shipped general English text (encyclopedic and narrative prose, no films)."""
+    return (resources.files("agmask.evaluate") / "data" / CORPUS).read_text(encoding="utf-8")
+
+
+@metric("locality", "locality")
+def locality(ctx: EvalContext) -> dict:
+    """Neighbours: mean |change in answer log-prob|, MC top-1 count base vs adapted, greedy hits."""
+    return set_comparison(ctx, "neighbors")
+
+
+@metric("retain_utility", "utility")
+def retain_utility(ctx: EvalContext) -> dict:
+    """General questions: accuracy (greedy hit on every item) and the answer scores, base vs adapted."""
+    out = set_comparison(ctx, "retain_eval")
+    pairs = ctx.items("retain_eval")
+    acc = {}
+    for which in ("base", "adapted"):
+        gens = ctx.generations("retain_eval", which)
+        acc[which] = statistics.fmean(answer_hit(g, ctx.spec.answers_for(it)) for g, (_, it) in zip(gens, pairs))
+    return {**out, "accuracy": acc}
+
+
+@metric("kl_greedy", "utility")
+def kl_greedy(ctx: EvalContext) -> dict:
+    """KL(base || adapted) per token at the positions of the base model's own greedy reply, per evaluation set."""
+    eos = ctx.tokenizer.eos_token or ""
+    sets = {}
+    for set_name in ctx.config.kl_sets:
+        pairs = ctx.items(set_name)
+        replies = [g if g else eos for g in ctx.generations(set_name, "base")]  # empty reply: the stop token
+        prefixes = [ctx.prefix(set_name, it.prompt, "lead") for _, it in pairs]
+        kls, rows = [], []
+        for lo in range(0, len(pairs), ctx.config.batch_size):
+            batch = collate_answers(ctx.tokenizer, prefixes[lo : lo + ctx.config.batch_size],
+                                    replies[lo : lo + ctx.config.batch_size])
+            with ctx.use("base") as model:
+                base_lp, where = answer_position_logprobs(model, batch)
+            with ctx.use("adapted") as model:
+                adapted_lp, _ = answer_position_logprobs(model, batch)
+            kls.append(kl_per_position(base_lp, adapted_lp))
+            rows.append(where + lo)
+        kl, row = torch.cat(kls), torch.cat(rows)
+        per_item = [float(kl[row == i].mean()) for i in range(len(pairs)) if (row == i).any()]
+        sets[set_name] = {"tokens": int(kl.numel()), "mean_kl_per_token": float(kl.mean()),
+                          "max_item_mean_kl": max(per_item)}
+    return {"sets": sets}
+
+
+@metric("general_text", "utility")
+def general_text(ctx: EvalContext) -> dict:
+    """General English text (shipped corpus): perplexity base vs adapted and KL(base || adapted) per token."""
+    text = general_corpus()
+    ids = torch.tensor(tokens(ctx.tokenizer, text))
+    if ctx.config.corpus_tokens:
+        ids = ids[: ctx.config.corpus_tokens]
+    w = ctx.config.corpus_window
+    windows = [ids[lo : lo + w] for lo in range(0, len(ids), w) if len(ids[lo : lo + w]) > 1]
+    nll = {"base": 0.0, "adapted": 0.0}
+    kl_sum, n = 0.0, 0
+    with ctx.reporter.task("general text", len(windows)) as advance:
+        for window in windows:
+            targets = window[1:].unsqueeze(-1)  # (W-1, 1)
+            lps = {}
+            for which in ("base", "adapted"):
+                with ctx.use(which) as model:
+                    lps[which] = window_logprobs(model, window)  # (W-1, V)
+                nll[which] -= float(lps[which].gather(-1, targets).sum())
+            kl_sum += float(kl_per_position(lps["base"], lps["adapted"]).sum())
+            n += len(targets)
+            advance(1)
+    return {"corpus": CORPUS, "corpus_sha256": sha256_text(text), "tokens_scored": n, "windows": len(windows),
+            "base_perplexity": math.exp(nll["base"] / n), "adapted_perplexity": math.exp(nll["adapted"] / n),
+            "mean_kl_per_token": kl_sum / n}
+
+
+@metric("fluency", "fluency")
+def fluency(ctx: EvalContext) -> dict:
+    """distinct-1/2, repetition rate and degenerate share (loops, the forget target repeated) of the replies."""
+    target = ctx.spec.forget_target
+    per_set, pooled, examples = {}, {"base": [], "adapted": []}, []
+    for set_name, mode in generation_plan(ctx):
+        per_set[f"{set_name}.{mode}"] = {}
+        for which in ("base", "adapted"):
+            gens = ctx.generations(set_name, which, mode)
+            per_set[f"{set_name}.{mode}"][which] = fluency_stats(gens, target)
+            pooled[which] += gens
+            if which == "adapted":
+                examples += [g for g in gens if is_degenerate(g, target)]
+    return {"sets": per_set, "overall": {w: fluency_stats(g, target) for w, g in pooled.items()},
+            "degenerate_examples": examples[:8]}

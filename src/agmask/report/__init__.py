@@ -1,0 +1,50 @@
+"""Stage 8, report: one self-contained `report.html` built from the run directory's JSON, JSONL and PNG
+files only (figures inline as base64 PNG, CSS inline, no JavaScript). It never loads a model."""
+from __future__ import annotations
+
+import time
+from importlib import resources
+from pathlib import Path
+
+from agmask.errors import AgmaskError
+from agmask.files import read_json, write_text
+from agmask.report.evaluation import evaluation_section
+from agmask.report.html import esc, table
+from agmask.report.phases import PHASES, phase_section
+
+REPORT = "report.html"
+
+__all__ = ["build_report", "REPORT"]
+
+
+def _header(run_dir: Path) -> str:
+    manifest = read_json(run_dir / "manifest.json")
+    model, concept = manifest.get("model", {}), manifest.get("concept", {})
+    rows = [["model", model.get("spec")], ["model sha256", model.get("sha256")], ["concept", concept.get("name")],
+            ["concept source", concept.get("source")], ["seed", manifest.get("seed")],
+            ["budget", manifest.get("budget")], ["agmask", manifest.get("agmask")]]
+    if manifest.get("prior_adapters"):
+        rows.append(["earlier adapters", manifest["prior_adapters"]])
+    title = f"agmask report: forgetting {concept.get('name', '?')} in {model.get('spec', '?')}"
+    return title, table(["", ""], rows, "kv")
+
+
+def build_report(run_dir: str | Path) -> Path:
+    """Write `<run_dir>/report.html` from the artefacts present; returns its path."""
+    run_dir = Path(run_dir)
+    if not (run_dir / "manifest.json").is_file():
+        raise AgmaskError(f"{run_dir} is not a run directory (no manifest.json); run `agmask run` first")
+    title, header = _header(run_dir)
+    sections = [(p.anchor, p.title, phase_section(run_dir, p)) for p in PHASES]
+    sections.append(("evaluation", "Phase 6: evaluation before / after unlearning", evaluation_section(run_dir)))
+    sections = [s for s in sections if s[2]]
+    nav = "<nav><ul>" + "".join(f'<li><a href="#{esc(a)}">{esc(t)}</a></li>' for a, t, _ in sections) + "</ul></nav>"
+    css = (resources.files("agmask.report") / "style.css").read_text(encoding="utf-8")
+    page = (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{esc(title)}</title>'
+            f"<style>{css}</style></head><body><h1>{esc(title)}</h1>{header}{nav}"
+            + "".join(body for _, _, body in sections)
+            + f'<footer class="note">Built {esc(time.strftime("%Y-%m-%d %H:%M:%S"))} from the artefacts in '
+              f"{esc(run_dir.resolve())}.</footer></body></html>\n")
+    out = run_dir / REPORT
+    write_text(out, page)
+    return out

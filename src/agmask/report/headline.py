@@ -1,0 +1,94 @@
+"""The five-line summary of an evaluation (forget, locality, utility, fluency, worst attack).
+
+Pure: reads the `metrics` dict of `eval/metrics.json`; the CLI and the report both print it.
+"""
+from __future__ import annotations
+
+
+def fmt(value, spec: str = ".2f") -> str:
+    return "n/a" if value is None else format(value, spec)
+
+
+def _arrow(side: dict, key: str, spec: str = ".2f") -> str:
+    return f"{fmt(side['base'].get(key), spec)} -> {fmt(side['adapted'].get(key), spec)}"
+
+
+def forget_line(m: dict) -> str:
+    f = m.get("forget_efficacy")
+    if not f or not f.get("n"):
+        return "forget: not measured"
+    top1 = f.get("mc_top1_count")
+    parts = [f"forget_eval (n={f['n']}): MC share {_arrow(f, 'mc_share')}"]
+    if top1:
+        parts.append(f"MC top-1 {top1['base']} -> {top1['adapted']} of {f['base']['mc_n']}")
+    parts.append(f"answer log-prob {_arrow(f, 'mean_answer_logprob')} nats")
+    parts.append(f"greedy hit on base-known (n={f['base_known_n']}) {_arrow(f, 'greedy_hit_rate_base_known')}")
+    adv = m.get("adversarial") or {}
+    worst = adv.get("worst_family")
+    if worst:
+        w = adv["families"][worst]["worst"]
+        parts.append(f"worst adversarial family {worst} (max MC share {fmt(w.get('max_mc_share'))})")
+    return "forget: " + ", ".join(parts)
+
+
+def locality_line(m: dict) -> str:
+    loc = m.get("locality")
+    if not loc or not loc.get("n"):
+        return "locality: not measured"
+    top1 = loc.get("mc_top1_count")
+    text = f"locality: neighbors (n={loc['n']}) mean |change in answer log-prob| " \
+           f"{fmt(loc['mean_abs_delta_answer_logprob'])} nats (mean change {fmt(loc['mean_delta_answer_logprob'], '+.2f')})"
+    if top1:
+        text += f", MC top-1 {top1['base']} -> {top1['adapted']} of {loc['base']['mc_n']}"
+    return text
+
+
+def utility_line(m: dict) -> str:
+    parts = []
+    ret = m.get("retain_utility")
+    if ret and ret.get("n"):
+        parts.append(f"retain_eval accuracy {fmt(ret['accuracy']['base'])} -> {fmt(ret['accuracy']['adapted'])}")
+    kl = (m.get("kl_greedy") or {}).get("sets", {}).get("retain_eval")
+    if kl:
+        parts.append(f"KL/token {fmt(kl['mean_kl_per_token'], '.4f')}")
+    gen = m.get("general_text")
+    if gen:
+        parts.append(f"general text perplexity {fmt(gen['base_perplexity'])} -> {fmt(gen['adapted_perplexity'])}, "
+                     f"KL/token {fmt(gen['mean_kl_per_token'], '.4f')} ({gen['tokens_scored']} tokens)")
+    return "utility: " + ("; ".join(parts) if parts else "not measured")
+
+
+def fluency_line(m: dict) -> str:
+    flu = (m.get("fluency") or {}).get("overall")
+    if not flu or not flu.get("adapted", {}).get("n"):
+        return "fluency: not measured"
+    return (f"fluency: distinct-2 {fmt(flu['base'].get('distinct_2'))} -> {fmt(flu['adapted'].get('distinct_2'))}, "
+            f"repetition {fmt(flu['base']['repetition_rate'])} -> {fmt(flu['adapted']['repetition_rate'])}, "
+            f"degenerate {fmt(flu['base']['degenerate_rate'])} -> {fmt(flu['adapted']['degenerate_rate'])} "
+            f"of {flu['adapted']['n']} replies")
+
+
+def attack_rows(m: dict) -> list[tuple[str, str, dict]]:
+    """(metric, variant, entry) for every attack variant in the metrics."""
+    return [(name, variant, entry) for name, value in m.items() if value.get("kind") == "attack"
+            for variant, entry in (value.get("variants") or {}).items()]
+
+
+def attack_line(m: dict) -> str:
+    rows = attack_rows(m)
+    if not rows:
+        return "worst attack: no attack measured"
+    scored = [r for r in rows if r[2].get("recovered_fraction") is not None]
+    if not scored:
+        flags = sorted({r[2].get("flag") or "undefined" for r in rows})
+        return f"worst attack: recovered fraction undefined for every attack ({', '.join(flags)}: the adapter " \
+               "did not lower the answer log-prob enough to measure recovery)"
+    name, variant, entry = max(scored, key=lambda r: r[2]["recovered_fraction"])
+    lp = entry["mean_answer_logprob"]
+    return (f"worst attack: {name} {variant} recovers {fmt(entry['recovered_fraction'])} of the answer log-prob "
+            f"(base {fmt(lp['base'])}, unlearned {fmt(lp['unlearned'])}, attacked {fmt(lp['attacked'])} nats)")
+
+
+def headline_lines(metrics: dict) -> list[str]:
+    return [forget_line(metrics), locality_line(metrics), utility_line(metrics), fluency_line(metrics),
+            attack_line(metrics)]

@@ -1,0 +1,51 @@
+"""Stage 7, evaluate: base vs base + adapter on the evaluation sets, metric by metric (resumable).
+
+Loads `adapters/<concept>/` onto the session's model with PEFT; the base model is the same object
+under `disable_adapter()`, never a second copy. Base scores come from `baseline/answers.jsonl`.
+Writes `eval/metrics.json` (after every metric), `eval/generations.jsonl`, `eval/*.png`.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from agmask.errors import StageError
+from agmask.evaluate.config import PRESETS as EVAL_PRESETS
+from agmask.evaluate.config import EvalConfig
+from agmask.files import read_jsonl
+
+NAME = "evaluate"
+DIR = "eval"
+DEPENDS: tuple[str, ...] = ("baseline", "unlearn")
+Config = EvalConfig
+PRESETS = EVAL_PRESETS
+
+
+def adapter_dir(run_dir: Path, concept_name: str) -> Path:
+    return Path(run_dir) / "adapters" / concept_name
+
+
+def run(cfg, run_dir: Path, session) -> None:
+    from peft import PeftModel
+
+    from agmask.evaluate import evaluate_model
+    from agmask.pipeline import input_hash
+
+    conf: EvalConfig = session.stage_config(NAME)
+    run_dir = Path(run_dir)
+    path = adapter_dir(run_dir, session.spec.name)
+    if not (path / "adapter_config.json").is_file():
+        raise StageError(f"no adapter in {path} (adapter_config.json missing): run `agmask unlearn` first")
+    answers = run_dir / "baseline" / "answers.jsonl"
+    if not answers.is_file():
+        raise StageError(f"{answers} is missing: run `agmask baseline` first")
+    model, tokenizer, info = session.model()
+    adapted = PeftModel.from_pretrained(model, str(path))  # injects LoRA layers into `model` in place
+    adapted.eval()
+    try:
+        evaluate_model(adapted, tokenizer, session.spec, conf, run_dir / DIR, baseline_rows=read_jsonl(answers),
+                       baseline_generation_tokens=session.stage_config("baseline").generation_tokens,
+                       input_hash=input_hash(session, NAME), resume=not cfg.force, reporter=session.reporter,
+                       header={"model": info.spec, "model_sha256": info.sha256,
+                               "adapter_dir": str(path.relative_to(run_dir))})
+    finally:
+        adapted.unload()  # remove the LoRA layers again: the session's model is the plain base model

@@ -1,0 +1,20 @@
+"""Stage 8, report: `report.html` in the run dir, from the JSON/JSONL/PNG artefacts only (no model)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from agmask.pipeline import STAGES
+
+NAME = "report"
+DIR = "report"  # holds only the DONE marker; the page itself is EXTRA_OUTPUTS
+EXTRA_OUTPUTS = ["report.html"]
+# Every earlier stage: the report shows their artefacts, so any of them changing rebuilds it.
+DEPENDS: tuple[str, ...] = tuple(STAGES[: STAGES.index(NAME)]) if NAME in STAGES else tuple(STAGES)
+
+
+def run(cfg, run_dir: Path, session) -> None:
+    from agmask.report import build_report
+
+    (Path(run_dir) / DIR).mkdir(parents=True, exist_ok=True)
+    path = build_report(run_dir)
+    session.reporter.log(f"report: {path}")
