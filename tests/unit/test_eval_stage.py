@@ -1,10 +1,7 @@
-"""The evaluate and report stages through the real driver, with a stand-in `unlearn` stage that saves a
-PEFT adapter the way the real one will (adapters/<concept>/ + unlearn/summary.json)."""
+"""The evaluate and report stages through the real driver, after a short real unlearning run."""
 from __future__ import annotations
 
 import shutil
-import sys
-import types
 
 import pytest
 
@@ -12,31 +9,16 @@ from agmask import pipeline
 from agmask.config import RunConfig, resolve_stage_config
 from agmask.evaluate import METRICS
 from agmask.evaluate.quantize import lora_layers
-from agmask.files import read_json, write_json
+from agmask.files import read_json
 from agmask.session import Session
-from evalkit import add_adapter
 
 
-@pytest.fixture
-def fake_unlearn(monkeypatch):
-    stage = types.ModuleType("agmask.stages.unlearn")
-    stage.NAME, stage.DIR, stage.DEPENDS, stage.EXTRA_OUTPUTS = "unlearn", "unlearn", ("baseline",), ["adapters"]
-
-    def run(cfg, run_dir, session):
-        model, _, _ = session.model()
-        adapted = add_adapter(model, [1], std=0.3)
-        adapted.save_pretrained(str(run_dir / "adapters" / session.spec.name))
-        adapted.unload()  # the session's model is the base model again
-        write_json(run_dir / "unlearn" / "summary.json", {"steps": 0, "method": "random stand-in"})
-
-    stage.run = run
-    monkeypatch.setitem(sys.modules, "agmask.stages.unlearn", stage)
-    monkeypatch.setattr(pipeline, "STAGES", ["baseline", "probe", "unlearn", "evaluate", "report"])
+FAST = {"mask": {"k": 12, "num_layers": 2}, "unlearn": {"steps": 2, "batch_size": 2},
+        "evaluate": {"corpus_tokens": 128}}
 
 
-def test_evaluate_and_report_stages_run_resume_and_restore_the_model(tmp_path, tiny_concept_path, fake_unlearn):
-    cfg = RunConfig(model="tiny:llama", concepts=[str(tiny_concept_path)], run_dir=tmp_path / "run",
-                    overrides={"evaluate": {"corpus_tokens": 128}})
+def test_evaluate_and_report_stages_run_resume_and_restore_the_model(tmp_path, tiny_concept_path):
+    cfg = RunConfig(model="tiny:llama", concepts=[str(tiny_concept_path)], run_dir=tmp_path / "run", overrides=FAST)
     run = pipeline.run_pipeline(cfg)[0]
     state = read_json(run / "eval" / "metrics.json")
     assert list(state["metrics"]) == list(METRICS)
@@ -57,9 +39,9 @@ def test_evaluate_and_report_stages_run_resume_and_restore_the_model(tmp_path, t
     assert lora_layers(model) == []  # the adapter was unloaded after evaluation
 
 
-def test_evaluate_without_an_adapter_is_a_clean_error(tmp_path, tiny_concept_path, fake_unlearn):
-    cfg = RunConfig(model="tiny:llama", concepts=[str(tiny_concept_path)], run_dir=tmp_path / "run")
-    pipeline.run_pipeline(cfg, stages=["baseline", "unlearn"])
+def test_evaluate_without_an_adapter_is_a_clean_error(tmp_path, tiny_concept_path):
+    cfg = RunConfig(model="tiny:llama", concepts=[str(tiny_concept_path)], run_dir=tmp_path / "run", overrides=FAST)
+    pipeline.run_pipeline(cfg, stages=["baseline", "probe", "attribute", "mask", "unlearn"])
     shutil.rmtree(tmp_path / "run" / "adapters")
     with pytest.raises(pipeline.AgmaskError, match="no adapter"):
         pipeline.run_pipeline(cfg, stages=["evaluate"])

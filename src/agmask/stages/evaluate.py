@@ -1,7 +1,7 @@
 """Stage 7, evaluate: base vs base + adapter on the evaluation sets, metric by metric (resumable).
 
-Loads `adapters/<concept>/` onto the session's model with PEFT; the base model is the same object
-under `disable_adapter()`, never a second copy. Base scores come from `baseline/answers.jsonl`.
+Loads `adapters/<concept>/` (and, in incremental mode, the earlier concepts' adapters) onto the
+session's model with PEFT; the base model is the same object under `disable_adapter()`, never a copy. Base scores come from `baseline/answers.jsonl`.
 Writes `eval/metrics.json` (after every metric), `eval/generations.jsonl`, `eval/*.png`.
 """
 from __future__ import annotations
@@ -25,8 +25,6 @@ def adapter_dir(run_dir: Path, concept_name: str) -> Path:
 
 
 def run(cfg, run_dir: Path, session) -> None:
-    from peft import PeftModel
-
     from agmask.evaluate import evaluate_model
     from agmask.pipeline import input_hash
 
@@ -38,8 +36,8 @@ def run(cfg, run_dir: Path, session) -> None:
     answers = run_dir / "baseline" / "answers.jsonl"
     if not answers.is_file():
         raise StageError(f"{answers} is missing: run `agmask baseline` first")
-    model, tokenizer, info = session.model()
-    adapted = PeftModel.from_pretrained(model, str(path))  # injects LoRA layers into `model` in place
+    _, tokenizer, info = session.model()
+    adapted = session.adapted_model()  # LoRA layers injected into the session's model (+ earlier concepts')
     adapted.eval()
     try:
         evaluate_model(adapted, tokenizer, session.spec, conf, run_dir / DIR, baseline_rows=read_jsonl(answers),
@@ -48,4 +46,4 @@ def run(cfg, run_dir: Path, session) -> None:
                        header={"model": info.spec, "model_sha256": info.sha256,
                                "adapter_dir": str(path.relative_to(run_dir))})
     finally:
-        adapted.unload()  # remove the LoRA layers again: the session's model is the plain base model
+        session.drop_adapters(adapted)  # remove the LoRA layers again: the session's model is the plain base
