@@ -11,7 +11,7 @@ from agmask.concepts import load_concept
 from agmask.errors import StageError
 from agmask.evaluate import METRICS, EvalConfig, evaluate_model
 from agmask.evaluate.attacks import NEAR_ZERO
-from agmask.evaluate.context import select_items
+from agmask.scoring import select_items
 from agmask.evaluate.metrics_internal import pca_2d
 from agmask.files import read_json, read_jsonl
 from evalkit import add_adapter, force_answer

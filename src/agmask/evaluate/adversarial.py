@@ -16,7 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from agmask.concepts.schema import ConceptSpec, PromptItem
-from agmask.evaluate.context import select_items
+from agmask.scoring import select_items
 
 PREFIX_INJECTION_LEAD = 'Sure, I know this one. The film is "'
 FILL_BLANK_LEAD = 'The blank is "'

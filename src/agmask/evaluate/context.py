@@ -19,33 +19,10 @@ from agmask.errors import StageError
 from agmask.evaluate.config import EVAL_QA_SETS, EvalConfig
 from agmask.evaluate.internals import last_token_resid
 from agmask.progress import SILENT, Reporter
-from agmask.scoring import BASE_KNOWN_RANK, generate, prefix_for, render_prompt, score_items
+from agmask.scoring import BASE_KNOWN_RANK, generate, prefix_for, render_prompt, score_items, select_items
 
 Which = Literal["base", "adapted"]
 Mode = Literal["lead", "free"]  # lead: after the set's answer lead; free: the bare chat prompt
-
-
-def select_items(items: list[PromptItem], k: int) -> list[tuple[int, PromptItem]]:
-    """k items spread over families (round robin, set order within a family); all when k is 0.
-
-    A set without families is sampled at even spacing, so a subset still covers the whole list.
-    Returns (index in the set, item) pairs in set order.
-    """
-    indexed = list(enumerate(items))
-    if not k or k >= len(items):
-        return indexed
-    groups: dict[str | None, list[tuple[int, PromptItem]]] = {}
-    for pair in indexed:
-        groups.setdefault(pair[1].family, []).append(pair)
-    if len(groups) == 1:
-        return [indexed[round(i * len(items) / k)] for i in range(k)]
-    chosen: list[tuple[int, PromptItem]] = []
-    queues = [list(g) for g in groups.values()]
-    while len(chosen) < k:
-        for q in queues:
-            if q and len(chosen) < k:
-                chosen.append(q.pop(0))
-    return sorted(chosen, key=lambda p: p[0])
 
 
 @dataclass

@@ -21,7 +21,7 @@ from agmask.scoring.encode import closing_for, collate_answers, encode_answer, r
 from agmask.scoring.generate import generate
 from agmask.scoring.logprobs import answer_logprobs, token_logprobs
 
-__all__ = ["ItemScore", "score_items", "item_logprobs", "summarize", "render_prompt", "encode_answer", "collate_answers",
+__all__ = ["ItemScore", "score_items", "item_logprobs", "select_items", "summarize", "render_prompt", "encode_answer", "collate_answers",
            "answer_logprobs", "token_logprobs", "generate", "prefix_for", "answer_hit", "BASE_KNOWN_RANK",
            "QA_SETS"]
 
@@ -46,6 +46,29 @@ class ItemScore:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+def select_items(items: list[PromptItem], k: int) -> list[tuple[int, PromptItem]]:
+    """k items spread over families (round robin, set order within a family); all when k is 0.
+
+    A set without families is sampled at even spacing, so a subset still covers the whole list.
+    Returns (index in the set, item) pairs in set order.
+    """
+    indexed = list(enumerate(items))
+    if not k or k >= len(items):
+        return indexed
+    groups: dict[str | None, list[tuple[int, PromptItem]]] = {}
+    for pair in indexed:
+        groups.setdefault(pair[1].family, []).append(pair)
+    if len(groups) == 1:
+        return [indexed[round(i * len(items) / k)] for i in range(k)]
+    chosen: list[tuple[int, PromptItem]] = []
+    queues = [list(g) for g in groups.values()]
+    while len(chosen) < k:
+        for q in queues:
+            if q and len(chosen) < k:
+                chosen.append(q.pop(0))
+    return sorted(chosen, key=lambda p: p[0])
 
 
 def prefix_for(tokenizer, concept: ConceptSpec, set_name: str, prompt: str) -> str:

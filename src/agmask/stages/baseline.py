@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from agmask.files import write_json, write_jsonl
-from agmask.scoring import QA_SETS, score_items, summarize
+from agmask.scoring import QA_SETS, score_items, select_items, summarize
 
 NAME = "baseline"
 DIR = "baseline"
@@ -20,10 +20,10 @@ DEPENDS: tuple[str, ...] = ()
 class Config:
     generation_tokens: int = 16  # greedy reply length after the lead
     batch_size: int = 8  # generation batch
-    max_items: int = 0  # first N prompts of each set; 0 = all
+    max_items: int = 0  # prompts per set, spread over families (as the evaluation picks them); 0 = all
 
 
-PRESETS = {"demo": {"generation_tokens": 12, "max_items": 12}, "full": {"generation_tokens": 32}}
+PRESETS = {"demo": {"generation_tokens": 12, "max_items": 8}, "full": {"generation_tokens": 32}}
 
 
 def run(cfg, run_dir: Path, session) -> None:
@@ -31,11 +31,13 @@ def run(cfg, run_dir: Path, session) -> None:
     model, tokenizer, _ = session.model()
     rows, summary = [], {}
     for set_name in QA_SETS:
-        items = session.spec.items(set_name)[: conf.max_items or None]
-        scored = [r.to_dict() for r in score_items(model, tokenizer, session.spec, set_name, items,
-                                                   generation_tokens=conf.generation_tokens,
-                                                   batch_size=conf.batch_size, reporter=session.reporter)]
-        rows.extend(scored)
-        summary[set_name] = summarize(scored)
+        # the same selection as the evaluation's, so the evaluation reuses these rows as its base side
+        pairs = select_items(session.spec.items(set_name), conf.max_items)
+        scored = score_items(model, tokenizer, session.spec, set_name, [it for _, it in pairs],
+                             generation_tokens=conf.generation_tokens, batch_size=conf.batch_size,
+                             reporter=session.reporter)
+        set_rows = [dict(r.to_dict(), index=i) for r, (i, _) in zip(scored, pairs)]  # index = place in the set
+        rows.extend(set_rows)
+        summary[set_name] = summarize(set_rows)
     write_jsonl(Path(run_dir) / DIR / "answers.jsonl", rows)
     write_json(Path(run_dir) / DIR / "summary.json", summary)
