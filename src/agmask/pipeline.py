@@ -21,7 +21,7 @@ from agmask.progress import SILENT, Reporter
 from agmask.session import Session
 
 # In pipeline order. `agmask run` runs them all.
-STAGES = ["baseline", "perturb", "probe"]
+STAGES = ["baseline", "perturb", "probe", "similarity"]
 DONE = "DONE"
 
 
