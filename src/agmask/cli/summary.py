@@ -23,6 +23,43 @@ def baseline_table(summary: dict, title: str) -> Table:
     return table
 
 
+def _pm(mean, std, spec: str = ".2f") -> str:
+    return "-" if mean is None else f"{mean:{spec}} ± {std:{spec}}"
+
+
+def perturb_table(stability: dict) -> Table:
+    table = Table(title=f"perturb: answer stability per family (set {stability['set']}, "
+                        f"{stability['config']['samples']} samples + greedy per prompt)")
+    for col in ("family", "prompts", "changed", "consistency", "distinct", "entropy (bits)", "hit rate",
+                "flip vs original", "answer log-prob", "MC share"):
+        table.add_column(col, justify="left" if col == "family" else "right")
+    for name, s in [*stability["families"].items(), ("overall", stability["overall"])]:
+        changed = None if name == "original" else s["changed_share"]  # share of prompts the family could change
+        table.add_row(name, str(s["n_prompts"]), _fmt(changed), _fmt(s["consistency"]), str(s["distinct_answers"]),
+                      _fmt(s["entropy_bits"]), _fmt(s["hit_rate"]), _fmt(s["flip_rate"]),
+                      _pm(s["answer_logprob_mean"], s["answer_logprob_std"]), _pm(s["mc_share_mean"], s["mc_share_std"]))
+    return table
+
+
+def similarity_table(sim: dict) -> Table:
+    table = Table(title=f"similarity: RSA (Spearman ρ, semantic vs activation) over {sim['num_prompts']} prompts, "
+                        f"{sim['position']} token")
+    for col in ("activations", "best layer", "ρ best", "p best", "ρ middle layer", "ρ mean over layers", "ρ min",
+                "ρ last layer"):
+        table.add_column(col, justify="left" if col == "activations" else "right")
+    middle = sim["middle_layer"]
+    for kind, layers in sim["layers"].items():
+        vals = [(d["layer"], d["rsa"], d["p_value"]) for d in layers if d["rsa"] is not None]
+        if not vals:
+            table.add_row(kind, *["-"] * 7)
+            continue
+        best = max(vals, key=lambda v: v[1])
+        rhos = [v[1] for v in vals]
+        table.add_row(kind, str(best[0]), _fmt(best[1]), _fmt(best[2], ".3f"), _fmt(layers[middle]["rsa"]),
+                      _fmt(sum(rhos) / len(rhos)), _fmt(min(rhos)), _fmt(layers[-1]["rsa"]))
+    return table
+
+
 def print_run_summary(run_dir: Path, stage: str | None = None) -> None:
     from agmask.files import read_json
 
@@ -33,4 +70,10 @@ def print_run_summary(run_dir: Path, stage: str | None = None) -> None:
         manifest = read_json(run_dir / "manifest.json")
         console.print(baseline_table(read_json(baseline),
                                      f"baseline: {manifest['model']['spec']}, concept {manifest['concept']['name']}"))
+    perturb = run_dir / "perturb" / "stability.json"
+    if perturb.is_file() and stage in (None, "perturb"):
+        console.print(perturb_table(read_json(perturb)))
+    similarity = run_dir / "similarity" / "similarity.json"
+    if similarity.is_file() and stage in (None, "similarity"):
+        console.print(similarity_table(read_json(similarity)))
     console.print(f"run directory: {run_dir}")
