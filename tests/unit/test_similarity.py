@@ -96,6 +96,8 @@ def test_stage_writes_rsa_per_layer_matrices_and_figures(tmp_path, tiny_concept_
         assert [d["layer"] for d in layers] == list(range(n_layers))
         for d in layers:
             assert -1 <= d["rsa"] <= 1 and 0 < d["p_value"] <= 1
+            assert set(d["within"]) == {"forget_eval", "neighbors", "retain_eval"}  # every set has 3+ prompts
+            assert all(w["rsa"] is None or -1 <= w["rsa"] <= 1 for w in d["within"].values())
     best = sim["best_layer"]
     assert sim["best_rsa"] == max(d["rsa"] for d in sim["layers"]["mlp"]) == sim["layers"]["mlp"][best]["rsa"]
     for name, m in sim["matrices"].items():
@@ -118,6 +120,7 @@ def test_rsa_of_the_probe_with_itself_is_one(tmp_path, tiny_concept_path, monkey
     run_pipeline(cfg, stages=["similarity"])
     sim = read_json(cfg.run_dir / "similarity" / "similarity.json")
     assert sim["layers"]["mlp"][1]["rsa"] == pytest.approx(1.0) and sim["best_layer"] == 1
+    assert all(w["rsa"] == pytest.approx(1.0) for w in sim["layers"]["mlp"][1]["within"].values())
     assert sim["layers"]["mlp"][1]["p_value"] == pytest.approx(1 / 50)
 
 

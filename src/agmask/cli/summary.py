@@ -44,19 +44,24 @@ def perturb_table(stability: dict) -> Table:
 def similarity_table(sim: dict) -> Table:
     table = Table(title=f"similarity: RSA (Spearman ρ, semantic vs activation) over {sim['num_prompts']} prompts, "
                         f"{sim['position']} token")
-    for col in ("activations", "best layer", "ρ best", "p best", "ρ middle layer", "ρ mean over layers", "ρ min",
+    for col in ("activations", "prompts", "best layer", "ρ best", "p best", "ρ middle layer", "ρ mean", "ρ min",
                 "ρ last layer"):
-        table.add_column(col, justify="left" if col == "activations" else "right")
-    middle = sim["middle_layer"]
-    for kind, layers in sim["layers"].items():
-        vals = [(d["layer"], d["rsa"], d["p_value"]) for d in layers if d["rsa"] is not None]
+        table.add_column(col, justify="left" if col in ("activations", "prompts") else "right")
+    middle, primary = sim["middle_layer"], sim["primary_kind"]
+    curves = [(kind, "all", layers) for kind, layers in sim["layers"].items()]
+    curves += [(primary, f"within {g}", [d["within"].get(g) for d in sim["layers"][primary]])
+               for g in sim["layers"][primary][0]["within"]]
+    for kind, which, entries in curves:
+        vals = [(i, e["rsa"], e["p_value"]) for i, e in enumerate(entries) if e and e["rsa"] is not None]
         if not vals:
-            table.add_row(kind, *["-"] * 7)
+            table.add_row(kind, which, *["-"] * 7)
             continue
         best = max(vals, key=lambda v: v[1])
         rhos = [v[1] for v in vals]
-        table.add_row(kind, str(best[0]), _fmt(best[1]), _fmt(best[2], ".3f"), _fmt(layers[middle]["rsa"]),
-                      _fmt(sum(rhos) / len(rhos)), _fmt(min(rhos)), _fmt(layers[-1]["rsa"]))
+        mid = entries[middle]["rsa"] if entries[middle] else None
+        last = entries[-1]["rsa"] if entries[-1] else None
+        table.add_row(kind, which, str(best[0]), _fmt(best[1]), _fmt(best[2], ".3f"), _fmt(mid),
+                      _fmt(sum(rhos) / len(rhos)), _fmt(min(rhos)), _fmt(last))
     return table
 
 

@@ -42,6 +42,8 @@ def stability_figure(stab: dict, chance: float | None, path: Path, title: str) -
     for k, (name, vals, err) in enumerate(series):
         v = np.array([np.nan if a is None else a for a in vals], dtype=float)
         e = None if err is None else np.array([0.0 if a is None else a for a in err], dtype=float)
+        if e is not None:  # a share stays in [0, 1]: clip the ± std bars there
+            e = np.stack([np.minimum(e, np.nan_to_num(v)), np.minimum(e, 1 - np.nan_to_num(v))])
         ax.bar(x + (k - 1) * width, v, width, yerr=e, capsize=3, label=name)
     if chance is not None:
         ax.axhline(chance, color="grey", ls="--", lw=1, label=f"MC chance (1/{round(1 / chance)})")
@@ -126,13 +128,14 @@ def examples_figure(rows: list[dict], path: Path, title: str) -> None:
     base = max(sorted(by_base), key=lambda b: len({r["answer"] for r in by_base[b]}))
     order = family_order([r["family"] for r in by_base[base]])
     chosen = sorted(by_base[base], key=lambda r: order.index(r["family"]))
-    cells = [[r["family"], textwrap.fill(_plain(r["prompt"]), 70, max_lines=3, placeholder=" …"), _label(r["answer"]),
+    cells = [[r["family"], textwrap.fill(_plain(r["prompt"]), 70, max_lines=3, placeholder=" …"),
+              textwrap.fill(_plain(r["answer"]) or "(empty)", 30, max_lines=2, placeholder=" …"),
               "-" if r["mc_share"] is None else f"{r['mc_share']:.2f}"] for r in chosen]
     fig = Figure(figsize=(13, 0.62 * len(cells) + 1.2))
     ax = fig.subplots()
     ax.axis("off")
     table = ax.table(cellText=cells, colLabels=["family", "prompt", "greedy answer", "concept MC share"],
-                     colWidths=[0.12, 0.6, 0.16, 0.12], loc="center", cellLoc="left")
+                     colWidths=[0.11, 0.52, 0.25, 0.12], loc="center", cellLoc="left")
     table.auto_set_font_size(False)
     table.set_fontsize(8)
     table.scale(1, 3.0)

@@ -44,24 +44,30 @@ def matrices_figure(panels: list[tuple[str, np.ndarray]], groups: list[str], pat
     save_figure(fig, path)
 
 
-def rsa_figure(per_kind: dict[str, list[float | None]], pvalues: dict[str, list[float | None]], best: int,
-               path: Path, title: str) -> None:
-    """RSA (Spearman rho) per layer for each activation kind; filled markers: permutation p < 0.05."""
-    fig = Figure(figsize=(9, 4.5))
+def rsa_figure(layers: dict[str, list[dict]], primary: str, best: int, path: Path, title: str) -> None:
+    """RSA (Spearman rho) per layer: over all prompts for each activation kind (solid; filled markers:
+    permutation p < 0.05), and within each prompt set for the primary kind (dashed)."""
+    fig = Figure(figsize=(10, 5))
     ax = fig.subplots()
-    for kind, values in per_kind.items():
-        y = np.array([np.nan if v is None else v for v in values], dtype=float)
+
+    def curve(entries: list[dict | None], label: str, style: str) -> None:
+        y = np.array([np.nan if e is None or e["rsa"] is None else e["rsa"] for e in entries], dtype=float)
         x = np.arange(len(y))
-        line, = ax.plot(x, y, marker="o", mfc="white", label=f"{kind} activations")
-        sig = np.array([p is not None and p < 0.05 for p in pvalues.get(kind, [None] * len(y))])
+        line, = ax.plot(x, y, style, marker="o", ms=4, mfc="white", label=label)
+        sig = np.array([e is not None and e["p_value"] is not None and e["p_value"] < 0.05 for e in entries])
         if sig.any():
-            ax.plot(x[sig], y[sig], "o", color=line.get_color(), label=f"{kind}: permutation p < 0.05")
+            ax.plot(x[sig], y[sig], "o", ms=4, color=line.get_color())
+
+    for kind, entries in layers.items():
+        curve(entries, f"{kind} activations, all prompts", "-")
+    for group in layers[primary][0]["within"]:
+        curve([e["within"].get(group) for e in layers[primary]], f"{primary}, within {group}", "--")
     ax.axhline(0, color="grey", lw=0.8)
-    ax.axvline(best, color="grey", ls="--", lw=0.8, label=f"best layer ({best})")
+    ax.axvline(best, color="grey", ls=":", lw=0.8, label=f"best layer ({best})")
     ax.set_xlabel("layer")
     ax.set_ylabel("RSA: Spearman ρ (semantic vs activation similarity)")
-    ax.set_title(title, fontsize=11)
+    ax.set_title(f"{title}\nfilled markers: permutation p < 0.05", fontsize=11)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     fig.tight_layout()
     save_figure(fig, path)

@@ -70,3 +70,20 @@ def summarize_matrix(m: np.ndarray, groups: list[str]) -> dict:
         sel = same & (groups_arr[:, None] == g)
         out["within"][g] = float(m[sel].mean()) if sel.any() else None
     return out
+
+
+def layer_rsa(sem: np.ndarray, act: np.ndarray, groups: list[str], n_perm: int, rng: np.random.Generator) -> dict:
+    """RSA of one layer's (P, P) activation matrix against the semantic one: over all prompts, and within
+    each group (prompt set) of 3+ prompts. Across sets, both matrices mostly separate film questions
+    from general ones; within a set, RSA asks whether wording-level similarity is mirrored too."""
+    out = {"rsa": rsa(sem, act)}
+    out["p_value"] = mantel_p(act, sem, out["rsa"], n_perm, rng)
+    out["within"] = {}
+    groups_arr = np.asarray(groups)
+    for g in dict.fromkeys(groups):
+        idx = np.flatnonzero(groups_arr == g)
+        if len(idx) >= 3:
+            s, a = sem[np.ix_(idx, idx)], act[np.ix_(idx, idx)]
+            r = rsa(s, a)
+            out["within"][g] = {"rsa": r, "p_value": mantel_p(a, s, r, n_perm, rng)}
+    return out

@@ -20,7 +20,7 @@ from agmask.errors import StageError
 from agmask.files import load_tensors, read_json, write_json
 from agmask.similarity import semantic
 from agmask.similarity.figures import matrices_figure, rsa_figure
-from agmask.similarity.rsa import cosine_matrix, mantel_p, rsa, summarize_matrix
+from agmask.similarity.rsa import cosine_matrix, layer_rsa, summarize_matrix
 
 NAME = "similarity"
 DIR = "similarity"
@@ -96,27 +96,27 @@ def run(cfg, run_dir: Path, session) -> None:
     rng = np.random.default_rng(cfg.seed)
 
     n_layers = next(iter(acts.values())).shape[1]
-    per_kind, pvals, act_mats = {}, {}, {}
+    off = ~np.eye(len(prompts), dtype=bool)
+    layers, act_mats = {}, {}
     with session.reporter.task("RSA per layer", n_layers * len(acts)) as advance:
         for kind, a in acts.items():
-            mats = [cosine_matrix(a[:, layer]) for layer in range(n_layers)]  # L x (P, P)
-            per_kind[kind] = [rsa(sem, m) for m in mats]
-            pvals[kind] = [mantel_p(m, sem, r, conf.permutations, rng) for m, r in zip(mats, per_kind[kind])]
-            act_mats[kind] = mats
-            advance(n_layers)
+            act_mats[kind] = [cosine_matrix(a[:, layer]) for layer in range(n_layers)]  # L x (P, P)
+            layers[kind] = []
+            for i, m in enumerate(act_mats[kind]):
+                layers[kind].append({"layer": i, **layer_rsa(sem, m, groups, conf.permutations, rng),
+                                     "activation_offdiag_mean": float(m[off].mean())})
+                advance(1)
 
     primary = PRIMARY if PRIMARY in acts else next(iter(acts))
-    scores = [-np.inf if r is None else r for r in per_kind[primary]]
-    best, middle = int(np.argmax(scores)), n_layers // 2
-    layers = {kind: [{"layer": i, "rsa": per_kind[kind][i], "p_value": pvals[kind][i],
-                      "activation_offdiag_mean": float(act_mats[kind][i][~np.eye(len(prompts), dtype=bool)].mean())}
-                     for i in range(n_layers)] for kind in acts}
+    rhos = {kind: [d["rsa"] for d in entries] for kind, entries in layers.items()}
+    best = int(np.argmax([-np.inf if r is None else r for r in rhos[primary]]))
+    middle = n_layers // 2
     write_json(out_dir / "similarity.json", {
         "semantic_model": semantic.MODEL_NAME, "position": conf.position, "primary_kind": primary,
         "config": dataclasses.asdict(conf), "num_layers": n_layers, "num_prompts": len(prompts),
         "rsa": "Spearman rho between the upper triangles (prompt pairs) of the semantic and activation cosine "
-               "matrices; p_value: one-sided permutation (Mantel) test, prompts relabelled",
-        "best_layer": best, "middle_layer": middle, "best_rsa": per_kind[primary][best],
+               "matrices, over all prompts and `within` each set; p_value: one-sided permutation (Mantel) test",
+        "best_layer": best, "middle_layer": middle, "best_rsa": rhos[primary][best],
         "layers": layers, "prompts": prompts,
         "summary": {"semantic": summarize_matrix(sem, groups),
                     "activation_best": summarize_matrix(act_mats[primary][best], groups),
@@ -126,13 +126,13 @@ def run(cfg, run_dir: Path, session) -> None:
     })
     label = f"{session.spec.name}: {session.cfg.model}"
     panels = [("semantic (MiniLM sentence embeddings)", sem),
-              (f"{primary} activations, layer {best} (best RSA {_fmt(per_kind[primary][best])})", act_mats[primary][best])]
+              (f"{primary} activations, layer {best} (best RSA {_fmt(rhos[primary][best])})", act_mats[primary][best])]
     if middle != best:
-        panels.append((f"{primary} activations, layer {middle} (middle, RSA {_fmt(per_kind[primary][middle])})",
+        panels.append((f"{primary} activations, layer {middle} (middle, RSA {_fmt(rhos[primary][middle])})",
                        act_mats[primary][middle]))
     matrices_figure(panels, groups, out_dir / "matrices.png",
                     f"Semantic vs activation similarity of {len(prompts)} prompts ({conf.position} token) — {label}")
-    rsa_figure(per_kind, pvals, best, out_dir / "rsa_layers.png", f"Representational similarity per layer — {label}")
+    rsa_figure(layers, primary, best, out_dir / "rsa_layers.png", f"Representational similarity per layer — {label}")
 
 
 def _fmt(v: float | None) -> str:
