@@ -134,7 +134,7 @@ def _tiny_cfg(tmp_path, concept, **overrides) -> RunConfig:
                      overrides={"perturb": {**small, **overrides}})
 
 
-def test_stage_writes_outputs_stability_and_figures(tmp_path, tiny_concept_path):
+def test_stage_writes_outputs_stability_and_figures(tmp_path, tiny_concept_path, capsys):
     cfg = _tiny_cfg(tmp_path, tiny_concept_path)
     run_pipeline(cfg, stages=["perturb"])
     out = cfg.run_dir / "perturb"
@@ -158,6 +158,11 @@ def test_stage_writes_outputs_stability_and_figures(tmp_path, tiny_concept_path)
     with Image.open(out / "answers_heatmap.png") as im:
         assert im.size[0] > 300 and im.size[1] > 300
     assert set(read_done(cfg.run_dir, "perturb")["outputs"]) >= {"perturb/outputs.jsonl", "perturb/stability.json"}
+    from agmask.cli.summary import print_run_summary
+
+    print_run_summary(cfg.run_dir)
+    printed = capsys.readouterr().out
+    assert "answer stability per family" in printed and "role_play" in printed and "overall" in printed
 
     # seeded: a forced rerun writes the same generations, sampled ones included
     before = (out / "outputs.jsonl").read_bytes()

@@ -81,7 +81,7 @@ def _cfg(tmp_path, concept, **overrides) -> RunConfig:
                      overrides={"similarity": {"permutations": 49, **overrides}})
 
 
-def test_stage_writes_rsa_per_layer_matrices_and_figures(tmp_path, tiny_concept_path, fake_embedder):
+def test_stage_writes_rsa_per_layer_matrices_and_figures(tmp_path, tiny_concept_path, fake_embedder, capsys):
     cfg = _cfg(tmp_path, tiny_concept_path)
     run_pipeline(cfg, stages=["probe", "similarity"])
     out = cfg.run_dir / "similarity"
@@ -106,6 +106,11 @@ def test_stage_writes_rsa_per_layer_matrices_and_figures(tmp_path, tiny_concept_
     for png in ("matrices.png", "rsa_layers.png"):
         assert (out / png).read_bytes()[:8] == PNG_MAGIC
     assert "similarity/similarity.json" in read_done(cfg.run_dir, "similarity")["outputs"]
+    from agmask.cli.summary import print_run_summary
+
+    print_run_summary(cfg.run_dir, stage="similarity")
+    printed = capsys.readouterr().out
+    assert "RSA" in printed and "within forget_eval" in printed and "resid" in printed
 
 
 def test_rsa_of_the_probe_with_itself_is_one(tmp_path, tiny_concept_path, monkeypatch):
