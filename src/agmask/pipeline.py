@@ -21,7 +21,7 @@ from agmask.progress import SILENT, Reporter
 from agmask.session import Session
 
 # In pipeline order. `agmask run` runs them all.
-STAGES = ["baseline", "probe", "attribute", "mask", "unlearn", "evaluate", "report"]
+STAGES = ["baseline", "perturb", "probe", "attribute", "similarity", "mask", "unlearn", "evaluate", "report"]
 DONE = "DONE"
 
 

@@ -41,6 +41,48 @@ def print_eval_summary(run_dir: Path, report: Path | None = None) -> None:
         print(line)
 
 
+def _pm(mean, std, spec: str = ".2f") -> str:
+    return "-" if mean is None else f"{mean:{spec}} ± {std:{spec}}"
+
+
+def perturb_table(stability: dict) -> Table:
+    table = Table(title=f"perturb: answer stability per family (set {stability['set']}, "
+                        f"{stability['config']['samples']} samples + greedy per prompt)")
+    for col in ("family", "prompts", "changed", "consistency", "distinct", "entropy (bits)", "hit rate",
+                "flip vs original", "answer log-prob", "MC share"):
+        table.add_column(col, justify="left" if col == "family" else "right")
+    for name, s in [*stability["families"].items(), ("overall", stability["overall"])]:
+        changed = None if name == "original" else s["changed_share"]  # share of prompts the family could change
+        table.add_row(name, str(s["n_prompts"]), _fmt(changed), _fmt(s["consistency"]), str(s["distinct_answers"]),
+                      _fmt(s["entropy_bits"]), _fmt(s["hit_rate"]), _fmt(s["flip_rate"]),
+                      _pm(s["answer_logprob_mean"], s["answer_logprob_std"]), _pm(s["mc_share_mean"], s["mc_share_std"]))
+    return table
+
+
+def similarity_table(sim: dict) -> Table:
+    table = Table(title=f"similarity: RSA (Spearman ρ, semantic vs activation) over {sim['num_prompts']} prompts, "
+                        f"{sim['position']} token")
+    for col in ("activations", "prompts", "best layer", "ρ best", "p best", "ρ middle layer", "ρ mean", "ρ min",
+                "ρ last layer"):
+        table.add_column(col, justify="left" if col in ("activations", "prompts") else "right")
+    middle, primary = sim["middle_layer"], sim["primary_kind"]
+    curves = [(kind, "all", layers) for kind, layers in sim["layers"].items()]
+    curves += [(primary, f"within {g}", [d["within"].get(g) for d in sim["layers"][primary]])
+               for g in sim["layers"][primary][0]["within"]]
+    for kind, which, entries in curves:
+        vals = [(i, e["rsa"], e["p_value"]) for i, e in enumerate(entries) if e and e["rsa"] is not None]
+        if not vals:
+            table.add_row(kind, which, *["-"] * 7)
+            continue
+        best = max(vals, key=lambda v: v[1])
+        rhos = [v[1] for v in vals]
+        mid = entries[middle]["rsa"] if entries[middle] else None
+        last = entries[-1]["rsa"] if entries[-1] else None
+        table.add_row(kind, which, str(best[0]), _fmt(best[1]), _fmt(best[2], ".3f"), _fmt(mid),
+                      _fmt(sum(rhos) / len(rhos)), _fmt(min(rhos)), _fmt(last))
+    return table
+
+
 def print_run_summary(run_dir: Path, stage: str | None = None) -> None:
     from agmask.files import read_json
 
@@ -71,6 +113,14 @@ def print_run_summary(run_dir: Path, stage: str | None = None) -> None:
         console.print(f"unlearn: {u['method']}, {u['steps_run']} steps in {u['seconds']:.0f} s; final {final}; "
                       f"adapter {u['adapter_dir']} ({u['adapter_bytes'] / 1e6:.2f} MB, "
                       f"{u['adapter_parameters']} parameters)")
+
+
+    perturb = run_dir / "perturb" / "stability.json"
+    if perturb.is_file() and stage in (None, "perturb"):
+        console.print(perturb_table(read_json(perturb)))
+    similarity = run_dir / "similarity" / "similarity.json"
+    if similarity.is_file() and stage in (None, "similarity"):
+        console.print(similarity_table(read_json(similarity)))
     console.print(f"run directory: {run_dir}")
     if stage in (None, "evaluate", "report"):
         print_eval_summary(run_dir)  # plain print: `make demo` ends with the report path and five lines
