@@ -48,15 +48,16 @@ def test_stage_needs_its_upstream(capsys, tmp_path, tiny_concept_path, monkeypat
                                                  run_dir=tmp_path / "r"), stages=["fake_downstream"])
 
 
-def test_run_on_a_tiny_model_prints_the_baseline_table(capsys, tmp_path, tiny_concept_path):
-    code, out, err = _run(capsys, "run", "--model", "tiny:qwen2", "--concept", str(tiny_concept_path),
+def test_a_stage_command_prints_the_baseline_table(capsys, tmp_path, tiny_concept_path):
+    code, out, err = _run(capsys, "baseline", "--model", "tiny:qwen2", "--concept", str(tiny_concept_path),
                           "--run-dir", str(tmp_path / "r"), "-q")
     assert code == 0, err
     for needle in ("forget_eval", "mean answer log-prob", "MC top-1", "greedy hit (base-known)"):
         assert needle in out
     # a stage command reuses the manifest's model and concept
-    code, out, err = _run(capsys, "baseline", "--run-dir", str(tmp_path / "r"), "-q")
+    code, out, err = _run(capsys, "probe", "--run-dir", str(tmp_path / "r"), "-q")
     assert code == 0, err
+    assert (tmp_path / "r" / "probe" / "activations.safetensors").is_file()
 
 
 def test_models_lists_both_embedded_models(capsys):

@@ -25,7 +25,7 @@ def concept_copy(tmp_path, tiny_concept_path):
 
 def test_baseline_writes_its_artefacts_and_a_rerun_skips(tmp_path, concept_copy):
     cfg = _cfg(tmp_path, concept_copy)
-    run_pipeline(cfg)
+    run_pipeline(cfg, stages=["baseline"])
     run_dir = cfg.run_dir
     assert (run_dir / "manifest.json").is_file()
     rows = (run_dir / "baseline" / "answers.jsonl").read_text().splitlines()
@@ -41,7 +41,7 @@ def test_baseline_writes_its_artefacts_and_a_rerun_skips(tmp_path, concept_copy)
 
 def test_edited_concept_or_force_or_changed_option_reruns(tmp_path, concept_copy):
     cfg = _cfg(tmp_path, concept_copy)
-    run_pipeline(cfg)
+    run_pipeline(cfg, stages=["baseline"])
     assert run_stage(Session.create(cfg), "baseline") is False
     concept_copy.write_text(concept_copy.read_text().replace("What is 2 plus 2?", "What is 3 plus 3?"))
     assert run_stage(Session.create(cfg), "baseline") is True
@@ -54,7 +54,7 @@ def test_edited_concept_or_force_or_changed_option_reruns(tmp_path, concept_copy
 
 def test_a_failing_stage_keeps_earlier_artefacts_and_is_not_done(tmp_path, concept_copy, monkeypatch):
     cfg = _cfg(tmp_path, concept_copy)
-    run_pipeline(cfg)
+    run_pipeline(cfg, stages=["baseline"])
     answers = (cfg.run_dir / "baseline" / "answers.jsonl").read_bytes()
     import agmask.stages.baseline as baseline
 
@@ -80,14 +80,14 @@ def test_input_hash_changes_with_model_and_seed(tmp_path, concept_copy):
 
 
 def test_a_run_dir_refuses_another_model(tmp_path, concept_copy):
-    run_pipeline(_cfg(tmp_path, concept_copy))
+    run_pipeline(_cfg(tmp_path, concept_copy), stages=["baseline"])
     other = RunConfig(model="tiny:qwen2", concepts=[str(concept_copy)], run_dir=tmp_path / "run")
     with pytest.raises(AgmaskError, match="was made for model 'tiny:llama'"):
-        run_pipeline(other)
+        run_pipeline(other, stages=["baseline"])
 
 
 def test_unknown_stage_and_unknown_option(tmp_path, concept_copy):
     with pytest.raises(AgmaskError, match="unknown stage 'nope'"):
         run_pipeline(_cfg(tmp_path, concept_copy), stages=["nope"])
     with pytest.raises(AgmaskError, match="unknown option.*baseline: tokens"):
-        run_pipeline(_cfg(tmp_path, concept_copy, overrides={"baseline": {"tokens": 3}}))
+        run_pipeline(_cfg(tmp_path, concept_copy, overrides={"baseline": {"tokens": 3}}), stages=["baseline"])
