@@ -47,13 +47,13 @@ class Session:
         return model
 
     def adapted_model(self):
-        """The base model + earlier adapters + this concept's adapter, all frozen: a PeftModel whose
-        `disable_adapter()` gives back the base model itself (never a copy)."""
+        """The base model + earlier adapters + this concept's adapter, all frozen, as a MaskedAdapter whose
+        `.model` is a PeftModel: its `disable_adapter()` gives back the base model itself (never a copy)."""
         from agmask.lora import load_adapter
 
         model, _, _ = self.model()
         adapter_path = self.run_dir / "adapters" / self.spec.name
-        return load_adapter(self.with_prior_adapters(model), adapter_path, name=self.spec.name).model
+        return load_adapter(self.with_prior_adapters(model), adapter_path, name=self.spec.name)
 
     def drop_adapters(self, peft_model) -> None:
         """Remove every LoRA layer so the session's model is the plain base again."""

@@ -73,3 +73,58 @@ def test_swapped_weights_restore_after_an_exception(tiny):
     with pytest.raises(RuntimeError), adapted.disable_adapter(), swapped_weights(adapted, 4, merged=True):
         raise RuntimeError("boom")
     assert all(torch.equal(b, l.get_base_layer().weight) for b, l in zip(before, lora_layers(adapted)))
+
+
+def _relearn_ctx(tiny, tiny_concept_path, mask):
+    from agmask.concepts import load_concept
+    from agmask.evaluate import EvalConfig, EvalContext
+    from agmask.lora import attach_lora
+
+    model, tok, info = tiny
+    adapter = attach_lora(model, mask, layers=[1, 2], r=4)
+    with torch.no_grad():  # a non-trivial "unlearned" adapter: random B rows inside the mask
+        for n, p in adapter.model.named_parameters():
+            if "lora_B" in n:
+                p.normal_(0, 0.2)
+    for h in adapter.handles:
+        h.remove()
+    keep = mask if mask is not None else torch.ones(info.num_layers, info.intermediate_size, dtype=torch.bool)
+    from agmask.lora.masked import _lora_pair
+
+    with torch.no_grad():
+        for layer in (1, 2):
+            for which in ("gate", "up"):
+                _lora_pair(adapter.model, layer, which, "default")[1].mul_(keep[layer].float()[:, None])
+            _lora_pair(adapter.model, layer, "down", "default")[0].mul_(keep[layer].float()[None, :])
+    for p in adapter.model.parameters():
+        p.requires_grad_(False)
+    spec = load_concept(str(tiny_concept_path)).spec
+    cfg = EvalConfig(relearn_steps=4, relearn_lr=5e-2, relearn_batch=2)
+    return EvalContext(adapter.model, tok, spec, cfg, "/tmp/unused", adapter=adapter)
+
+
+def test_relearn_attack_keeps_the_mask_and_restores_the_adapter(tiny, tiny_concept_path):
+    from agmask.evaluate.relearn import attack_relearn, relearn_steps
+    from agmask.lora import merged_delta
+
+    _, _, info = tiny
+    mask = torch.zeros(info.num_layers, info.intermediate_size, dtype=torch.bool)
+    mask[1, :7] = True
+    mask[2, 40:45] = True
+    ctx = _relearn_ctx(tiny, tiny_concept_path, mask)
+    before = {n: p.detach().clone() for n, p in ctx.model.named_parameters() if "lora_" in n}
+    losses = relearn_steps(ctx, 4)
+    assert len(losses) == 4 and losses[-1] < losses[0]  # the attacker does learn the passages
+    for layer in (1, 2):  # ... but only inside the mask: the gradient masks were re-registered
+        assert torch.count_nonzero(merged_delta(ctx.model, layer, "gate")[~mask[layer]]) == 0
+        assert torch.count_nonzero(merged_delta(ctx.model, layer, "down")[:, ~mask[layer]]) == 0
+    with torch.no_grad():
+        for n, p in ctx.model.named_parameters():
+            if n in before:
+                p.copy_(before[n])
+    result = attack_relearn(ctx)
+    entry = result["variants"]["k=4"]
+    assert entry["masked"] and entry["mean_answer_logprob"]["attacked"] is not None
+    after = {n: p for n, p in ctx.model.named_parameters() if "lora_" in n}
+    assert all(torch.equal(after[n], v) for n, v in before.items())  # restored exactly
+    assert not any(p.requires_grad for p in ctx.model.parameters())

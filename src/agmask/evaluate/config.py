@@ -25,6 +25,9 @@ class EvalConfig:
         "help": "sets for KL(base || adapted) on the base greedy reply"})
     lens_sets: tuple[str, ...] = field(default=("forget_eval", "probes", "neighbors"), metadata={
         "help": "sets for the logit lens"})
+    relearn_steps: int = field(default=20, metadata={"help": "LoRA steps of the relearning attack on `relearn`"})
+    relearn_lr: float = field(default=2e-3, metadata={"help": "learning rate of the relearning attack"})
+    relearn_batch: int = field(default=4, metadata={"help": "relearn passages per attack step"})
     metrics: tuple[str, ...] = field(default=(), metadata={"help": "metrics to compute; empty = every registered one"})
 
     def __post_init__(self):

@@ -35,6 +35,7 @@ class EvalContext:
     baseline: dict[tuple[str, int], dict] = field(default_factory=dict)  # (set, index) -> baseline row
     baseline_generation_tokens: int | None = None
     reporter: Reporter = SILENT
+    adapter: object | None = None  # the MaskedAdapter under test (name, mask, layers), for attacks that train it
     _memo: dict = field(default_factory=dict, repr=False)
 
     def __post_init__(self):

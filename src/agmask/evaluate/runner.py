@@ -38,18 +38,20 @@ def default_input_hash(model: nn.Module, spec: ConceptSpec, config: EvalConfig, 
 def evaluate_model(model: nn.Module, tokenizer, spec: ConceptSpec, config: EvalConfig, out_dir: Path,
                    baseline_rows: list[dict] | None = None, baseline_generation_tokens: int | None = None,
                    input_hash: str | None = None, resume: bool = True, reporter: Reporter = SILENT,
-                   header: dict | None = None) -> dict:
+                   header: dict | None = None, adapter=None) -> dict:
     """Compute every metric (or `config.metrics`) comparing `model` (a PeftModel) with itself under
     `disable_adapter()`; writes `out_dir/metrics.json` after each metric, `generations.jsonl` and figures.
 
     baseline_rows: rows of `baseline/answers.jsonl`, reused as the base model's scores (and its greedy
     replies when `baseline_generation_tokens` equals `config.generation_tokens`).
     input_hash: what the results depend on; a rerun with the same hash resumes (default: a hash of the
-    config, the concept, the adapter's tensors and the baseline rows). Returns the metrics file's contents.
+    config, the concept, the adapter's tensors and the baseline rows). adapter: the `MaskedAdapter` under
+    test (its name and mask), needed by the relearning attack. Returns the metrics file's contents.
     """
     out_dir = Path(out_dir)
     baseline = {(r["set"], r["index"]): r for r in baseline_rows or []}
-    ctx = EvalContext(model, tokenizer, spec, config, out_dir, baseline, baseline_generation_tokens, reporter)
+    ctx = EvalContext(model, tokenizer, spec, config, out_dir, baseline, baseline_generation_tokens, reporter,
+                      adapter=adapter)
     if not lora_layers(model):
         reporter.log("evaluate: the model has no LoRA layers; base and adapted are the same model")
     metrics = resolve(config.metrics)

@@ -48,7 +48,7 @@ def _lora_pair(model: nn.Module, layer: int, which: str, name: str) -> tuple[nn.
     return module.lora_A[name].weight, module.lora_B[name].weight  # (r, in), (out, r)
 
 
-def _apply_mask(model: nn.Module, name: str, mask: torch.Tensor, layers: list[int]) -> list:
+def apply_gradient_masks(model: nn.Module, name: str, mask: torch.Tensor, layers: list[int]) -> list:
     """Zero out-of-mask LoRA entries and register gradient masks; returns the hook handles."""
     handles = []
     for layer in layers:
@@ -93,12 +93,12 @@ def attach_lora(model: nn.Module, mask: torch.Tensor | None, layers: list[int] |
             peft_model = model
         else:
             peft_model = get_peft_model(model, config, adapter_name=name)
-    _freeze_all_but(peft_model, name)
-    handles = _apply_mask(peft_model, name, mask, layers) if mask is not None else []
+    freeze_all_but(peft_model, name)
+    handles = apply_gradient_masks(peft_model, name, mask, layers) if mask is not None else []
     return MaskedAdapter(peft_model, name, mask, list(layers), handles)
 
 
-def _freeze_all_but(peft_model: PeftModel, name: str) -> None:
+def freeze_all_but(peft_model: PeftModel, name: str) -> None:
     """Only the named adapter's LoRA weights train; base and earlier adapters are frozen explicitly."""
     for pname, p in peft_model.named_parameters():
         p.requires_grad_(f".{name}." in pname and "lora_" in pname)
@@ -153,9 +153,9 @@ def load_adapter(model: nn.Module, adapter_dir: Path, name: str | None = None, t
     cfg = peft_model.peft_config[name]
     layers = sorted({int(t.split(".")[-3]) for t in cfg.target_modules}) if not isinstance(cfg.target_modules, str) else []
     if trainable:
-        _freeze_all_but(peft_model, name)
+        freeze_all_but(peft_model, name)
     else:
         for p in peft_model.parameters():
             p.requires_grad_(False)
-    handles = _apply_mask(peft_model, name, mask, layers) if (trainable and mask is not None) else []
+    handles = apply_gradient_masks(peft_model, name, mask, layers) if (trainable and mask is not None) else []
     return MaskedAdapter(peft_model, name, mask, layers, handles)

@@ -37,13 +37,13 @@ def run(cfg, run_dir: Path, session) -> None:
     if not answers.is_file():
         raise StageError(f"{answers} is missing: run `agmask baseline` first")
     _, tokenizer, info = session.model()
-    adapted = session.adapted_model()  # LoRA layers injected into the session's model (+ earlier concepts')
-    adapted.eval()
+    adapter = session.adapted_model()  # LoRA layers injected into the session's model (+ earlier concepts')
+    adapted = adapter.model.eval()
     try:
         evaluate_model(adapted, tokenizer, session.spec, conf, run_dir / DIR, baseline_rows=read_jsonl(answers),
                        baseline_generation_tokens=session.stage_config("baseline").generation_tokens,
                        input_hash=input_hash(session, NAME), resume=not cfg.force, reporter=session.reporter,
                        header={"model": info.spec, "model_sha256": info.sha256,
-                               "adapter_dir": str(path.relative_to(run_dir))})
+                               "adapter_dir": str(path.relative_to(run_dir))}, adapter=adapter)
     finally:
         session.drop_adapters(adapted)  # remove the LoRA layers again: the session's model is the plain base
