@@ -108,3 +108,26 @@ def adversarial(ctx: EvalContext) -> dict:
         prompts[family] = [{"prompt": a.prompt, "lead": a.lead, "base": b["generation"], "adapted": d["generation"]}
                            for a, b, d in zip(adv, sides["base"], sides["adapted"])]
     return {"families": results, "worst_family": worst_family(results), "examples": prompts}
+
+
+@metric("forget_base_known", "forget")
+def forget_base_known(ctx: EvalContext) -> dict:
+    """The forgetting targets on the base-known prompts of forget_eval + probes: MC top-1 rate and share
+    (vs chance), median first-token rank; and the mean answer log-prob change over all of forget_eval."""
+    sides = {}
+    for which in ("base", "adapted"):
+        rows = []
+        for set_name in ("forget_eval", "probes"):
+            known = ctx.base_known(set_name)
+            rows += [r for r in ctx.scores(set_name, which) if r["index"] in known]
+        mc = [r for r in rows if r["mc_share"] is not None]
+        sides[which] = {
+            "n": len(rows), "mc_n": len(mc),
+            "mc_top1_rate": statistics.fmean(float(r["mc_top1"]) for r in mc) if mc else None,
+            "mc_share": statistics.fmean(r["mc_share"] for r in mc) if mc else None,
+            "median_first_token_rank": statistics.median(r["first_token_rank"] for r in rows) if rows else None,
+        }
+    base_all, adapted_all = ctx.scores("forget_eval", "base"), ctx.scores("forget_eval", "adapted")
+    return {"sets": ["forget_eval", "probes"], "chance_share": 1 / len(ctx.spec.candidates), **sides,
+            "forget_eval_mean_logprob_change": statistics.fmean(
+                a["answer_logprob"] - b["answer_logprob"] for a, b in zip(adapted_all, base_all))}

@@ -1,0 +1,100 @@
+"""Compare unlearning methods on one run: same mask, steps, seed and LoRA rank; early stopping off.
+
+    python bench/compare.py --run-dir runs/full [--methods masked_lora,npo,...] [--steps 40]
+
+Needs a run directory whose baseline, attribute and mask stages are done. For every method it trains
+an adapter from scratch, evaluates it with the evaluate stage's metrics (forget, locality, utility,
+fluency), writes `compare/<method>/` and `compare/compare.json` (the report shows it), and prints one
+table with the wall time of each training run.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import time
+from pathlib import Path
+
+from agmask.config import RunConfig, resolve_stage_config
+from agmask.evaluate import evaluate_model
+from agmask.files import load_tensors, read_json, read_jsonl, write_json
+from agmask.lora import attach_lora
+from agmask.progress import Reporter
+from agmask.session import Session
+from agmask.stages import evaluate as evaluate_stage
+from agmask.stages import unlearn as unlearn_stage
+from agmask.unlearn import METHODS, get_method
+from agmask.unlearn.trainer import train
+
+METRICS = ("forget_efficacy", "probe_recall", "forget_base_known", "locality", "retain_utility", "kl_greedy", "fluency")
+
+
+def row_of(metrics: dict, seconds: float, steps: int) -> dict:
+    m = metrics["metrics"]
+    fk, loc, kl, flu = m["forget_base_known"], m["locality"], m["kl_greedy"]["sets"], m["fluency"]["overall"]
+    return {
+        "forget_known_n": fk["adapted"]["n"],
+        "forget_known_mc_top1": fk["adapted"]["mc_top1_rate"],
+        "forget_known_mc_share": fk["adapted"]["mc_share"],
+        "forget_known_median_rank": fk["adapted"]["median_first_token_rank"],
+        "forget_eval_dlogp": fk["forget_eval_mean_logprob_change"],
+        "neighbors_abs_dlogp": loc["mean_abs_delta_answer_logprob"],
+        "neighbors_mc_top1": f"{loc['mc_top1_count']['adapted']}/{loc['mc_top1_count']['base']}",
+        "retain_eval_kl": (kl.get("retain_eval") or {}).get("mean_kl_per_token"),
+        "repetition": flu["adapted"]["repetition_rate"],
+        "repetition_base": flu["base"]["repetition_rate"],
+        "train_seconds": round(seconds, 1), "steps": steps,
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--run-dir", type=Path, required=True)
+    ap.add_argument("--methods", default=",".join(METHODS))
+    ap.add_argument("--steps", type=int, default=None, help="default: the run budget's unlearn steps")
+    ap.add_argument("--quiet", action="store_true")
+    args = ap.parse_args()
+    manifest = read_json(args.run_dir / "manifest.json")
+    cfg = RunConfig(model=manifest["model"]["spec"], concepts=[manifest["concept"]["source"].removeprefix("shipped:")],
+                    run_dir=args.run_dir, seed=manifest["seed"], budget=manifest["budget"],
+                    device=manifest["device"], dtype=manifest["dtype"])
+    reporter = Reporter(enabled=not args.quiet)
+    session = Session.create(cfg, reporter=reporter)
+    model, tok, info = session.model()
+    spec = session.spec
+    base_conf = resolve_stage_config(unlearn_stage, cfg)
+    conf_steps = args.steps or base_conf.steps
+    eval_conf = dataclasses.replace(resolve_stage_config(evaluate_stage, cfg), metrics=METRICS)
+    masks = load_tensors(args.run_dir / "mask" / "mask.safetensors")
+    layers = sorted(masks["mask"].any(1).nonzero().flatten().tolist())
+    baseline_rows = read_jsonl(args.run_dir / "baseline" / "answers.jsonl")
+    gen_tokens = resolve_stage_config(__import__("agmask.stages.baseline", fromlist=["x"]), cfg).generation_tokens
+    out = args.run_dir / "compare"
+    table = {}
+    for name in args.methods.split(","):
+        method = get_method(name)
+        conf = dataclasses.replace(base_conf, method=name, steps=conf_steps, early_stop_nats=0.0)
+        param = {"mask": masks["mask"], "random": masks["random"], "unmasked": None}[method.parameterisation]
+        adapter = attach_lora(model, param, layers=layers, r=conf.r, alpha=conf.alpha, name=spec.name, seed=cfg.seed)
+        t0 = time.perf_counter()
+        rows = train(adapter, method, tok, spec, conf, seed=cfg.seed, reporter=reporter)
+        seconds = time.perf_counter() - t0
+        for h in adapter.handles:
+            h.remove()
+        for p in adapter.model.parameters():
+            p.requires_grad_(False)
+        metrics = evaluate_model(adapter.model, tok, spec, eval_conf, out / name, baseline_rows=baseline_rows,
+                                 baseline_generation_tokens=gen_tokens, resume=False, reporter=reporter,
+                                 adapter=adapter)
+        table[name] = row_of(metrics, seconds, len(rows))
+        model = adapter.model.unload()
+        write_json(out / "compare.json", {"model": cfg.model, "concept": spec.name, "layers": layers,
+                                          "masked_neurons": int(masks["mask"].sum()), "methods": table})
+        print(name, table[name], flush=True)
+    cols = list(next(iter(table.values())))
+    print("\nmethod".ljust(16) + " | ".join(cols))
+    for name, row in table.items():
+        print(name.ljust(15) + " | ".join(f"{v:.3f}" if isinstance(v, float) else str(v) for v in row.values()))
+
+
+if __name__ == "__main__":
+    main()
