@@ -104,3 +104,22 @@ def test_early_stop_on_the_training_criterion(tiny, spec):
     adapter = attach_lora(model, torch.ones(info.num_layers, info.intermediate_size, dtype=torch.bool), r=4)
     rows = train(adapter, METHODS["masked_lora"], tok, spec, _conf(steps=30, lr=0.1, early_stop_nats=0.5))
     assert len(rows) < 30
+
+
+@pytest.mark.parametrize("method", ["masked_lora", "rmu"])
+def test_skipping_the_frozen_layers_changes_nothing(spec, method):
+    """Caching the input of the first adapted layer gives the same training run as the full forward."""
+    from agmask.models import load
+
+    runs = []
+    for cache in (False, True):
+        model, tok, info = load("tiny:qwen2")
+        mask = torch.zeros(info.num_layers, info.intermediate_size, dtype=torch.bool)
+        mask[1:, :20] = True  # layers 1 and 2: layer 0 is frozen and skipped when cached
+        adapter = attach_lora(model, mask, r=4)
+        rows = train(adapter, METHODS[method], tok, spec, _conf(cache_frozen_layers=cache), seed=1)
+        runs.append(([r["loss"] for r in rows], {n: p.detach().clone() for n, p in adapter.model.named_parameters()
+                                                 if "lora_" in n}))
+    assert runs[0][0] == pytest.approx(runs[1][0], rel=1e-4, abs=1e-6)
+    for name, value in runs[0][1].items():
+        assert torch.allclose(value, runs[1][1][name], rtol=1e-3, atol=1e-6), name

@@ -6,7 +6,9 @@ this table, so a new architecture is one entry here.
 """
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Iterator
 
 import torch.nn as nn
 
@@ -74,6 +76,34 @@ def mlp_module_names(model: nn.Module, layers: list[int], which: tuple[str, ...]
     base = base_causal_lm(model)
     spec = arch_spec(base)
     return [f"{spec.layers}.{i}.{spec.mlp}.{getattr(spec, w)}" for i in layers for w in which]
+
+
+class _GivenOutput(nn.Module):
+    """Stands in for a skipped decoder layer: passes the hidden states through unchanged."""
+
+    def forward(self, hidden_states, *args, **kwargs):
+        return hidden_states
+
+
+@contextmanager
+def skip_layers(model: nn.Module, count: int) -> Iterator[None]:
+    """Inside the block, decoder layers 0..count-1 are identities (their output is fed as inputs_embeds).
+
+    Layer indices are kept, so hooks and per-layer masks on the later layers still line up. Refuses
+    models whose layers differ in attention type (the mask of a skipped layer is looked up by index).
+    """
+    layers = decoder_layers(model)
+    types = getattr(base_causal_lm(model).config, "layer_types", None) or []
+    if len(set(types)) > 1:
+        raise ModelError("skip_layers needs layers of one attention type (this model mixes them)")
+    originals = [layers[i] for i in range(count)]
+    try:
+        for i in range(count):
+            layers[i] = _GivenOutput()
+        yield
+    finally:
+        for i, layer in enumerate(originals):
+            layers[i] = layer
 
 
 def num_layers(model: nn.Module) -> int:

@@ -72,6 +72,10 @@ class AnswerBatch:
     input_ids: torch.Tensor  # (B, T)
     attention_mask: torch.Tensor  # (B, T) 1 on real tokens
     target_mask: torch.Tensor  # (B, T) 1 where position t PREDICTS an answer token (t+1 is in the answer span)
+    # Optional shortcut for training: the (B, T, H) residual stream entering layer `start_layer`,
+    # precomputed once because the layers below it are frozen (see unlearn/trainer.py).
+    start_layer: int = 0
+    start_hidden: torch.Tensor | None = None
 
     @property
     def targets(self) -> torch.Tensor:
@@ -79,7 +83,9 @@ class AnswerBatch:
         return torch.cat([self.input_ids[:, 1:], torch.zeros_like(self.input_ids[:, :1])], dim=1)
 
     def to(self, device) -> "AnswerBatch":
-        return AnswerBatch(self.input_ids.to(device), self.attention_mask.to(device), self.target_mask.to(device))
+        hidden = self.start_hidden.to(device) if self.start_hidden is not None else None
+        return AnswerBatch(self.input_ids.to(device), self.attention_mask.to(device), self.target_mask.to(device),
+                           self.start_layer, hidden)
 
 
 def collate_answers(tokenizer, prefixes: list[str], answers: list[str]) -> AnswerBatch:

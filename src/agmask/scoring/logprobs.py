@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from agmask.models.arch import base_causal_lm
+from agmask.models.arch import base_causal_lm, skip_layers
 from agmask.scoring.encode import AnswerBatch
 
 
@@ -25,19 +25,28 @@ def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
     return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
 
 
-def hidden_states(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-    """(B, T, H) last hidden state after the final norm."""
+def hidden_states(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor, start_layer: int = 0,
+                  start_hidden: torch.Tensor | None = None) -> torch.Tensor:
+    """(B, T, H) last hidden state after the final norm.
+
+    With `start_hidden` (the residual stream entering `start_layer`), layers below `start_layer` are
+    skipped: their output is given.
+    """
     body, _ = decoder_and_head(model)
-    out = body(input_ids=input_ids, attention_mask=attention_mask,
-               position_ids=position_ids_from_mask(attention_mask), use_cache=False)
-    return out.last_hidden_state
+    positions = position_ids_from_mask(attention_mask)
+    if start_hidden is None or start_layer == 0:
+        return body(input_ids=input_ids, attention_mask=attention_mask, position_ids=positions,
+                    use_cache=False).last_hidden_state
+    with skip_layers(model, start_layer):
+        return body(inputs_embeds=start_hidden, attention_mask=attention_mask, position_ids=positions,
+                    use_cache=False).last_hidden_state
 
 
 def token_logprobs(model: nn.Module, batch: AnswerBatch) -> torch.Tensor:
     """(B, T) log-prob of the next token at every answer-predicting position, 0 elsewhere."""
     _, head = decoder_and_head(model)
-    hidden = hidden_states(model, batch.input_ids, batch.attention_mask)  # (B, T, H)
-    where = batch.target_mask.bool() & batch.attention_mask.bool()
+    hidden = hidden_states(model, batch.input_ids, batch.attention_mask, batch.start_layer, batch.start_hidden)
+    where = batch.target_mask.bool() & batch.attention_mask.bool()  # hidden: (B, T, H)
     logits = head(hidden[where]).float()  # (N, V), N = number of answer tokens in the batch
     lp = logits.log_softmax(-1).gather(-1, batch.targets[where].unsqueeze(-1)).squeeze(-1)  # (N,)
     out = torch.zeros(batch.input_ids.shape, dtype=lp.dtype, device=lp.device)

@@ -39,8 +39,34 @@ def retain_examples(tokenizer, spec, items) -> list[Example]:
     return [Example(prefix_for(tokenizer, spec, "retain_train", it.prompt), it.answer + close) for it in items]
 
 
-def collate(tokenizer, examples: list[Example], device) -> AnswerBatch:
-    return collate_answers(tokenizer, [e.prefix for e in examples], [e.answer for e in examples]).to(device)
+def collate(tokenizer, examples: list[Example], device, start: tuple[int, list[torch.Tensor]] | None = None) -> AnswerBatch:
+    """A right-padded batch; with `start = (layer, per-example cached inputs of that layer)` the frozen
+    layers below `layer` are skipped (their output is taken from the cache)."""
+    batch = collate_answers(tokenizer, [e.prefix for e in examples], [e.answer for e in examples])
+    if start is not None:
+        layer, cached = start
+        hidden = torch.zeros(*batch.input_ids.shape, cached[0].shape[-1], dtype=cached[0].dtype)  # (B, T, H)
+        for i, h in enumerate(cached):
+            hidden[i, : h.shape[0]] = h
+        batch.start_layer, batch.start_hidden = layer, hidden
+    return batch.to(device)
+
+
+@torch.no_grad()
+def layer_inputs(model: nn.Module, tokenizer, examples: list[Example], layer: int, batch_size: int = 8) -> list[torch.Tensor]:
+    """Per example, (T_i, H): the residual stream entering `layer`, i.e. after layer - 1.
+
+    Valid for the whole training run when every trainable weight sits in `layer` or above.
+    """
+    device = next(model.parameters()).device
+    out = []
+    for lo in range(0, len(examples), batch_size):
+        batch = collate(tokenizer, examples[lo : lo + batch_size], device)
+        with capture(model, [resid_hook_name(layer - 1)]) as cache:
+            hidden_states(model, batch.input_ids, batch.attention_mask)
+        resid = cache[resid_hook_name(layer - 1)]  # (B, T, H), right padded
+        out += [resid[i, : int(n)].cpu() for i, n in enumerate(batch.attention_mask.sum(1))]
+    return out
 
 
 @torch.no_grad()

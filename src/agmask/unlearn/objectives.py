@@ -51,7 +51,8 @@ def _per_sample_mean(values: torch.Tensor, where: torch.Tensor) -> torch.Tensor:
 def kl_to_base(model, batch: AnswerBatch, base_logprobs: list[torch.Tensor]) -> torch.Tensor:
     """KL(base || adapted) at the answer positions: mean over a sample's positions, then over samples."""
     _, head = decoder_and_head(model)
-    hidden = hidden_states(model, batch.input_ids, batch.attention_mask)  # (B, T, H)
+    hidden = hidden_states(model, batch.input_ids, batch.attention_mask, batch.start_layer,
+                           batch.start_hidden)  # (B, T, H)
     where = batch.target_mask.bool() & batch.attention_mask.bool()
     logq = head(hidden[where]).float().log_softmax(-1)  # (N, V) adapted
     logp = torch.cat(base_logprobs).to(logq.device)  # (N, V) base, same order (row-major over batch)
@@ -61,7 +62,7 @@ def kl_to_base(model, batch: AnswerBatch, base_logprobs: list[torch.Tensor]) -> 
 def residual_at(model, batch: AnswerBatch, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
     """(N, H) residual stream after `layer` at the answer-predicting positions (differentiable), and `where`."""
     with capture(model, [resid_hook_name(layer)], keep_grad=True) as cache:
-        hidden_states(model, batch.input_ids, batch.attention_mask)
+        hidden_states(model, batch.input_ids, batch.attention_mask, batch.start_layer, batch.start_hidden)
     where = batch.target_mask.bool() & batch.attention_mask.bool()
     return cache[resid_hook_name(layer)][where], where
 

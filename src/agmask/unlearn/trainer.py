@@ -74,6 +74,19 @@ def train(adapter: MaskedAdapter, method: Method, tokenizer, spec, conf, seed: i
     retain_dist = data.base_answer_distributions(model, tokenizer, retain) if "retain_dist" in method.needs else None
     rmu_layer = max(adapter.layers)
     retain_resid = data.base_residuals(model, tokenizer, retain, rmu_layer) if "retain_resid" in method.needs else None
+    # The layers below the adapter are frozen: their output for each training prompt never changes, so
+    # it is computed once and every step runs only the layers from the first adapted one up.
+    first = min(adapter.layers) if conf.cache_frozen_layers and adapter.layers else 0
+    starts = {}
+    if first > 0:
+        starts = {"forget": data.layer_inputs(model, tokenizer, forget, first),
+                  "target": data.layer_inputs(model, tokenizer, target, first),
+                  "retain": data.layer_inputs(model, tokenizer, retain, first)}
+
+    def batch(kind: str, examples: list, idx: list[int]):
+        start = (first, [starts[kind][i] for i in idx]) if starts else None
+        return data.collate(tokenizer, [examples[i] for i in idx], dev, start)
+
     gen = torch.Generator().manual_seed(seed)
     control = None
     if method.name == "rmu":
@@ -95,10 +108,10 @@ def train(adapter: MaskedAdapter, method: Method, tokenizer, spec, conf, seed: i
             f_local, r_local = _shard(f_idx, rank, world), _shard(r_idx, rank, world)
             inputs = StepInputs(
                 model=model,
-                forget=data.collate(tokenizer, [forget[i] for i in f_local], dev),
+                forget=batch("forget", forget, f_local),
                 forget_ref=forget_ref[f_local].to(dev) if forget_ref is not None else None,
-                target=data.collate(tokenizer, [target[i] for i in f_local], dev),
-                retain=data.collate(tokenizer, [retain[i] for i in r_local], dev),
+                target=batch("target", target, f_local),
+                retain=batch("retain", retain, r_local),
                 retain_dist=[retain_dist[i] for i in r_local] if retain_dist is not None else None,
                 retain_resid=[retain_resid[i] for i in r_local] if retain_resid is not None else None,
                 rmu_layer=rmu_layer, rmu_control=control,
