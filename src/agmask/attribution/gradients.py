@@ -14,6 +14,7 @@ import torch.nn as nn
 
 from agmask.attribution.registry import SCORES
 from agmask.errors import StageError
+from agmask.models.checkpointing import is_active as checkpointing_active
 from agmask.probing import capture, mlp_hook_name
 from agmask.progress import Advance
 from agmask.scoring import collate_answers, prefix_for
@@ -51,6 +52,8 @@ def neuron_stats(model: nn.Module, tokenizer, spec, set_name: str, items: list, 
     """Scores of every neuron of `layers` (default all) on a prompt set; shapes (L, intermediate)."""
     if not items:
         raise StageError(f"prompt set {set_name} is empty: nothing to attribute (add items to the concept file)")
+    if checkpointing_active(model):
+        raise StageError("attribution needs exact activation gradients: turn gradient checkpointing off first")
     n_layers = model.config.num_hidden_layers
     layers = list(range(n_layers)) if layers is None else layers
     names = [mlp_hook_name(i) for i in layers]

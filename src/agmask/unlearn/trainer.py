@@ -16,6 +16,7 @@ from typing import Callable
 import torch
 
 from agmask.lora import MaskedAdapter, trainable_parameters
+from agmask.models.checkpointing import activation_checkpointing
 from agmask.progress import SILENT, Reporter
 from agmask.unlearn import data
 from agmask.unlearn.methods import Method
@@ -56,8 +57,11 @@ def _all_reduce_grads(params: list[torch.nn.Parameter], accelerator) -> None:
 
 def train(adapter: MaskedAdapter, method: Method, tokenizer, spec, conf, seed: int = 0, device: str = "cpu",
           reporter: Reporter = SILENT, on_step: Callable[[dict], None] | None = None,
-          accelerator=None) -> list[dict]:
-    """Train `adapter` with `method`'s loss for conf.steps steps (or until early stop). Returns the log rows."""
+          accelerator=None, gradient_checkpointing: bool = False) -> list[dict]:
+    """Train `adapter` with `method`'s loss for conf.steps steps (or until early stop). Returns the log rows.
+
+    gradient_checkpointing: recompute decoder layers in the backward (less memory, same loss).
+    """
     accelerator = accelerator or _accelerator(device)
     rank, world = accelerator.process_index, accelerator.num_processes
     model = adapter.model
@@ -88,7 +92,8 @@ def train(adapter: MaskedAdapter, method: Method, tokenizer, spec, conf, seed: i
     rows: list[dict] = []
     recent: list[float] = []
     start = time.perf_counter()
-    with reporter.task(f"unlearning ({method.name})", conf.steps) as advance:
+    with reporter.task(f"unlearning ({method.name})", conf.steps) as advance, \
+            activation_checkpointing(model, gradient_checkpointing):
         for step in range(conf.steps):
             f_idx = [f_order[(step * conf.batch_size + i) % len(forget)] for i in range(conf.batch_size)]
             r_idx = [r_order[(step * conf.batch_size + i) % len(retain)] for i in range(conf.batch_size)]
