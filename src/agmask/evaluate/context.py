@@ -3,6 +3,9 @@ the concept, the options, and memoised per-set scores and generations shared bet
 
 Base scores come from `baseline/answers.jsonl` when the stage has them (same scoring function, same
 prompt), so the base model is only run for what the baseline did not compute.
+
+Several processes: every process runs every metric; per-item work (scores, generations, residuals)
+is split over the processes with `distributed.map_sharded` and gathered back in item order.
 """
 from __future__ import annotations
 
@@ -15,6 +18,7 @@ import torch
 import torch.nn as nn
 
 from agmask.concepts.schema import ConceptSpec, PromptItem
+from agmask.distributed import map_sharded
 from agmask.errors import StageError
 from agmask.evaluate.config import EVAL_QA_SETS, EvalConfig
 from agmask.evaluate.internals import last_token_resid
@@ -73,8 +77,8 @@ class EvalContext:
             rows = self._baseline_rows(set_name, pairs) if which == "base" else None
             if rows is None:
                 with self.use(which) as model:
-                    scored = score_items(model, self.tokenizer, self.spec, set_name, [it for _, it in pairs],
-                                         reporter=self.reporter)
+                    scored = map_sharded(lambda its: score_items(model, self.tokenizer, self.spec, set_name, its,
+                                                                 reporter=self.reporter), [it for _, it in pairs])
                 rows = [dict(r.to_dict(), index=i) for r, (i, _) in zip(scored, pairs)]
             for r in rows:  # generations and hits live in generations(), made with the eval settings
                 r.pop("generation", None)
@@ -104,8 +108,9 @@ class EvalContext:
                 prefixes = [self.prefix(set_name, it.prompt, mode) for _, it in pairs]
                 with self.use(which) as model, self.reporter.task(
                         f"generating {set_name} ({which}, {mode})", len(pairs)) as advance:
-                    gens = generate(model, self.tokenizer, prefixes, max_new_tokens=tokens,
-                                    batch_size=self.config.batch_size, on_batch=advance)
+                    gens = map_sharded(lambda ps: generate(model, self.tokenizer, ps, max_new_tokens=tokens,
+                                                           batch_size=self.config.batch_size, on_batch=advance),
+                                       prefixes)
                 self._memo[key] = [g[0] for g in gens]
         return self._memo[key]
 
@@ -116,5 +121,6 @@ class EvalContext:
         if key not in self._memo:
             pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
             with self.use(which) as model:
-                self._memo[key] = last_token_resid(model, ids, pad, self.config.batch_size)
+                rows = map_sharded(lambda part: list(last_token_resid(model, part, pad, self.config.batch_size)), ids)
+                self._memo[key] = torch.stack(rows)
         return self._memo[key]

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import statistics
 
+from agmask.distributed import map_sharded
 from agmask.evaluate.adversarial import build_adversarial
 from agmask.evaluate.context import EVAL_QA_SETS, EvalContext
 from agmask.evaluate.registry import metric
@@ -90,8 +91,9 @@ def adversarial(ctx: EvalContext) -> dict:
     gens: dict[str, list[str]] = {}
     for which in ("base", "adapted"):  # one batched generation over every family
         with ctx.use(which) as model, ctx.reporter.task(f"generating adversarial ({which})", len(flat)) as advance:
-            gens[which] = [g[0] for g in generate(model, ctx.tokenizer, prefixes, ctx.config.generation_tokens,
-                                                  batch_size=ctx.config.batch_size, on_batch=advance)]
+            gens[which] = [g[0] for g in map_sharded(
+                lambda ps: generate(model, ctx.tokenizer, ps, ctx.config.generation_tokens,
+                                    batch_size=ctx.config.batch_size, on_batch=advance), prefixes)]
     results, prompts, lo = {}, {}, 0
     for family, adv in fams.items():
         spec, items = specs[family], [a.item() for a in adv]
@@ -99,8 +101,9 @@ def adversarial(ctx: EvalContext) -> dict:
         sides = {}
         for which in ("base", "adapted"):
             with ctx.use(which) as model:
-                rows = [r.to_dict() for r in score_items(model, ctx.tokenizer, spec, "forget_eval", items,
-                                                         reporter=ctx.reporter)]
+                scored = map_sharded(lambda its: score_items(model, ctx.tokenizer, spec, "forget_eval", its,
+                                                             reporter=ctx.reporter), items)
+            rows = [dict(r.to_dict(), index=i) for i, r in enumerate(scored)]
             sides[which] = with_hits(rows, gens[which][lo : lo + len(adv)], aliases)
         lo += len(adv)
         known = {r["index"] for r in sides["base"] if r["first_token_rank"] <= BASE_KNOWN_RANK}

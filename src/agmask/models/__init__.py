@@ -16,7 +16,7 @@ from agmask.files import atomic_dir, read_json, sha256_file, write_json
 from agmask.home import agmask_home
 from agmask.models.registry import DEFAULT_MODEL, EMBEDDED
 
-__all__ = ["load", "identify", "ModelInfo", "DEFAULT_MODEL", "EMBEDDED", "resolve_dtype"]
+__all__ = ["load", "identify", "prefetch", "ModelInfo", "DEFAULT_MODEL", "EMBEDDED", "resolve_dtype"]
 
 
 @dataclass
@@ -164,6 +164,21 @@ def _hub_snapshot(repo_id: str) -> Path:
             f"cannot fetch {repo_id!r} from the Hugging Face hub ({type(e).__name__}; offline or unknown id); "
             "download it elsewhere and pass the local directory with --model PATH"
         ) from e
+
+
+def prefetch(spec: str, log: Callable[[str], None] = lambda msg: None) -> None:
+    """Build whatever `load(spec)` would cache on first use (embedded or GGUF dequantisation, hub
+    snapshot), without loading the model: several processes then load from a finished cache."""
+    if spec.startswith("embedded:"):
+        from agmask.models import embedded
+
+        embedded.ensure_cached(embedded.lookup(spec.split(":", 1)[1]), log=log)
+    elif spec.endswith(".gguf"):
+        path = Path(spec).expanduser()
+        if path.is_file():
+            _load_gguf_file(path, log)
+    elif "/" in spec and not spec.startswith((".", "/", "~")) and not Path(spec).expanduser().is_dir():
+        _hub_snapshot(spec)
 
 
 def load(spec: str = DEFAULT_MODEL, device: str = "cpu", dtype: str | None = None, seed: int = 0,

@@ -8,12 +8,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from agmask.distributed import map_sharded
 from agmask.files import write_json, write_jsonl
 from agmask.scoring import QA_SETS, score_items, select_items, summarize
 
 NAME = "baseline"
 DIR = "baseline"
 DEPENDS: tuple[str, ...] = ()
+PARALLEL = True  # several processes: each scores and generates its block of every set
 
 
 @dataclass(frozen=True)
@@ -33,9 +35,10 @@ def run(cfg, run_dir: Path, session) -> None:
     for set_name in QA_SETS:
         # the same selection as the evaluation's, so the evaluation reuses these rows as its base side
         pairs = select_items(session.spec.items(set_name), conf.max_items)
-        scored = score_items(model, tokenizer, session.spec, set_name, [it for _, it in pairs],
-                             generation_tokens=conf.generation_tokens, batch_size=conf.batch_size,
-                             reporter=session.reporter)
+        scored = map_sharded(lambda its: score_items(model, tokenizer, session.spec, set_name, its,
+                                                     generation_tokens=conf.generation_tokens,
+                                                     batch_size=conf.batch_size, reporter=session.reporter),
+                             [it for _, it in pairs])
         set_rows = [dict(r.to_dict(), index=i) for r, (i, _) in zip(scored, pairs)]  # index = place in the set
         rows.extend(set_rows)
         summary[set_name] = summarize(set_rows)

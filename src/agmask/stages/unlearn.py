@@ -19,6 +19,7 @@ NAME = "unlearn"
 DIR = "unlearn"
 DEPENDS: tuple[str, ...] = ("mask",)
 EXTRA_OUTPUTS = ["adapters"]
+PARALLEL = True  # several processes: the trainer shards each batch and all-reduces the LoRA gradients
 
 
 @dataclass(frozen=True)

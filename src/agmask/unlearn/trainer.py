@@ -15,6 +15,7 @@ from typing import Callable
 
 import torch
 
+from agmask import distributed
 from agmask.lora import MaskedAdapter, trainable_parameters
 from agmask.models.checkpointing import activation_checkpointing
 from agmask.progress import SILENT, Reporter
@@ -38,7 +39,7 @@ class StepInputs:
 def _accelerator(device: str):
     from accelerate import Accelerator
 
-    return Accelerator(cpu=not device.startswith("cuda"))
+    return Accelerator(cpu=distributed.use_cpu(device))  # the same choice as distributed.init
 
 
 def _shard(indices: list[int], rank: int, world: int) -> list[int]:
@@ -53,6 +54,14 @@ def _all_reduce_grads(params: list[torch.nn.Parameter], accelerator) -> None:
     for p in params:
         if p.grad is not None:
             dist.all_reduce(p.grad, op=dist.ReduceOp.SUM)
+
+
+def _global_terms(terms: dict, share: float, world: int) -> dict[str, float]:
+    """Loss terms of the whole global batch: each process's shard means, weighted by its share, summed."""
+    values = torch.stack([v.detach().float().reshape(()) for v in terms.values()])
+    if world > 1:
+        values = distributed.all_reduce_sum(values * share)
+    return dict(zip(terms, values.tolist()))
 
 
 def train(adapter: MaskedAdapter, method: Method, tokenizer, spec, conf, seed: int = 0, device: str = "cpu",
@@ -115,7 +124,8 @@ def train(adapter: MaskedAdapter, method: Method, tokenizer, spec, conf, seed: i
             grad_norm = torch.nn.utils.clip_grad_norm_(params, conf.max_grad_norm)
             opt.step()
             opt.zero_grad(set_to_none=True)
-            row = {"step": step + 1, **{k: float(v.detach()) for k, v in terms.items()}, "grad_norm": float(grad_norm),
+            logged = _global_terms(terms, len(f_local) / conf.batch_size, world)
+            row = {"step": step + 1, **logged, "grad_norm": float(grad_norm),
                    "seconds": round(time.perf_counter() - start, 2)}
             rows.append(row)
             if on_step and accelerator.is_main_process:
