@@ -23,7 +23,7 @@ from agmask.errors import StageError
 from agmask.evaluate.config import EVAL_QA_SETS, EvalConfig
 from agmask.evaluate.internals import last_token_resid
 from agmask.progress import SILENT, Reporter
-from agmask.scoring import BASE_KNOWN_RANK, generate, prefix_for, render_prompt, score_items, select_items
+from agmask.scoring import BASE_KNOWN_RANK, PrefixKV, generate, prefix_for, render_prompt, score_items, select_items
 
 Which = Literal["base", "adapted"]
 Mode = Literal["lead", "free"]  # lead: after the set's answer lead; free: the bare chat prompt
@@ -69,8 +69,11 @@ class EvalContext:
             return [dict(r) for r in rows]
         return None
 
-    def scores(self, set_name: str, which: Which) -> list[dict]:
-        """Per-item score rows (answer log-prob, first-token rank, multiple-choice view), `index` = set index."""
+    def scores(self, set_name: str, which: Which, kv: PrefixKV | None = None) -> list[dict]:
+        """Per-item score rows (answer log-prob, first-token rank, multiple-choice view), `index` = set index.
+
+        kv: keep the scored prefixes' keys there for the greedy replies after the lead (see `generations`).
+        """
         key = ("scores", set_name, which)
         if key not in self._memo:
             pairs = self.items(set_name)
@@ -78,7 +81,8 @@ class EvalContext:
             if rows is None:
                 with self.use(which) as model:
                     scored = map_sharded(lambda its: score_items(model, self.tokenizer, self.spec, set_name, its,
-                                                                 reporter=self.reporter), [it for _, it in pairs])
+                                                                 reporter=self.reporter, kv=kv),
+                                         [it for _, it in pairs])
                 rows = [dict(r.to_dict(), index=i) for r, (i, _) in zip(scored, pairs)]
             for r in rows:  # generations and hits live in generations(), made with the eval settings
                 r.pop("generation", None)
@@ -105,12 +109,17 @@ class EvalContext:
             if rows is not None and all(r.get("generation") is not None for r in rows):
                 self._memo[key] = [r["generation"] for r in rows]
             else:
+                # after the lead, the prompts are the scored ones: score first (every metric that reads these
+                # replies reads the scores too) and start the replies from the scored prefixes' keys
+                kv = PrefixKV() if mode == "lead" and ("scores", set_name, which) not in self._memo else None
+                if kv is not None:
+                    self.scores(set_name, which, kv=kv)
                 prefixes = [self.prefix(set_name, it.prompt, mode) for _, it in pairs]
                 with self.use(which) as model, self.reporter.task(
                         f"generating {set_name} ({which}, {mode})", len(pairs)) as advance:
                     gens = map_sharded(lambda ps: generate(model, self.tokenizer, ps, max_new_tokens=tokens,
-                                                           batch_size=self.config.batch_size, on_batch=advance),
-                                       prefixes)
+                                                           batch_size=self.config.batch_size, on_batch=advance,
+                                                           kv=kv), prefixes)
                 self._memo[key] = [g[0] for g in gens]
         return self._memo[key]
 
