@@ -90,3 +90,19 @@ def test_attribution_refuses_to_run_under_checkpointing(tiny, spec):
         with pytest.raises(StageError, match="exact activation gradients"):
             neuron_stats(model, tok, spec, "forget_train", spec.forget_train)
     assert neuron_stats(model, tok, spec, "forget_train", spec.forget_train).n == len(spec.forget_train)
+
+
+def test_a_model_spread_over_devices_returns_outputs_on_the_embedding_device():
+    """device_map="auto" over several GPUs: the final norm's and lm_head's outputs come back to the inputs'
+    device (simulated on CPU: the hooks are the ones a two-device map gets; outputs are unchanged)."""
+    from agmask.models import _outputs_on_input_device
+
+    model, tok, _ = load("tiny:qwen2")
+    ids = torch.tensor([tok("which film")["input_ids"]])
+    before = model(input_ids=ids).logits
+    _outputs_on_input_device(model)  # one device: nothing to do
+    assert not model.lm_head._forward_hooks
+    model.hf_device_map = {"model.embed_tokens": 0, "model.layers": 0, "model.norm": 1, "lm_head": 1}
+    _outputs_on_input_device(model)
+    assert len(model.lm_head._forward_hooks) == 1 and len(model.model.norm._forward_hooks) == 1
+    assert torch.equal(model(input_ids=ids).logits, before)

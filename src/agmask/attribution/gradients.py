@@ -103,7 +103,8 @@ def _local_stats(model: nn.Module, tokenizer, spec, set_name: str, items: list, 
             per_layer = {name: {} for name in SCORES}
             norms, acts = [], []
             for name in names:
-                a, g = cache[name].detach().float(), cache[name].grad.float()  # (B, T, I)
+                # (B, T, I); under device_map="auto" layers sit on several GPUs: bring them to the inputs' device
+                a, g = cache[name].detach().float().to(device), cache[name].grad.float().to(device)
                 for score, fn in SCORES.items():
                     per_layer[score][name] = fn(a, g, mask)  # (B, I)
                 norms.append((g.square() * mask[..., None]).sum((1, 2)).sqrt())  # (B,)

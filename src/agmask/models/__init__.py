@@ -181,6 +181,21 @@ def prefetch(spec: str, log: Callable[[str], None] = lambda msg: None) -> None:
         _hub_snapshot(spec)
 
 
+def _outputs_on_input_device(model) -> None:
+    """device_map="auto" may put the last layers and the lm_head on another GPU than the embeddings.
+    Every caller builds masks, targets and references on the inputs' device (the first parameter's,
+    the embeddings'), so the final norm's and the lm_head's outputs are moved back there. These hooks
+    belong to the model, like accelerate's own dispatch hooks; on one device there are none."""
+    devices = {str(d) for d in getattr(model, "hf_device_map", {}).values()}
+    if len(devices) <= 1:
+        return
+    home = model.get_input_embeddings().weight.device
+    body = getattr(model, model.base_model_prefix)
+    for module in (getattr(body, "norm", None), model.get_output_embeddings()):
+        if module is not None:
+            module.register_forward_hook(lambda m, args, out: out.to(home))
+
+
 def load(spec: str = DEFAULT_MODEL, device: str = "cpu", dtype: str | None = None, seed: int = 0,
          log: Callable[[str], None] = lambda msg: None):
     """Load a model for analysis and unlearning. Returns (model, tokenizer, info); the model is in eval mode."""
@@ -226,6 +241,8 @@ def load(spec: str = DEFAULT_MODEL, device: str = "cpu", dtype: str | None = Non
     from agmask.models.arch import arch_spec
 
     arch_spec(model)  # unsupported architectures fail here, with the list of supported ones
+    if device == "auto":
+        _outputs_on_input_device(model)
     model.eval()
     for p in model.parameters():
         p.requires_grad_(False)  # the base model is frozen everywhere; adapters opt their own params in
