@@ -23,6 +23,7 @@ def generation_plan(ctx: EvalContext) -> list[tuple[str, str]]:
 def generations(ctx: EvalContext) -> dict:
     """Base vs adapted greedy replies for forget_eval, probes, neighbors and retain_eval -> eval/generations.jsonl."""
     rows, counts = [], {}
+    ctx.prefetch_generations(generation_plan(ctx))  # one batched generation per model variant and mode
     for set_name, mode in generation_plan(ctx):
         pairs = ctx.items(set_name)
         base, adapted = ctx.generations(set_name, "base", mode), ctx.generations(set_name, "adapted", mode)
@@ -97,7 +98,8 @@ def adversarial(ctx: EvalContext) -> dict:
                         for f, a in part]
                 gens = generate(model, ctx.tokenizer,
                                 [prefix_for(ctx.tokenizer, specs[f], "forget_eval", a.prompt) for f, a in part],
-                                ctx.config.generation_tokens, batch_size=ctx.config.batch_size, on_batch=advance,
+                                ctx.config.generation_tokens, batch_size=ctx.config.generation_batch_size,
+                                on_batch=advance,
                                 kv=kv)
                 return [(r, g[0]) for r, g in zip(rows, gens)]
 

@@ -38,7 +38,8 @@ class Config:
     temperature: float = 0.8
     top_p: float = 0.95
     max_new_tokens: int = field(default=12, metadata={"help": "tokens generated after the lead"})
-    batch_size: int = field(default=8, metadata={"help": "prompts per generation batch"})
+    batch_size: int = field(default=32, metadata={"help": "sequences per generation batch (greedy: prompts; sampled: "
+                                                    "prompts x samples); decoding reads every weight once per batch"})
     heatmap_answers: int = field(default=10, metadata={"help": "answer columns in the heatmap (+ other)"})
 
     def __post_init__(self) -> None:
@@ -53,7 +54,7 @@ class Config:
 
 
 # demo on the 0.5B model, 2 cores: 4 x 8 + 3 = 35 prompts, ~35 s scoring + ~40 s generation.
-PRESETS = {"demo": {"base_prompts": 4, "language_items": 1, "samples": 2, "max_new_tokens": 8, "batch_size": 16},
+PRESETS = {"demo": {"base_prompts": 4, "language_items": 1, "samples": 2, "max_new_tokens": 8},
            "full": {"base_prompts": 12, "samples": 8, "max_new_tokens": 16}}
 
 
