@@ -29,6 +29,8 @@ class RunConfig(BaseModel):
     device: str = Field("cpu", description="cpu, cuda, cuda:N, or auto (device_map over all GPUs)")
     dtype: str | None = Field(None, description="float32 (CPU default) or bfloat16 (CUDA default)")
     budget: Budget = "demo"
+    gradient_checkpointing: bool = Field(False, description="recompute decoder layers in training's backward "
+                                         "(less memory, same loss); never used by attribution")
     force: bool = False
     overrides: dict[str, dict[str, Any]] = Field(default_factory=dict, description="per-stage option overrides")
 
@@ -40,7 +42,8 @@ class RunConfig(BaseModel):
         return v
 
     def core(self) -> dict:
-        """The options every stage's result depends on (device excluded: it changes speed, not meaning)."""
+        """The options every stage's result depends on (device and gradient checkpointing excluded: they
+        change speed and memory, not meaning)."""
         return {"model": self.model, "seed": self.seed, "dtype": self.dtype, "budget": self.budget}
 
 

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from agmask.concepts import load_concept
 from agmask.config import RunConfig
+from agmask.distributed import barrier, is_main
 from agmask.errors import AgmaskError
 from agmask.files import read_jsonl, write_json
 from agmask.progress import Reporter
@@ -74,9 +75,11 @@ def run_incremental(cfg: RunConfig, stages: list[str], reporter: Reporter) -> li
             regression.append(regression_row(s, stack, after=session.spec.name))
         session.drop_adapters(stack)
         loaded = session._loaded
-    write_json(top / "manifest.json", {
-        "concepts": [s.concept.source.removeprefix("shipped:") for s in sessions], "model": {"spec": cfg.model},
-        "runs": [str(s.run_dir) for s in sessions]})
-    if regression:
-        write_json(top / "regression.json", regression)
+    if is_main():  # several processes: each scored the regression rows; the main one writes them
+        write_json(top / "manifest.json", {
+            "concepts": [s.concept.source.removeprefix("shipped:") for s in sessions], "model": {"spec": cfg.model},
+            "runs": [str(s.run_dir) for s in sessions]})
+        if regression:
+            write_json(top / "regression.json", regression)
+    barrier()
     return [s.run_dir for s in sessions]

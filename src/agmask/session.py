@@ -31,10 +31,12 @@ class Session:
     def model(self):
         """(model, tokenizer, info), loaded on first use and shared by every later stage of the run."""
         if self._loaded is None:
+            from agmask.distributed import process_device
             from agmask.models import load
 
-            self.reporter.log(f"loading {self.cfg.model} on {self.cfg.device}")
-            self._loaded = load(self.cfg.model, device=self.cfg.device, dtype=self.cfg.dtype, seed=self.cfg.seed,
+            device = process_device(self.cfg.device)  # several processes: `cuda` is this process's own GPU
+            self.reporter.log(f"loading {self.cfg.model} on {device}")
+            self._loaded = load(self.cfg.model, device=device, dtype=self.cfg.dtype, seed=self.cfg.seed,
                                 log=self.reporter.log)
         return self._loaded
 

@@ -61,7 +61,7 @@ def test_a_failing_stage_keeps_earlier_artefacts_and_is_not_done(tmp_path, conce
     def explode(*args, **kwargs):
         raise RuntimeError("boom")
 
-    monkeypatch.setattr(baseline, "score_items", explode)
+    monkeypatch.setattr(baseline, "score_item", explode)
     with pytest.raises(RuntimeError):
         run_stage(Session.create(_cfg(tmp_path, concept_copy, force=True)), "baseline")
     assert (cfg.run_dir / "baseline" / "answers.jsonl").read_bytes() == answers

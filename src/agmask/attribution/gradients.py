@@ -4,6 +4,10 @@ The batch loss is the SUM of per-sample answer losses L_n = -log p(answer_n | pr
 over tokens): samples do not interact, so d(sum)/d(a_n) = d(L_n)/d(a_n). The model stays in eval
 mode, without gradient checkpointing; base weights are frozen, so the backward computes activation
 gradients only (no weight gradients) and starts at the first requested layer.
+
+Data parallel (`parallel=True` under a multi-process launch): each process attributes its own block
+of the prompts and the sums (scores, gradient norms, activations, sample count) are all-reduced, so
+every process ends with the statistics of the whole set; per-sample chunks are gathered in order.
 """
 from __future__ import annotations
 
@@ -12,8 +16,10 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn as nn
 
+from agmask import distributed
 from agmask.attribution.registry import SCORES
 from agmask.errors import StageError
+from agmask.models.checkpointing import is_active as checkpointing_active
 from agmask.probing import capture, mlp_hook_name
 from agmask.progress import Advance
 from agmask.scoring import collate_answers, prefix_for
@@ -47,14 +53,44 @@ class NeuronStats:
 
 def neuron_stats(model: nn.Module, tokenizer, spec, set_name: str, items: list, batch_size: int = 8,
                  layers: list[int] | None = None, keep_per_sample: bool = False,
-                 advance: Advance | None = None) -> NeuronStats:
-    """Scores of every neuron of `layers` (default all) on a prompt set; shapes (L, intermediate)."""
+                 advance: Advance | None = None, parallel: bool = False) -> NeuronStats:
+    """Scores of every neuron of `layers` (default all) on a prompt set; shapes (L, intermediate).
+
+    parallel: split the items over the processes of a multi-process launch and all-reduce the sums
+    (every process must call it); a no-op with one process.
+    """
     if not items:
         raise StageError(f"prompt set {set_name} is empty: nothing to attribute (add items to the concept file)")
+    if checkpointing_active(model):
+        raise StageError("attribution needs exact activation gradients: turn gradient checkpointing off first")
     n_layers = model.config.num_hidden_layers
     layers = list(range(n_layers)) if layers is None else layers
     names = [mlp_hook_name(i) for i in layers]
     device = next(model.parameters()).device
+    if parallel and distributed.world_size() > 1:
+        local = _local_stats(model, tokenizer, spec, set_name, distributed.shard(items), batch_size, names,
+                             keep_per_sample, advance, device)
+        return _all_reduced(local, len(layers), model.config.intermediate_size, keep_per_sample)
+    return _local_stats(model, tokenizer, spec, set_name, items, batch_size, names, keep_per_sample, advance, device)
+
+
+def _all_reduced(local: NeuronStats, n_layers: int, width: int, keep_per_sample: bool) -> NeuronStats:
+    """Sums over every process (sums of sums, and of counts); a process may have had no items."""
+    out = NeuronStats()
+    for score in SCORES:
+        out.sums[score] = distributed.all_reduce_sum(local.sums.get(score, torch.zeros(n_layers, width)))
+    out.grad_norm = distributed.all_reduce_sum(local.grad_norm if local.grad_norm is not None else torch.zeros(n_layers))
+    out.act_mean = distributed.all_reduce_sum(local.act_mean if local.act_mean is not None
+                                              else torch.zeros(n_layers, width))
+    out.n = int(distributed.all_reduce_sum(torch.tensor([local.n], dtype=torch.float64)).item())
+    if keep_per_sample:
+        for score in SCORES:  # contiguous shards: chunks in rank order are in item order
+            out.per_sample[score] = distributed.gather(local.per_sample.get(score, []))
+    return out
+
+
+def _local_stats(model: nn.Module, tokenizer, spec, set_name: str, items: list, batch_size: int, names: list[str],
+                 keep_per_sample: bool, advance: Advance | None, device) -> NeuronStats:
     stats = NeuronStats()
     for lo in range(0, len(items), batch_size):
         chunk = items[lo : lo + batch_size]
@@ -67,7 +103,8 @@ def neuron_stats(model: nn.Module, tokenizer, spec, set_name: str, items: list, 
             per_layer = {name: {} for name in SCORES}
             norms, acts = [], []
             for name in names:
-                a, g = cache[name].detach().float(), cache[name].grad.float()  # (B, T, I)
+                # (B, T, I); under device_map="auto" layers sit on several GPUs: bring them to the inputs' device
+                a, g = cache[name].detach().float().to(device), cache[name].grad.float().to(device)
                 for score, fn in SCORES.items():
                     per_layer[score][name] = fn(a, g, mask)  # (B, I)
                 norms.append((g.square() * mask[..., None]).sum((1, 2)).sqrt())  # (B,)

@@ -23,7 +23,7 @@ def _parse_set(values: tuple[str, ...]) -> dict[str, dict]:
 
 
 def run_options(fn):
-    """--model --concept --run-dir --seed --device --budget --force --set --quiet."""
+    """--model --concept --run-dir --seed --device --budget --gradient-checkpointing --force --set --quiet."""
     decorators = [
         click.option("--model", default=None, help="Model spec: embedded:NAME, tiny:llama|qwen2, a .gguf file, a "
                      "local directory or a Hugging Face id. Default: the run dir's manifest, else the embedded default."),
@@ -36,6 +36,8 @@ def run_options(fn):
         click.option("--dtype", default=None, help="float32 (CPU default) or bfloat16 (CUDA default)."),
         click.option("--budget", type=click.Choice(["demo", "full"]), default="demo", show_default=True,
                      help="demo: minutes on 2 CPU cores; full: real runs."),
+        click.option("--gradient-checkpointing", is_flag=True, help="Recompute decoder layers in the training "
+                     "backward: less memory, same loss, ~30% more compute (never used by attribution)."),
         click.option("--force", is_flag=True, help="Rerun stages even if they are up to date."),
         click.option("--set", "sets", multiple=True, metavar="STAGE.OPTION=VALUE", help="Override a stage option."),
         click.option("--quiet", "-q", is_flag=True, help="No progress bars."),
@@ -43,7 +45,7 @@ def run_options(fn):
     return functools.reduce(lambda f, d: d(f), reversed(decorators), fn)
 
 
-def build_config(model, concepts, run_dir, seed, device, dtype, budget, force, sets, **_):
+def build_config(model, concepts, run_dir, seed, device, dtype, budget, force, sets, gradient_checkpointing=False, **_):
     """Explicit options win; otherwise the run dir's manifest names the model and concept."""
     from agmask.config import RunConfig
     from agmask.files import read_json
@@ -58,7 +60,7 @@ def build_config(model, concepts, run_dir, seed, device, dtype, budget, force, s
     if not concepts and recorded.get("concepts"):
         concepts = tuple(recorded["concepts"])
     kwargs = dict(run_dir=Path(run_dir), seed=seed, device=device, dtype=dtype, budget=budget, force=force,
-                  overrides=_parse_set(sets))
+                  gradient_checkpointing=gradient_checkpointing, overrides=_parse_set(sets))
     if model:
         kwargs["model"] = model
     if concepts:

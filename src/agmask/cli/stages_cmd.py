@@ -6,6 +6,12 @@ import click
 from agmask.cli.options import build_config, run_options
 
 
+def _is_main() -> bool:
+    from agmask.distributed import is_main
+
+    return is_main()
+
+
 def _reporter(quiet: bool):
     from agmask.progress import Reporter
 
@@ -21,7 +27,7 @@ def run_command(**opts) -> None:
 
     cfg = build_config(**opts)
     run_dirs = run_pipeline(cfg, reporter=_reporter(opts["quiet"]))
-    for run_dir in run_dirs:
+    for run_dir in run_dirs if _is_main() else []:  # several processes: one summary
         print_run_summary(run_dir)
 
 
@@ -34,7 +40,8 @@ def _stage_command(name: str, help_text: str) -> click.Command:
 
         cfg = build_config(**opts)
         for run_dir in run_pipeline(cfg, stages=[name], reporter=_reporter(opts["quiet"])):
-            print_run_summary(run_dir, stage=name)
+            if _is_main():  # several processes: one summary
+                print_run_summary(run_dir, stage=name)
 
     return command
 

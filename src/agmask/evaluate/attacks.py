@@ -20,6 +20,7 @@ import statistics
 import torch.nn as nn
 
 from agmask.concepts.schema import ConceptSpec, PromptItem
+from agmask.distributed import map_sharded
 from agmask.evaluate.context import EvalContext
 from agmask.evaluate.quantize import swapped_weights
 from agmask.evaluate.registry import metric
@@ -68,8 +69,9 @@ def attack_quantization(ctx: EvalContext) -> dict:
         with ctx.use("base") as model:  # adapter off: its delta lives in the swapped weights instead
             for merged in (True, False):
                 with swapped_weights(model, bits, merged=merged) as err:
-                    means[merged] = statistics.fmean(answer_logprob(model, ctx.tokenizer, ctx.spec, ATTACK_SET, it)
-                                                     for it in items)
+                    means[merged] = statistics.fmean(map_sharded(
+                        lambda its: [answer_logprob(model, ctx.tokenizer, ctx.spec, ATTACK_SET, it) for it in its],
+                        items))
                     means[merged, "err"] = err
         vs_qbase, _ = recovered_fraction(means[False], unlearned, means[True], ctx.config.near_zero_nats)
         variants[f"int{bits}"] = attack_entry(

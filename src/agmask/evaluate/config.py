@@ -14,7 +14,9 @@ class EvalConfig:
         "help": "greedy reply length after the lead; equal to the baseline's, the base replies are reused"})
     free_generation_tokens: int = field(default=48, metadata={
         "help": "free reply length (no lead) on probes and retain_eval: facts recalled, fluency"})
-    batch_size: int = field(default=8, metadata={"help": "generation and KL batch"})
+    batch_size: int = field(default=8, metadata={"help": "KL and residual batch"})
+    generation_batch_size: int = field(default=32, metadata={
+        "help": "greedy replies per generation batch, over every set (decoding reads every weight once per batch)"})
     corpus_tokens: int = field(default=0, metadata={"help": "general-text tokens scored; 0 = the whole corpus"})
     corpus_window: int = field(default=256, metadata={"help": "tokens per general-text window"})
     few_shot: int = field(default=3, metadata={"help": "neighbour Q/A pairs before the question (in-context family)"})
@@ -34,7 +36,8 @@ class EvalConfig:
         for name in ("max_items", "adversarial_per_family", "corpus_tokens", "few_shot"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0")
-        for name in ("generation_tokens", "free_generation_tokens", "batch_size", "corpus_window"):
+        for name in ("generation_tokens", "free_generation_tokens", "batch_size", "generation_batch_size",
+                     "corpus_window"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1")
         bits = tuple(int(b) for b in self.quant_bits)

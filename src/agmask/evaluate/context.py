@@ -3,6 +3,9 @@ the concept, the options, and memoised per-set scores and generations shared bet
 
 Base scores come from `baseline/answers.jsonl` when the stage has them (same scoring function, same
 prompt), so the base model is only run for what the baseline did not compute.
+
+Several processes: every process runs every metric; per-item work (scores, generations, residuals)
+is split over the processes with `distributed.map_sharded` and gathered back in item order.
 """
 from __future__ import annotations
 
@@ -15,11 +18,12 @@ import torch
 import torch.nn as nn
 
 from agmask.concepts.schema import ConceptSpec, PromptItem
+from agmask.distributed import map_sharded
 from agmask.errors import StageError
 from agmask.evaluate.config import EVAL_QA_SETS, EvalConfig
 from agmask.evaluate.internals import last_token_resid
 from agmask.progress import SILENT, Reporter
-from agmask.scoring import BASE_KNOWN_RANK, generate, prefix_for, render_prompt, score_items, select_items
+from agmask.scoring import BASE_KNOWN_RANK, PrefixKV, generate, prefix_for, render_prompt, score_items, select_items
 
 Which = Literal["base", "adapted"]
 Mode = Literal["lead", "free"]  # lead: after the set's answer lead; free: the bare chat prompt
@@ -66,16 +70,20 @@ class EvalContext:
             return [dict(r) for r in rows]
         return None
 
-    def scores(self, set_name: str, which: Which) -> list[dict]:
-        """Per-item score rows (answer log-prob, first-token rank, multiple-choice view), `index` = set index."""
+    def scores(self, set_name: str, which: Which, kv: PrefixKV | None = None) -> list[dict]:
+        """Per-item score rows (answer log-prob, first-token rank, multiple-choice view), `index` = set index.
+
+        kv: keep the scored prefixes' keys there for the greedy replies after the lead (see `generations`).
+        """
         key = ("scores", set_name, which)
         if key not in self._memo:
             pairs = self.items(set_name)
             rows = self._baseline_rows(set_name, pairs) if which == "base" else None
             if rows is None:
                 with self.use(which) as model:
-                    scored = score_items(model, self.tokenizer, self.spec, set_name, [it for _, it in pairs],
-                                         reporter=self.reporter)
+                    scored = map_sharded(lambda its: score_items(model, self.tokenizer, self.spec, set_name, its,
+                                                                 reporter=self.reporter, kv=kv),
+                                         [it for _, it in pairs])
                 rows = [dict(r.to_dict(), index=i) for r, (i, _) in zip(scored, pairs)]
             for r in rows:  # generations and hits live in generations(), made with the eval settings
                 r.pop("generation", None)
@@ -95,20 +103,51 @@ class EvalContext:
         """Greedy replies of the selected items, aligned with `items(set_name)`."""
         key = ("gen", set_name, which, mode)
         if key not in self._memo:
-            pairs = self.items(set_name)
-            tokens = self.config.generation_tokens if mode == "lead" else self.config.free_generation_tokens
-            reuse = which == "base" and mode == "lead" and self.baseline_generation_tokens == tokens
-            rows = self._baseline_rows(set_name, pairs) if reuse else None
-            if rows is not None and all(r.get("generation") is not None for r in rows):
-                self._memo[key] = [r["generation"] for r in rows]
-            else:
-                prefixes = [self.prefix(set_name, it.prompt, mode) for _, it in pairs]
-                with self.use(which) as model, self.reporter.task(
-                        f"generating {set_name} ({which}, {mode})", len(pairs)) as advance:
-                    gens = generate(model, self.tokenizer, prefixes, max_new_tokens=tokens,
-                                    batch_size=self.config.batch_size, on_batch=advance)
-                self._memo[key] = [g[0] for g in gens]
+            self.prefetch_generations([(set_name, mode)], (which,))
         return self._memo[key]
+
+    def prefetch_generations(self, plan: list[tuple[str, Mode]], variants: tuple[Which, ...] = ("base", "adapted")) -> None:
+        """Compute the greedy replies of every (set, mode) of `plan` not known yet: one batched generation per
+        model variant and mode over all those sets (a decoding step reads every weight once per batch, so a
+        batch of many prompts costs about what a batch of a few does).
+
+        After the lead the prompts are the scored ones: they are scored first (every metric that reads these
+        replies reads the scores too) and the replies start from the scored prefixes' keys.
+        """
+        for which in variants:
+            for mode in ("lead", "free"):
+                todo = [s for s, m in dict.fromkeys(plan) if m == mode and ("gen", s, which, m) not in self._memo
+                        and not self._reuse_baseline_generations(s, which, m)]
+                if todo:
+                    self._generate(todo, which, mode)
+
+    def _reuse_baseline_generations(self, set_name: str, which: Which, mode: Mode) -> bool:
+        """The base replies after the lead come from baseline/answers.jsonl when the lengths agree."""
+        if not (which == "base" and mode == "lead" and self.baseline_generation_tokens == self.config.generation_tokens):
+            return False
+        rows = self._baseline_rows(set_name, self.items(set_name))
+        if rows is None or any(r.get("generation") is None for r in rows):
+            return False
+        self._memo[("gen", set_name, which, mode)] = [r["generation"] for r in rows]
+        return True
+
+    def _generate(self, sets: list[str], which: Which, mode: Mode) -> None:
+        kv = PrefixKV() if mode == "lead" else None
+        for set_name in sets:
+            if kv is not None and ("scores", set_name, which) not in self._memo:
+                self.scores(set_name, which, kv=kv)
+        prefixes = [self.prefix(s, it.prompt, mode) for s in sets for _, it in self.items(s)]
+        tokens = self.config.generation_tokens if mode == "lead" else self.config.free_generation_tokens
+        with self.use(which) as model, self.reporter.task(
+                f"generating {', '.join(sets)} ({which}, {mode})", len(prefixes)) as advance:
+            gens = map_sharded(lambda ps: generate(model, self.tokenizer, ps, max_new_tokens=tokens,
+                                                   batch_size=self.config.generation_batch_size, on_batch=advance,
+                                                   kv=kv), prefixes)
+        lo = 0
+        for set_name in sets:
+            n = len(self.items(set_name))
+            self._memo[("gen", set_name, which, mode)] = [g[0] for g in gens[lo : lo + n]]
+            lo += n
 
     def last_resid(self, which: Which, ids: list[list[int]]) -> torch.Tensor:
         """(N, L, H) residual after every layer at each sequence's last token; memoised, so metrics that
@@ -117,5 +156,6 @@ class EvalContext:
         if key not in self._memo:
             pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
             with self.use(which) as model:
-                self._memo[key] = last_token_resid(model, ids, pad, self.config.batch_size)
+                rows = map_sharded(lambda part: list(last_token_resid(model, part, pad, self.config.batch_size)), ids)
+                self._memo[key] = torch.stack(rows)
         return self._memo[key]

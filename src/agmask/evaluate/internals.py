@@ -37,7 +37,7 @@ def last_token_resid(model: nn.Module, id_lists: list[list[int]], pad: int, batc
         ids, mask = right_pad(id_lists[lo : lo + batch_size], pad)
         with capture(model, names) as cache:
             hidden_states(model, ids.to(device), mask.to(device))
-        acts = torch.stack([cache[n] for n in names], dim=1).float()  # (B, L, T, H)
+        acts = torch.stack([cache[n].to(device) for n in names], dim=1).float()  # (B, L, T, H); layers may be on several GPUs
         last = (mask.sum(1) - 1).to(acts.device)  # (B,) index of the last real token
         rows = torch.arange(len(ids), device=acts.device)
         out.append(acts[rows, :, last].cpu())  # (B, L, H)

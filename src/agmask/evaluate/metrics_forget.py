@@ -3,13 +3,14 @@ from __future__ import annotations
 
 import statistics
 
+from agmask.distributed import map_sharded
 from agmask.evaluate.adversarial import build_adversarial
 from agmask.evaluate.context import EVAL_QA_SETS, EvalContext
 from agmask.evaluate.registry import metric
 from agmask.evaluate.summaries import by_family, compare, with_hits, worst_family
 from agmask.evaluate.text import facts_recalled, facts_rouge_l
 from agmask.files import write_jsonl
-from agmask.scoring import BASE_KNOWN_RANK, answer_hit, generate, prefix_for, score_items
+from agmask.scoring import BASE_KNOWN_RANK, PrefixKV, answer_hit, generate, prefix_for, score_item
 
 FREE_SETS = ("probes", "retain_eval")  # free replies (no lead): facts recalled and fluency
 
@@ -22,6 +23,7 @@ def generation_plan(ctx: EvalContext) -> list[tuple[str, str]]:
 def generations(ctx: EvalContext) -> dict:
     """Base vs adapted greedy replies for forget_eval, probes, neighbors and retain_eval -> eval/generations.jsonl."""
     rows, counts = [], {}
+    ctx.prefetch_generations(generation_plan(ctx))  # one batched generation per model variant and mode
     for set_name, mode in generation_plan(ctx):
         pairs = ctx.items(set_name)
         base, adapted = ctx.generations(set_name, "base", mode), ctx.generations(set_name, "adapted", mode)
@@ -86,22 +88,31 @@ def adversarial(ctx: EvalContext) -> dict:
     specs = {f: ctx.spec.model_copy(update={"lead": {**ctx.spec.lead, "forget_eval": adv[0].lead}})
              for f, adv in fams.items()}
     flat = [(f, a) for f, adv in fams.items() for a in adv]
-    prefixes = [prefix_for(ctx.tokenizer, specs[f], "forget_eval", a.prompt) for f, a in flat]
-    gens: dict[str, list[str]] = {}
-    for which in ("base", "adapted"):  # one batched generation over every family
-        with ctx.use(which) as model, ctx.reporter.task(f"generating adversarial ({which})", len(flat)) as advance:
-            gens[which] = [g[0] for g in generate(model, ctx.tokenizer, prefixes, ctx.config.generation_tokens,
-                                                  batch_size=ctx.config.batch_size, on_batch=advance)]
+    outputs: dict[str, list[tuple[dict, str]]] = {}
+    for which in ("base", "adapted"):
+        with ctx.use(which) as model, ctx.reporter.task(f"adversarial ({which})", len(flat)) as advance:
+            def score_and_answer(part: list) -> list[tuple[dict, str]]:
+                """Scores, then the greedy reply starting from the scored prefixes (one prefix pass)."""
+                kv = PrefixKV()
+                rows = [score_item(model, ctx.tokenizer, specs[f], "forget_eval", 0, a.item(), kv=kv).to_dict()
+                        for f, a in part]
+                gens = generate(model, ctx.tokenizer,
+                                [prefix_for(ctx.tokenizer, specs[f], "forget_eval", a.prompt) for f, a in part],
+                                ctx.config.generation_tokens, batch_size=ctx.config.generation_batch_size,
+                                on_batch=advance,
+                                kv=kv)
+                return [(r, g[0]) for r, g in zip(rows, gens)]
+
+            outputs[which] = map_sharded(score_and_answer, flat)  # several processes: split over them, in order
     results, prompts, lo = {}, {}, 0
     for family, adv in fams.items():
         spec, items = specs[family], [a.item() for a in adv]
         aliases = [spec.answers_for(it) for it in items]
         sides = {}
         for which in ("base", "adapted"):
-            with ctx.use(which) as model:
-                rows = [r.to_dict() for r in score_items(model, ctx.tokenizer, spec, "forget_eval", items,
-                                                         reporter=ctx.reporter)]
-            sides[which] = with_hits(rows, gens[which][lo : lo + len(adv)], aliases)
+            part = outputs[which][lo : lo + len(adv)]
+            rows = [dict(r, index=i) for i, (r, _) in enumerate(part)]
+            sides[which] = with_hits(rows, [g for _, g in part], aliases)
         lo += len(adv)
         known = {r["index"] for r in sides["base"] if r["first_token_rank"] <= BASE_KNOWN_RANK}
         results[family] = compare(sides["base"], sides["adapted"], known)

@@ -7,6 +7,7 @@ from importlib import resources
 
 import torch
 
+from agmask.distributed import map_sharded
 from agmask.evaluate.context import EvalContext
 from agmask.evaluate.internals import answer_position_logprobs, kl_per_position, window_logprobs
 from agmask.evaluate.metrics_forget import generation_plan, set_comparison
@@ -51,17 +52,22 @@ def kl_greedy(ctx: EvalContext) -> dict:
         pairs = ctx.items(set_name)
         replies = [g if g else eos for g in ctx.generations(set_name, "base")]  # empty reply: the stop token
         prefixes = [ctx.prefix(set_name, it.prompt, "lead") for _, it in pairs]
-        kls, rows = [], []
-        for lo in range(0, len(pairs), ctx.config.batch_size):
-            batch = collate_answers(ctx.tokenizer, prefixes[lo : lo + ctx.config.batch_size],
-                                    replies[lo : lo + ctx.config.batch_size])
-            with ctx.use("base") as model:
-                base_lp, where = answer_position_logprobs(model, batch)
-            with ctx.use("adapted") as model:
-                adapted_lp, _ = answer_position_logprobs(model, batch)
-            kls.append(kl_per_position(base_lp, adapted_lp))
-            rows.append(where + lo)
-        kl, row = torch.cat(kls), torch.cat(rows)
+
+        def batch_kl(starts: list[int]) -> list[tuple[torch.Tensor, torch.Tensor]]:
+            out = []
+            for lo in starts:
+                batch = collate_answers(ctx.tokenizer, prefixes[lo : lo + ctx.config.batch_size],
+                                        replies[lo : lo + ctx.config.batch_size])
+                with ctx.use("base") as model:
+                    base_lp, where = answer_position_logprobs(model, batch)
+                with ctx.use("adapted") as model:
+                    adapted_lp, _ = answer_position_logprobs(model, batch)
+                out.append((kl_per_position(base_lp, adapted_lp), where + lo))
+            return out
+
+        # several processes: each takes a block of the batches; results come back in batch order
+        parts = map_sharded(batch_kl, list(range(0, len(pairs), ctx.config.batch_size)))
+        kl, row = torch.cat([k for k, _ in parts]), torch.cat([r for _, r in parts])
         per_item = [float(kl[row == i].mean()) for i in range(len(pairs)) if (row == i).any()]
         sets[set_name] = {"tokens": int(kl.numel()), "mean_kl_per_token": float(kl.mean()),
                           "max_item_mean_kl": max(per_item)}
@@ -79,17 +85,27 @@ def general_text(ctx: EvalContext) -> dict:
     windows = [ids[lo : lo + w] for lo in range(0, len(ids), w) if len(ids[lo : lo + w]) > 1]
     nll = {"base": 0.0, "adapted": 0.0}
     kl_sum, n = 0.0, 0
-    with ctx.reporter.task("general text", len(windows)) as advance:
-        for window in windows:
+
+    def window_terms(part: list[torch.Tensor]) -> list[tuple[float, float, float, int]]:
+        """(base NLL, adapted NLL, summed KL, tokens) per window."""
+        out = []
+        for window in part:
             targets = window[1:].unsqueeze(-1)  # (W-1, 1)
             lps = {}
             for which in ("base", "adapted"):
                 with ctx.use(which) as model:
                     lps[which] = window_logprobs(model, window)  # (W-1, V)
-                nll[which] -= float(lps[which].gather(-1, targets).sum())
-            kl_sum += float(kl_per_position(lps["base"], lps["adapted"]).sum())
-            n += len(targets)
+            out.append((-float(lps["base"].gather(-1, targets).sum()), -float(lps["adapted"].gather(-1, targets).sum()),
+                        float(kl_per_position(lps["base"], lps["adapted"]).sum()), len(targets)))
             advance(1)
+        return out
+
+    with ctx.reporter.task("general text", len(windows)) as advance:
+        for base_nll, adapted_nll, kl, count in map_sharded(window_terms, windows):  # summed in window order
+            nll["base"] += base_nll
+            nll["adapted"] += adapted_nll
+            kl_sum += kl
+            n += count
     return {"corpus": CORPUS, "corpus_sha256": sha256_text(text), "tokens_scored": n, "windows": len(windows),
             "base_perplexity": math.exp(nll["base"] / n), "adapted_perplexity": math.exp(nll["adapted"] / n),
             "mean_kl_per_token": kl_sum / n}

@@ -16,7 +16,7 @@ from agmask.files import atomic_dir, read_json, sha256_file, write_json
 from agmask.home import agmask_home
 from agmask.models.registry import DEFAULT_MODEL, EMBEDDED
 
-__all__ = ["load", "identify", "ModelInfo", "DEFAULT_MODEL", "EMBEDDED", "resolve_dtype"]
+__all__ = ["load", "identify", "prefetch", "ModelInfo", "DEFAULT_MODEL", "EMBEDDED", "resolve_dtype"]
 
 
 @dataclass
@@ -166,6 +166,36 @@ def _hub_snapshot(repo_id: str) -> Path:
         ) from e
 
 
+def prefetch(spec: str, log: Callable[[str], None] = lambda msg: None) -> None:
+    """Build whatever `load(spec)` would cache on first use (embedded or GGUF dequantisation, hub
+    snapshot), without loading the model: several processes then load from a finished cache."""
+    if spec.startswith("embedded:"):
+        from agmask.models import embedded
+
+        embedded.ensure_cached(embedded.lookup(spec.split(":", 1)[1]), log=log)
+    elif spec.endswith(".gguf"):
+        path = Path(spec).expanduser()
+        if path.is_file():
+            _load_gguf_file(path, log)
+    elif "/" in spec and not spec.startswith((".", "/", "~")) and not Path(spec).expanduser().is_dir():
+        _hub_snapshot(spec)
+
+
+def _outputs_on_input_device(model) -> None:
+    """device_map="auto" may put the last layers and the lm_head on another GPU than the embeddings.
+    Every caller builds masks, targets and references on the inputs' device (the first parameter's,
+    the embeddings'), so the final norm's and the lm_head's outputs are moved back there. These hooks
+    belong to the model, like accelerate's own dispatch hooks; on one device there are none."""
+    devices = {str(d) for d in getattr(model, "hf_device_map", {}).values()}
+    if len(devices) <= 1:
+        return
+    home = model.get_input_embeddings().weight.device
+    body = getattr(model, model.base_model_prefix)
+    for module in (getattr(body, "norm", None), model.get_output_embeddings()):
+        if module is not None:
+            module.register_forward_hook(lambda m, args, out: out.to(home))
+
+
 def load(spec: str = DEFAULT_MODEL, device: str = "cpu", dtype: str | None = None, seed: int = 0,
          log: Callable[[str], None] = lambda msg: None):
     """Load a model for analysis and unlearning. Returns (model, tokenizer, info); the model is in eval mode."""
@@ -211,6 +241,8 @@ def load(spec: str = DEFAULT_MODEL, device: str = "cpu", dtype: str | None = Non
     from agmask.models.arch import arch_spec
 
     arch_spec(model)  # unsupported architectures fail here, with the list of supported ones
+    if device == "auto":
+        _outputs_on_input_device(model)
     model.eval()
     for p in model.parameters():
         p.requires_grad_(False)  # the base model is frozen everywhere; adapters opt their own params in

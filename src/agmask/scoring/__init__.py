@@ -19,11 +19,12 @@ from agmask.progress import SILENT, Reporter
 from agmask.scoring.continuation import score_continuations
 from agmask.scoring.encode import closing_for, collate_answers, encode_answer, render_prompt, tokens
 from agmask.scoring.generate import generate
+from agmask.scoring.kvcache import PrefixKV
 from agmask.scoring.logprobs import answer_logprobs, token_logprobs
 
 __all__ = ["ItemScore", "score_items", "item_logprobs", "select_items", "summarize", "render_prompt", "encode_answer", "collate_answers",
            "answer_logprobs", "token_logprobs", "generate", "prefix_for", "answer_hit", "BASE_KNOWN_RANK",
-           "QA_SETS"]
+           "QA_SETS", "PrefixKV"]
 
 BASE_KNOWN_RANK = 5  # base first-token rank <= 5: the base model "knows" this prompt
 QA_SETS = ("forget_train", "forget_eval", "probes", "neighbors", "retain_train", "retain_eval")  # relearn is text
@@ -87,14 +88,14 @@ def _mc_candidates(concept: ConceptSpec, aliases: list[str]) -> list[str] | None
 
 
 def score_item(model: nn.Module, tokenizer, concept: ConceptSpec, set_name: str, index: int,
-               item: PromptItem) -> ItemScore:
+               item: PromptItem, kv: PrefixKV | None = None) -> ItemScore:
     prefix = prefix_for(tokenizer, concept, set_name, item.prompt)
     aliases = concept.answers_for(item)
     candidates = _mc_candidates(concept, aliases)
     close = closing_for(concept.lead_for(set_name))
     texts = list(dict.fromkeys(aliases + (candidates or [])))  # dedup, keep order
     scores = dict(zip(texts, score_continuations(model, tokenizer, prefix, [t + close for t in texts],
-                                                 prefix_ids=tokens(tokenizer, prefix))))
+                                                 prefix_ids=tokens(tokenizer, prefix), kv=kv)))
     best = max(aliases, key=lambda a: scores[a].logprob)
     row = ItemScore(set_name, index, item.prompt, aliases[0], scores[best].logprob,
                     min(scores[a].first_rank for a in aliases))
@@ -113,19 +114,26 @@ def score_item(model: nn.Module, tokenizer, concept: ConceptSpec, set_name: str,
 
 
 def score_items(model: nn.Module, tokenizer, concept: ConceptSpec, set_name: str, items: list[PromptItem] | None = None,
-                generation_tokens: int = 0, batch_size: int = 8, reporter: Reporter = SILENT) -> list[ItemScore]:
-    """Score every item of a set; with `generation_tokens > 0` also the greedy reply after the lead."""
+                generation_tokens: int = 0, batch_size: int = 8, reporter: Reporter = SILENT,
+                kv: PrefixKV | None = None) -> list[ItemScore]:
+    """Score every item of a set; with `generation_tokens > 0` also the greedy reply after the lead.
+
+    kv: keep each prompt's prefix keys/values there for a later `generate` of the same prompts (with
+    `generation_tokens > 0` this happens internally: the reply starts from the scored prefix).
+    """
     items = concept.items(set_name) if items is None else items
+    if kv is None and generation_tokens > 0:
+        kv = PrefixKV()
     rows = []
     with reporter.task(f"scoring {set_name}", len(items)) as advance:
         for i, item in enumerate(items):
-            rows.append(score_item(model, tokenizer, concept, set_name, i, item))
+            rows.append(score_item(model, tokenizer, concept, set_name, i, item, kv=kv))
             advance(1)
     if generation_tokens > 0:
         prefixes = [prefix_for(tokenizer, concept, set_name, it.prompt) for it in items]
         with reporter.task(f"generating {set_name}", len(items)) as advance:
             gens = generate(model, tokenizer, prefixes, max_new_tokens=generation_tokens, batch_size=batch_size,
-                            on_batch=advance)
+                            on_batch=advance, kv=kv)
         for row, item, g in zip(rows, items, gens):
             row.generation = g[0]
             row.hit = answer_hit(g[0], concept.answers_for(item))

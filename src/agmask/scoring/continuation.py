@@ -10,6 +10,9 @@ earlier tokens of its own tail, never another tail. Position ids restart at S fo
 each tail is computed exactly as if it followed the prefix alone. The lm_head runs only at the
 positions that predict a scored token. Compared with a padded batch of (prefix + candidate)
 sequences this does ~8x fewer token-forwards on a 22-candidate multiple-choice view.
+
+With a `PrefixKV`, the prefix's keys and values (all but its last token) are kept for `generate`, so
+a prompt that is scored and then answered runs its prefix through the model once.
 """
 from __future__ import annotations
 
@@ -19,6 +22,7 @@ import torch
 import torch.nn as nn
 
 from agmask.scoring.encode import common_prefix_len, tokens
+from agmask.scoring.kvcache import PrefixKV, cached_layers, empty_cache
 from agmask.scoring.logprobs import decoder_and_head
 
 
@@ -46,7 +50,7 @@ def _tree_mask(shared: int, lengths: list[int], dtype: torch.dtype, device) -> t
 
 @torch.no_grad()
 def score_continuations(model: nn.Module, tokenizer, prefix: str, continuations: list[str],
-                        prefix_ids: list[int] | None = None) -> list[ContinuationScore]:
+                        prefix_ids: list[int] | None = None, kv: PrefixKV | None = None) -> list[ContinuationScore]:
     if not continuations:
         return []
     prefix_ids = tokens(tokenizer, prefix) if prefix_ids is None else prefix_ids
@@ -63,8 +67,13 @@ def score_continuations(model: nn.Module, tokenizer, prefix: str, continuations:
 
     ids = torch.tensor(joints[0][:shared] + [t for tail in tails for t in tail], device=device)[None]  # (1, N)
     positions = list(range(shared)) + [shared + k for tail in tails for k in range(len(tail))]
+    keep = len(prefix_ids) - 1  # generation runs the last prefix token itself (it needs its logits)
+    cache = empty_cache(model) if kv is not None and 0 < keep <= shared else None
     hidden = body(input_ids=ids, attention_mask=_tree_mask(shared, [len(t) for t in tails], dtype, device),
-                  position_ids=torch.tensor(positions, device=device)[None], use_cache=False).last_hidden_state[0]
+                  position_ids=torch.tensor(positions, device=device)[None], use_cache=cache is not None,
+                  past_key_values=cache).last_hidden_state[0]
+    if cache is not None:  # the prefix rows attend only to the prefix: their keys are the prefix's own
+        kv.put(prefix, prefix_ids[:keep], cached_layers(cache, keep))
 
     # packed index of the position that predicts joint token k of continuation i
     where, targets = [], []

@@ -19,6 +19,7 @@ from agmask.files import save_tensors, write_json
 NAME = "attribute"
 DIR = "attribute"
 DEPENDS: tuple[str, ...] = ()
+PARALLEL = True  # every process of a multi-process launch runs it on its share of the prompts
 
 
 @dataclass(frozen=True)
@@ -39,8 +40,11 @@ def run(cfg, run_dir: Path, session) -> None:
     forget_items = spec.forget_train[: conf.max_items or None]
     retain_items = spec.retain_train[: conf.max_items or None]
     with session.reporter.task("attributing (forward + backward)", len(forget_items) + len(retain_items)) as adv:
-        forget = neuron_stats(model, tokenizer, spec, "forget_train", forget_items, conf.batch_size, advance=adv)
-        retain = neuron_stats(model, tokenizer, spec, "retain_train", retain_items, conf.batch_size, advance=adv)
+        # several processes: each attributes its block of the prompts, the sums are all-reduced
+        forget = neuron_stats(model, tokenizer, spec, "forget_train", forget_items, conf.batch_size, advance=adv,
+                              parallel=True)
+        retain = neuron_stats(model, tokenizer, spec, "retain_train", retain_items, conf.batch_size, advance=adv,
+                              parallel=True)
     tensors = {f"{which}.{s}": stats.mean(s) for which, stats in (("forget", forget), ("retain", retain))
                for s in SCORES}
     for s in SCORES:

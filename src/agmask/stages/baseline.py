@@ -8,18 +8,21 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from agmask.distributed import map_sharded
 from agmask.files import write_json, write_jsonl
-from agmask.scoring import QA_SETS, score_items, select_items, summarize
+from agmask.scoring import (QA_SETS, ItemScore, PrefixKV, answer_hit, generate, prefix_for, score_item, select_items,
+                            summarize)
 
 NAME = "baseline"
 DIR = "baseline"
 DEPENDS: tuple[str, ...] = ()
+PARALLEL = True  # several processes: each scores and answers its block of the prompts
 
 
 @dataclass(frozen=True)
 class Config:
     generation_tokens: int = 16  # greedy reply length after the lead
-    batch_size: int = 8  # generation batch
+    batch_size: int = 32  # generation batch, over every set (a decoding step reads every weight once per batch)
     max_items: int = 0  # prompts per set, spread over families (as the evaluation picks them); 0 = all
 
 
@@ -29,15 +32,27 @@ PRESETS = {"demo": {"generation_tokens": 12, "max_items": 8}, "full": {"generati
 def run(cfg, run_dir: Path, session) -> None:
     conf: Config = session.stage_config(NAME)
     model, tokenizer, _ = session.model()
-    rows, summary = [], {}
-    for set_name in QA_SETS:
-        # the same selection as the evaluation's, so the evaluation reuses these rows as its base side
-        pairs = select_items(session.spec.items(set_name), conf.max_items)
-        scored = score_items(model, tokenizer, session.spec, set_name, [it for _, it in pairs],
-                             generation_tokens=conf.generation_tokens, batch_size=conf.batch_size,
-                             reporter=session.reporter)
-        set_rows = [dict(r.to_dict(), index=i) for r, (i, _) in zip(scored, pairs)]  # index = place in the set
-        rows.extend(set_rows)
-        summary[set_name] = summarize(set_rows)
+    spec = session.spec
+    # the same selection as the evaluation's, so the evaluation reuses these rows as its base side
+    picked = [(set_name, index, item) for set_name in QA_SETS
+              for index, item in select_items(spec.items(set_name), conf.max_items)]
+
+    def score_and_answer(part: list) -> list[ItemScore]:
+        """Every prompt scored (its prefix keys kept), then all answered greedily in large batches."""
+        kv = PrefixKV()
+        with session.reporter.task("scoring", len(part)) as advance:
+            rows = []
+            for set_name, index, item in part:
+                rows.append(score_item(model, tokenizer, spec, set_name, index, item, kv=kv))  # index = place in the set
+                advance(1)
+        with session.reporter.task("generating", len(part)) as advance:
+            gens = generate(model, tokenizer, [prefix_for(tokenizer, spec, s, it.prompt) for s, _, it in part],
+                            max_new_tokens=conf.generation_tokens, batch_size=conf.batch_size, on_batch=advance, kv=kv)
+        for row, (_, _, item), g in zip(rows, part, gens):
+            row.generation, row.hit = g[0], answer_hit(g[0], spec.answers_for(item))
+        return rows
+
+    rows = [r.to_dict() for r in map_sharded(score_and_answer, picked)]
+    summary = {set_name: summarize([r for r in rows if r["set"] == set_name]) for set_name in QA_SETS}
     write_jsonl(Path(run_dir) / DIR / "answers.jsonl", rows)
     write_json(Path(run_dir) / DIR / "summary.json", summary)

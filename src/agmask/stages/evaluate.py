@@ -16,6 +16,7 @@ from agmask.files import read_jsonl
 NAME = "evaluate"
 DIR = "eval"
 DEPENDS: tuple[str, ...] = ("baseline", "unlearn")
+PARALLEL = True  # several processes: per-item scoring and generation are split over them (evaluate.context)
 Config = EvalConfig
 PRESETS = EVAL_PRESETS
 

@@ -20,7 +20,7 @@ from agmask.files import write_json, write_jsonl
 from agmask.perturb.families import FAMILIES, LANGUAGE_PREFIX, Variant, build_variants
 from agmask.perturb.figures import examples_figure, heatmap_figure, stability_figure
 from agmask.perturb.metrics import GREEDY, extract_answer, stability, top_answers
-from agmask.scoring import answer_hit, generate, prefix_for, score_items
+from agmask.scoring import PrefixKV, answer_hit, generate, prefix_for, score_items
 from agmask.scoring.encode import closing_for
 
 NAME = "perturb"
@@ -38,7 +38,8 @@ class Config:
     temperature: float = 0.8
     top_p: float = 0.95
     max_new_tokens: int = field(default=12, metadata={"help": "tokens generated after the lead"})
-    batch_size: int = field(default=8, metadata={"help": "prompts per generation batch"})
+    batch_size: int = field(default=32, metadata={"help": "sequences per generation batch (greedy: prompts; sampled: "
+                                                    "prompts x samples); decoding reads every weight once per batch"})
     heatmap_answers: int = field(default=10, metadata={"help": "answer columns in the heatmap (+ other)"})
 
     def __post_init__(self) -> None:
@@ -53,7 +54,7 @@ class Config:
 
 
 # demo on the 0.5B model, 2 cores: 4 x 8 + 3 = 35 prompts, ~35 s scoring + ~40 s generation.
-PRESETS = {"demo": {"base_prompts": 4, "language_items": 1, "samples": 2, "max_new_tokens": 8, "batch_size": 16},
+PRESETS = {"demo": {"base_prompts": 4, "language_items": 1, "samples": 2, "max_new_tokens": 8},
            "full": {"base_prompts": 12, "samples": 8, "max_new_tokens": 16}}
 
 
@@ -108,18 +109,19 @@ def run(cfg, run_dir: Path, session) -> None:
 
     model, tokenizer, _ = session.model()
     reporter = session.reporter
-    scores = [s.to_dict() for s in score_items(model, tokenizer, spec, SET, items, reporter=reporter)]
+    kv = PrefixKV()  # the scoring pass's prefix keys: both generations start from them (one prefix pass)
+    scores = [s.to_dict() for s in score_items(model, tokenizer, spec, SET, items, reporter=reporter, kv=kv)]
     prefixes = [prefix_for(tokenizer, spec, SET, it.prompt) for it in items]
     with reporter.task("generating (greedy)", len(prefixes)) as advance:
         greedy = generate(model, tokenizer, prefixes, max_new_tokens=conf.max_new_tokens,
-                          batch_size=conf.batch_size, on_batch=advance)
+                          batch_size=conf.batch_size, on_batch=advance, kv=kv)
     sampled: list[list[str]] = [[] for _ in prefixes]
     if conf.samples:
         with reporter.task(f"generating ({conf.samples} samples)", len(prefixes)) as advance:
             sampled = generate(model, tokenizer, prefixes, max_new_tokens=conf.max_new_tokens,
                                batch_size=max(1, conf.batch_size // conf.samples), do_sample=True,
                                temperature=conf.temperature, top_p=conf.top_p, num_return_sequences=conf.samples,
-                               seed=cfg.seed, on_batch=advance)
+                               seed=cfg.seed, on_batch=advance, kv=kv)
     lead = spec.lead_for(SET)
     closing = closing_for(lead)
     rows = output_rows(variants, sources, scores, [g + s for g, s in zip(greedy, sampled)], spec, closing)

@@ -49,11 +49,12 @@ def probe_set(model, tokenizer, spec, set_name: str, items, batch_size: int) -> 
         batch = batch.to(next(model.parameters()).device)
         answer_mask = batch.target_mask.roll(1, dims=1) * batch.attention_mask  # (B, T) 1 on answer tokens
         last_pos = batch.target_mask.argmax(1)  # (B,) first predicting position = last prefix token
-        rows = torch.arange(len(chunk))
+        rows = torch.arange(len(chunk), device=batch.input_ids.device)
         with torch.no_grad(), capture(model, names) as cache:
             hidden_states(model, batch.input_ids, batch.attention_mask)
         for kind, hook in (("mlp", mlp_hook_name), ("resid", resid_hook_name)):
-            acts = torch.stack([cache[hook(i)] for i in range(n_layers)], dim=1).float()  # (B, L, T, D)
+            # (B, L, T, D); under device_map="auto" layers sit on several GPUs: stack on the inputs' device
+            acts = torch.stack([cache[hook(i)].to(rows.device) for i in range(n_layers)], dim=1).float()
             last = acts[rows, :, last_pos]  # (B, L, D)
             w = answer_mask[:, None, :, None].to(acts.dtype)  # (B, 1, T, 1)
             mean = (acts * w).sum(2) / w.sum(2).clamp(min=1)  # (B, L, D)

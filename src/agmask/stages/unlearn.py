@@ -19,6 +19,7 @@ NAME = "unlearn"
 DIR = "unlearn"
 DEPENDS: tuple[str, ...] = ("mask",)
 EXTRA_OUTPUTS = ["adapters"]
+PARALLEL = True  # several processes: the trainer shards each batch and all-reduces the LoRA gradients
 
 
 @dataclass(frozen=True)
@@ -64,7 +65,7 @@ def run(cfg, run_dir: Path, session) -> None:
                           seed=cfg.seed)
     try:
         rows = train(adapter, method, tokenizer, session.spec, conf, seed=cfg.seed, device=cfg.device,
-                     reporter=session.reporter)
+                     reporter=session.reporter, gradient_checkpointing=cfg.gradient_checkpointing)
         out_dir = adapter_dir(run_dir, session.spec.name)
         save_adapter(adapter, out_dir)
     finally:

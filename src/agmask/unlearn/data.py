@@ -104,5 +104,5 @@ def base_residuals(model: nn.Module, tokenizer, examples: list[Example], layer: 
         with capture(model, [resid_hook_name(layer)]) as cache:
             hidden_states(model, batch.input_ids, batch.attention_mask)
         where = batch.target_mask.bool() & batch.attention_mask.bool()
-        out.append(cache[resid_hook_name(layer)][where].float().cpu())
+        out.append(cache[resid_hook_name(layer)].to(where.device)[where].float().cpu())
     return out

@@ -64,7 +64,7 @@ def residual_at(model, batch: AnswerBatch, layer: int) -> tuple[torch.Tensor, to
     with capture(model, [resid_hook_name(layer)], keep_grad=True) as cache:
         hidden_states(model, batch.input_ids, batch.attention_mask, batch.start_layer, batch.start_hidden)
     where = batch.target_mask.bool() & batch.attention_mask.bool()
-    return cache[resid_hook_name(layer)][where], where
+    return cache[resid_hook_name(layer)].to(where.device)[where], where
 
 
 def rmu_forget(model, batch: AnswerBatch, layer: int, control: torch.Tensor) -> torch.Tensor:

@@ -15,7 +15,9 @@ from typing import Callable
 
 import torch
 
+from agmask import distributed
 from agmask.lora import MaskedAdapter, trainable_parameters
+from agmask.models.checkpointing import activation_checkpointing
 from agmask.progress import SILENT, Reporter
 from agmask.unlearn import data
 from agmask.unlearn.methods import Method
@@ -37,7 +39,7 @@ class StepInputs:
 def _accelerator(device: str):
     from accelerate import Accelerator
 
-    return Accelerator(cpu=not device.startswith("cuda"))
+    return Accelerator(cpu=distributed.use_cpu(device))  # the same choice as distributed.init
 
 
 def _shard(indices: list[int], rank: int, world: int) -> list[int]:
@@ -54,10 +56,21 @@ def _all_reduce_grads(params: list[torch.nn.Parameter], accelerator) -> None:
             dist.all_reduce(p.grad, op=dist.ReduceOp.SUM)
 
 
+def _global_terms(terms: dict, share: float, world: int) -> dict[str, float]:
+    """Loss terms of the whole global batch: each process's shard means, weighted by its share, summed."""
+    values = torch.stack([v.detach().float().reshape(()) for v in terms.values()])
+    if world > 1:
+        values = distributed.all_reduce_sum(values * share)
+    return dict(zip(terms, values.tolist()))
+
+
 def train(adapter: MaskedAdapter, method: Method, tokenizer, spec, conf, seed: int = 0, device: str = "cpu",
           reporter: Reporter = SILENT, on_step: Callable[[dict], None] | None = None,
-          accelerator=None) -> list[dict]:
-    """Train `adapter` with `method`'s loss for conf.steps steps (or until early stop). Returns the log rows."""
+          accelerator=None, gradient_checkpointing: bool = False) -> list[dict]:
+    """Train `adapter` with `method`'s loss for conf.steps steps (or until early stop). Returns the log rows.
+
+    gradient_checkpointing: recompute decoder layers in the backward (less memory, same loss).
+    """
     accelerator = accelerator or _accelerator(device)
     rank, world = accelerator.process_index, accelerator.num_processes
     model = adapter.model
@@ -101,7 +114,8 @@ def train(adapter: MaskedAdapter, method: Method, tokenizer, spec, conf, seed: i
     rows: list[dict] = []
     recent: list[float] = []
     start = time.perf_counter()
-    with reporter.task(f"unlearning ({method.name})", conf.steps) as advance:
+    with reporter.task(f"unlearning ({method.name})", conf.steps) as advance, \
+            activation_checkpointing(model, gradient_checkpointing):
         for step in range(conf.steps):
             f_idx = [f_order[(step * conf.batch_size + i) % len(forget)] for i in range(conf.batch_size)]
             r_idx = [r_order[(step * conf.batch_size + i) % len(retain)] for i in range(conf.batch_size)]
@@ -123,7 +137,8 @@ def train(adapter: MaskedAdapter, method: Method, tokenizer, spec, conf, seed: i
             grad_norm = torch.nn.utils.clip_grad_norm_(params, conf.max_grad_norm)
             opt.step()
             opt.zero_grad(set_to_none=True)
-            row = {"step": step + 1, **{k: float(v.detach()) for k, v in terms.items()}, "grad_norm": float(grad_norm),
+            logged = _global_terms(terms, len(f_local) / conf.batch_size, world)
+            row = {"step": step + 1, **logged, "grad_norm": float(grad_norm),
                    "seconds": round(time.perf_counter() - start, 2)}
             rows.append(row)
             if on_step and accelerator.is_main_process:
