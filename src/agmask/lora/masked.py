@@ -11,7 +11,9 @@ trainable=True)` re-registers them.
 """
 from __future__ import annotations
 
+import contextlib
 import shutil
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -25,6 +27,14 @@ from agmask.models.arch import arch_spec, base_causal_lm, mlp_module, mlp_module
 
 MASK_FILE = "mask.safetensors"
 WHICH = ("gate", "up", "down")
+
+
+@contextlib.contextmanager
+def _quiet_peft():
+    """PEFT reads the deprecated `is_gradient_checkpointing` (transformers 5 warns on every wrap)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+        yield
 
 
 @dataclass
@@ -92,7 +102,8 @@ def attach_lora(model: nn.Module, mask: torch.Tensor | None, layers: list[int] |
             model.base_model.set_adapter(previous + [name])  # all active: their deltas add up
             peft_model = model
         else:
-            peft_model = get_peft_model(model, config, adapter_name=name)
+            with _quiet_peft():
+                peft_model = get_peft_model(model, config, adapter_name=name)
     freeze_all_but(peft_model, name)
     handles = apply_gradient_masks(peft_model, name, mask, layers) if mask is not None else []
     return MaskedAdapter(peft_model, name, mask, list(layers), handles)
@@ -145,7 +156,8 @@ def load_adapter(model: nn.Module, adapter_dir: Path, name: str | None = None, t
         model.base_model.set_adapter(list(model.peft_config))
         peft_model = model
     else:
-        peft_model = PeftModel.from_pretrained(model, str(adapter_dir), adapter_name=name, is_trainable=trainable)
+        with _quiet_peft():
+            peft_model = PeftModel.from_pretrained(model, str(adapter_dir), adapter_name=name, is_trainable=trainable)
     mask, layers = None, []
     if (adapter_dir / MASK_FILE).is_file():
         saved = load_tensors(adapter_dir / MASK_FILE)["mask"]

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
+from agmask.models.arch import decoder_layers
 from agmask.probing import capture, resid_hook_name
 from agmask.scoring import collate_answers, prefix_for, render_prompt
 from agmask.scoring.encode import AnswerBatch, closing_for
@@ -52,20 +53,38 @@ def collate(tokenizer, examples: list[Example], device, start: tuple[int, list[t
     return batch.to(device)
 
 
+class _StopForward(Exception):
+    """Raised by a hook once the needed layer has run: the layers above it are never computed."""
+
+
 @torch.no_grad()
 def layer_inputs(model: nn.Module, tokenizer, examples: list[Example], layer: int, batch_size: int = 8) -> list[torch.Tensor]:
     """Per example, (T_i, H): the residual stream entering `layer`, i.e. after layer - 1.
 
-    Valid for the whole training run when every trainable weight sits in `layer` or above.
+    Valid for the whole training run when every trainable weight sits in `layer` or above. The forward
+    stops after layer - 1 (the layers above are not run).
     """
     device = next(model.parameters()).device
-    out = []
-    for lo in range(0, len(examples), batch_size):
-        batch = collate(tokenizer, examples[lo : lo + batch_size], device)
-        with capture(model, [resid_hook_name(layer - 1)]) as cache:
-            hidden_states(model, batch.input_ids, batch.attention_mask)
-        resid = cache[resid_hook_name(layer - 1)]  # (B, T, H), right padded
-        out += [resid[i, : int(n)].cpu() for i, n in enumerate(batch.attention_mask.sum(1))]
+    out: list[torch.Tensor] = []
+    seen: list[torch.Tensor] = []
+
+    def stop(module, args, output):
+        seen.append(output[0] if isinstance(output, tuple) else output)
+        raise _StopForward
+
+    handle = decoder_layers(model)[layer - 1].register_forward_hook(stop)
+    try:
+        for lo in range(0, len(examples), batch_size):
+            batch = collate(tokenizer, examples[lo : lo + batch_size], device)
+            seen.clear()
+            try:
+                hidden_states(model, batch.input_ids, batch.attention_mask)
+            except _StopForward:
+                pass
+            resid = seen[0]  # (B, T, H), right padded
+            out += [resid[i, : int(n)].cpu() for i, n in enumerate(batch.attention_mask.sum(1))]
+    finally:
+        handle.remove()
     return out
 
 
@@ -81,28 +100,29 @@ def base_answer_logprobs(model: nn.Module, tokenizer, examples: list[Example], b
 
 
 @torch.no_grad()
-def base_answer_distributions(model: nn.Module, tokenizer, examples: list[Example]) -> list[torch.Tensor]:
+def base_answer_distributions(model: nn.Module, tokenizer, examples: list[Example], batch_size: int = 8) -> list[torch.Tensor]:
     """Per example, (n_answer_positions, V) log-softmax of the base at its answer-predicting positions."""
     device = next(model.parameters()).device
     _, head = decoder_and_head(model)
     out = []
-    for e in examples:
-        batch = collate(tokenizer, [e], device)
-        hidden = hidden_states(model, batch.input_ids, batch.attention_mask)  # (1, T, H)
+    for lo in range(0, len(examples), batch_size):
+        batch = collate(tokenizer, examples[lo : lo + batch_size], device)
+        hidden = hidden_states(model, batch.input_ids, batch.attention_mask)  # (B, T, H), right padded
         where = batch.target_mask.bool() & batch.attention_mask.bool()
-        out.append(head(hidden[where]).float().log_softmax(-1).cpu())
+        out += [head(hidden[i][where[i]]).float().log_softmax(-1).cpu() for i in range(len(where))]
     return out
 
 
 @torch.no_grad()
-def base_residuals(model: nn.Module, tokenizer, examples: list[Example], layer: int) -> list[torch.Tensor]:
+def base_residuals(model: nn.Module, tokenizer, examples: list[Example], layer: int, batch_size: int = 8) -> list[torch.Tensor]:
     """Per example, (n_answer_positions, H) residual stream after `layer` (RMU's retain reference)."""
     device = next(model.parameters()).device
     out = []
-    for e in examples:
-        batch = collate(tokenizer, [e], device)
+    for lo in range(0, len(examples), batch_size):
+        batch = collate(tokenizer, examples[lo : lo + batch_size], device)
         with capture(model, [resid_hook_name(layer)]) as cache:
             hidden_states(model, batch.input_ids, batch.attention_mask)
-        where = batch.target_mask.bool() & batch.attention_mask.bool()
-        out.append(cache[resid_hook_name(layer)].to(where.device)[where].float().cpu())
+        resid = cache[resid_hook_name(layer)]
+        where = (batch.target_mask.bool() & batch.attention_mask.bool()).to(resid.device)
+        out += [resid[i][where[i]].float().cpu() for i in range(len(where))]
     return out

@@ -79,7 +79,8 @@ def train(adapter: MaskedAdapter, method: Method, tokenizer, spec, conf, seed: i
     forget_items = spec.forget_train[: conf.max_forget or None]
     retain_items = spec.retain_train
     forget = data.forget_examples(tokenizer, spec, forget_items)
-    target = data.target_examples(tokenizer, spec, forget_items)
+    wants_target = "target" in method.needs or ("target_if_weighted" in method.needs and conf.target_weight > 0)
+    target = data.target_examples(tokenizer, spec, forget_items) if wants_target else None
     retain = data.retain_examples(tokenizer, spec, retain_items)
 
     # references from the model as it is now: the new adapter is still the identity
@@ -93,8 +94,9 @@ def train(adapter: MaskedAdapter, method: Method, tokenizer, spec, conf, seed: i
     starts = {}
     if first > 0:
         starts = {"forget": data.layer_inputs(model, tokenizer, forget, first),
-                  "target": data.layer_inputs(model, tokenizer, target, first),
                   "retain": data.layer_inputs(model, tokenizer, retain, first)}
+        if target is not None:
+            starts["target"] = data.layer_inputs(model, tokenizer, target, first)
 
     def batch(kind: str, examples: list, idx: list[int]):
         start = (first, [starts[kind][i] for i in idx]) if starts else None
@@ -124,7 +126,7 @@ def train(adapter: MaskedAdapter, method: Method, tokenizer, spec, conf, seed: i
                 model=model,
                 forget=batch("forget", forget, f_local),
                 forget_ref=forget_ref[f_local].to(dev) if forget_ref is not None else None,
-                target=batch("target", target, f_local),
+                target=batch("target", target, f_local) if target is not None else None,
                 retain=batch("retain", retain, r_local),
                 retain_dist=[retain_dist[i] for i in r_local] if retain_dist is not None else None,
                 retain_resid=[retain_resid[i] for i in r_local] if retain_resid is not None else None,

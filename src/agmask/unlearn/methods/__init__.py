@@ -21,7 +21,7 @@ class Method:
     name: str
     parameterisation: str
     loss: Callable  # (StepInputs, conf) -> dict[str, Tensor] with key "loss"
-    needs: tuple[str, ...]  # references to precompute: "forget_ref", "retain_dist", "retain_resid", "target"
+    needs: tuple[str, ...]  # to precompute: "forget_ref", "retain_dist", "retain_resid", "target", "target_if_weighted"
     description: str
 
 

@@ -20,4 +20,4 @@ def forget_and_retain(inputs, conf) -> dict:
     return terms
 
 
-NEEDS = ("forget_ref", "retain_dist", "target")
+NEEDS = ("forget_ref", "retain_dist", "target_if_weighted")  # target batches only when target_weight > 0
