@@ -134,3 +134,20 @@ def test_summary_uses_base_known_subset():
     assert s["base_known_n"] == 1 and s["greedy_hit_rate_base_known"] == 1.0
     assert summarize(rows, known={1})["greedy_hit_rate_base_known"] == 0.0
     assert s["median_first_token_rank"] == 25.5 and s["mc_top1_rate"] == 0.5
+
+
+def test_an_items_own_lead_replaces_the_sets_lead_everywhere_it_is_scored(tiny, tiny_concept_path):
+    model, tok, _ = tiny
+    spec = load_concept(str(tiny_concept_path)).spec
+    item = spec.retain_train[0]
+    own = item.model_copy(update={"lead": 'The movie is "'})
+    assert prefix_for(tok, spec, "retain_train", item).endswith(spec.lead_for("retain_train"))
+    assert prefix_for(tok, spec, "retain_train", own) == render_prompt(tok, own.prompt) + 'The movie is "'
+    assert prefix_for(tok, spec, "retain_train", own.prompt) == prefix_for(tok, spec, "retain_train", item)
+    row = score_items(model, tok, spec, "retain_train", [own])[0]
+    expected = score_continuations(model, tok, prefix_for(tok, spec, "retain_train", own), [own.answer + '"'])[0]
+    assert row.answer_logprob == pytest.approx(expected.logprob, abs=1e-5)
+
+    from agmask.unlearn.data import retain_examples
+
+    assert retain_examples(tok, spec, [own])[0].prefix.endswith('The movie is "')

@@ -94,7 +94,7 @@ def _local_stats(model: nn.Module, tokenizer, spec, set_name: str, items: list, 
     stats = NeuronStats()
     for lo in range(0, len(items), batch_size):
         chunk = items[lo : lo + batch_size]
-        batch = collate_answers(tokenizer, [prefix_for(tokenizer, spec, set_name, it.prompt) for it in chunk],
+        batch = collate_answers(tokenizer, [prefix_for(tokenizer, spec, set_name, it) for it in chunk],
                                 [spec.answers_for(it)[0] for it in chunk]).to(device)
         mask = (batch.target_mask * batch.attention_mask).float()  # (B, T) real answer-predicting positions
         with torch.enable_grad(), capture(model, names, keep_grad=True) as cache:

@@ -25,6 +25,7 @@ class PromptItem(_Strict):
     answer: str | None = Field(None, description="the expected answer; defaults to the concept's answers")
     facts: list[str] = Field(default_factory=list, description="facts a correct free-text answer contains")
     family: str | None = Field(None, description="perturbation family tag (wording, typo, casing, role play, ...)")
+    lead: str | None = Field(None, description="this item's answer lead; default: the set's lead")
 
     @field_validator("prompt")
     @classmethod
@@ -83,7 +84,10 @@ class ConceptSpec(_Strict):
     def items(self, set_name: str) -> list[PromptItem]:
         return list(getattr(self, set_name))
 
-    def lead_for(self, set_name: str) -> str:
+    def lead_for(self, set_name: str, item: PromptItem | str | None = None) -> str:
+        """The answer lead of `item` (its own `lead` when it has one), else of the set."""
+        if isinstance(item, PromptItem) and item.lead is not None:
+            return item.lead
         return self.lead.get(set_name, DEFAULT_LEAD)
 
     def answers_for(self, item: PromptItem) -> list[str]:

@@ -52,8 +52,8 @@ def attack_entry(base: float, unlearned: float, attacked: float, near_zero: floa
 
 def answer_logprob(model: nn.Module, tokenizer, spec: ConceptSpec, set_name: str, item: PromptItem) -> float:
     """The item's answer log-prob exactly as `score_items` computes it (max over aliases), without the MC view."""
-    close = closing_for(spec.lead_for(set_name))
-    prefix = prefix_for(tokenizer, spec, set_name, item.prompt)
+    close = closing_for(spec.lead_for(set_name, item))
+    prefix = prefix_for(tokenizer, spec, set_name, item)
     return max(s.logprob for s in score_continuations(model, tokenizer, prefix, [a + close for a in spec.answers_for(item)]))
 
 

@@ -95,9 +95,9 @@ class EvalContext:
         """Set indices the base model knows (base first-token rank <= BASE_KNOWN_RANK)."""
         return {r["index"] for r in self.scores(set_name, "base") if r["first_token_rank"] <= BASE_KNOWN_RANK}
 
-    def prefix(self, set_name: str, prompt: str, mode: Mode) -> str:
-        return prefix_for(self.tokenizer, self.spec, set_name, prompt) if mode == "lead" \
-            else render_prompt(self.tokenizer, prompt)
+    def prefix(self, set_name: str, item: PromptItem, mode: Mode) -> str:
+        return prefix_for(self.tokenizer, self.spec, set_name, item) if mode == "lead" \
+            else render_prompt(self.tokenizer, item.prompt)
 
     def generations(self, set_name: str, which: Which, mode: Mode = "lead") -> list[str]:
         """Greedy replies of the selected items, aligned with `items(set_name)`."""
@@ -136,7 +136,7 @@ class EvalContext:
         for set_name in sets:
             if kv is not None and ("scores", set_name, which) not in self._memo:
                 self.scores(set_name, which, kv=kv)
-        prefixes = [self.prefix(s, it.prompt, mode) for s in sets for _, it in self.items(s)]
+        prefixes = [self.prefix(s, it, mode) for s in sets for _, it in self.items(s)]
         tokens = self.config.generation_tokens if mode == "lead" else self.config.free_generation_tokens
         with self.use(which) as model, self.reporter.task(
                 f"generating {', '.join(sets)} ({which}, {mode})", len(prefixes)) as advance:

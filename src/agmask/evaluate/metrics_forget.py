@@ -31,7 +31,7 @@ def generations(ctx: EvalContext) -> dict:
         for (index, item), b, a, (sb, sa) in zip(pairs, base, adapted, scores):
             aliases = ctx.spec.answers_for(item)
             rows.append({"set": set_name, "mode": mode, "index": index, "family": item.family, "prompt": item.prompt,
-                         "lead": ctx.spec.lead_for(set_name) if mode == "lead" else "", "answer": aliases[0],
+                         "lead": ctx.spec.lead_for(set_name, item) if mode == "lead" else "", "answer": aliases[0],
                          "facts": item.facts, "base": b, "adapted": a,
                          "base_hit": answer_hit(b, aliases), "adapted_hit": answer_hit(a, aliases),
                          "base_logprob": sb["answer_logprob"], "adapted_logprob": sa["answer_logprob"],
@@ -97,7 +97,7 @@ def adversarial(ctx: EvalContext) -> dict:
                 rows = [score_item(model, ctx.tokenizer, specs[f], "forget_eval", 0, a.item(), kv=kv).to_dict()
                         for f, a in part]
                 gens = generate(model, ctx.tokenizer,
-                                [prefix_for(ctx.tokenizer, specs[f], "forget_eval", a.prompt) for f, a in part],
+                                [prefix_for(ctx.tokenizer, specs[f], "forget_eval", a.item()) for f, a in part],
                                 ctx.config.generation_tokens, batch_size=ctx.config.generation_batch_size,
                                 on_batch=advance,
                                 kv=kv)

@@ -32,7 +32,7 @@ def activation_shift(ctx: EvalContext) -> dict:
     """Per-layer relative L2 distance ||h_adapted - h_base|| / ||h_base|| of the last-token residual; PCA of both."""
     acts, sets = {}, {}
     for set_name in SHIFT_SETS:
-        ids = [tokens(ctx.tokenizer, ctx.prefix(set_name, it.prompt, "lead")) for _, it in ctx.items(set_name)]
+        ids = [tokens(ctx.tokenizer, ctx.prefix(set_name, it, "lead")) for _, it in ctx.items(set_name)]
         for which in ("base", "adapted"):
             acts[which, set_name] = ctx.last_resid(which, ids)
         base, adapted = acts["base", set_name], acts["adapted", set_name]  # (N, L, H)
@@ -58,9 +58,9 @@ def activation_shift(ctx: EvalContext) -> dict:
 def _lens_inputs(ctx: EvalContext, set_name: str) -> tuple[list[list[int]], list[int]]:
     """Token ids up to (not including) the answer's first token, and that token, per item."""
     ids, targets = [], []
-    close = closing_for(ctx.spec.lead_for(set_name))
     for _, item in ctx.items(set_name):
-        enc = encode_answer(ctx.tokenizer, ctx.prefix(set_name, item.prompt, "lead"), ctx.spec.answers_for(item)[0] + close)
+        close = closing_for(ctx.spec.lead_for(set_name, item))
+        enc = encode_answer(ctx.tokenizer, ctx.prefix(set_name, item, "lead"), ctx.spec.answers_for(item)[0] + close)
         ids.append(enc.input_ids[: enc.answer_start])
         targets.append(enc.input_ids[enc.answer_start])
     return ids, targets

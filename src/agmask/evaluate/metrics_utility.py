@@ -51,7 +51,7 @@ def kl_greedy(ctx: EvalContext) -> dict:
     for set_name in ctx.config.kl_sets:
         pairs = ctx.items(set_name)
         replies = [g if g else eos for g in ctx.generations(set_name, "base")]  # empty reply: the stop token
-        prefixes = [ctx.prefix(set_name, it.prompt, "lead") for _, it in pairs]
+        prefixes = [ctx.prefix(set_name, it, "lead") for _, it in pairs]
 
         def batch_kl(starts: list[int]) -> list[tuple[torch.Tensor, torch.Tensor]]:
             out = []

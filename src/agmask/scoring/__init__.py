@@ -72,8 +72,10 @@ def select_items(items: list[PromptItem], k: int) -> list[tuple[int, PromptItem]
     return sorted(chosen, key=lambda p: p[0])
 
 
-def prefix_for(tokenizer, concept: ConceptSpec, set_name: str, prompt: str) -> str:
-    return render_prompt(tokenizer, prompt) + concept.lead_for(set_name)
+def prefix_for(tokenizer, concept: ConceptSpec, set_name: str, item: PromptItem | str) -> str:
+    """Chat-rendered prompt + answer lead (the item's own lead when it has one, else the set's)."""
+    prompt = item.prompt if isinstance(item, PromptItem) else item
+    return render_prompt(tokenizer, prompt) + concept.lead_for(set_name, item)
 
 
 def answer_hit(generation: str, aliases: list[str]) -> bool:
@@ -89,10 +91,10 @@ def _mc_candidates(concept: ConceptSpec, aliases: list[str]) -> list[str] | None
 
 def score_item(model: nn.Module, tokenizer, concept: ConceptSpec, set_name: str, index: int,
                item: PromptItem, kv: PrefixKV | None = None) -> ItemScore:
-    prefix = prefix_for(tokenizer, concept, set_name, item.prompt)
+    prefix = prefix_for(tokenizer, concept, set_name, item)
     aliases = concept.answers_for(item)
     candidates = _mc_candidates(concept, aliases)
-    close = closing_for(concept.lead_for(set_name))
+    close = closing_for(concept.lead_for(set_name, item))
     texts = list(dict.fromkeys(aliases + (candidates or [])))  # dedup, keep order
     scores = dict(zip(texts, score_continuations(model, tokenizer, prefix, [t + close for t in texts],
                                                  prefix_ids=tokens(tokenizer, prefix), kv=kv)))
@@ -130,7 +132,7 @@ def score_items(model: nn.Module, tokenizer, concept: ConceptSpec, set_name: str
             rows.append(score_item(model, tokenizer, concept, set_name, i, item, kv=kv))
             advance(1)
     if generation_tokens > 0:
-        prefixes = [prefix_for(tokenizer, concept, set_name, it.prompt) for it in items]
+        prefixes = [prefix_for(tokenizer, concept, set_name, it) for it in items]
         with reporter.task(f"generating {set_name}", len(items)) as advance:
             gens = generate(model, tokenizer, prefixes, max_new_tokens=generation_tokens, batch_size=batch_size,
                             on_batch=advance, kv=kv)
@@ -145,8 +147,7 @@ def item_logprobs(model: nn.Module, tokenizer, concept: ConceptSpec, set_name: s
                   batch_size: int = 16) -> torch.Tensor:
     """(N,) answer log-prob per item (max over aliases, closing quote included): the batched path
     without the multiple-choice view, for quick before/after comparisons (ablations, training checks)."""
-    close = closing_for(concept.lead_for(set_name))
-    pairs = [(i, prefix_for(tokenizer, concept, set_name, it.prompt), a + close)
+    pairs = [(i, prefix_for(tokenizer, concept, set_name, it), a + closing_for(concept.lead_for(set_name, it)))
              for i, it in enumerate(items) for a in concept.answers_for(it)]
     device = next(model.parameters()).device
     values = []

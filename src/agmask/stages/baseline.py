@@ -46,7 +46,7 @@ def run(cfg, run_dir: Path, session) -> None:
                 rows.append(score_item(model, tokenizer, spec, set_name, index, item, kv=kv))  # index = place in the set
                 advance(1)
         with session.reporter.task("generating", len(part)) as advance:
-            gens = generate(model, tokenizer, [prefix_for(tokenizer, spec, s, it.prompt) for s, _, it in part],
+            gens = generate(model, tokenizer, [prefix_for(tokenizer, spec, s, it) for s, _, it in part],
                             max_new_tokens=conf.generation_tokens, batch_size=conf.batch_size, on_batch=advance, kv=kv)
         for row, (_, _, item), g in zip(rows, part, gens):
             row.generation, row.hit = g[0], answer_hit(g[0], spec.answers_for(item))

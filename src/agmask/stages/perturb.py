@@ -111,7 +111,7 @@ def run(cfg, run_dir: Path, session) -> None:
     reporter = session.reporter
     kv = PrefixKV()  # the scoring pass's prefix keys: both generations start from them (one prefix pass)
     scores = [s.to_dict() for s in score_items(model, tokenizer, spec, SET, items, reporter=reporter, kv=kv)]
-    prefixes = [prefix_for(tokenizer, spec, SET, it.prompt) for it in items]
+    prefixes = [prefix_for(tokenizer, spec, SET, it) for it in items]
     with reporter.task("generating (greedy)", len(prefixes)) as advance:
         greedy = generate(model, tokenizer, prefixes, max_new_tokens=conf.max_new_tokens,
                           batch_size=conf.batch_size, on_batch=advance, kv=kv)

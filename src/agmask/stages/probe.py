@@ -44,7 +44,7 @@ def probe_set(model, tokenizer, spec, set_name: str, items, batch_size: int) -> 
     out: dict[str, list[torch.Tensor]] = {f"{set_name}.{p}.{k}": [] for p in POSITIONS for k in KINDS}
     for lo in range(0, len(items), batch_size):
         chunk = items[lo : lo + batch_size]
-        batch = collate_answers(tokenizer, [prefix_for(tokenizer, spec, set_name, it.prompt) for it in chunk],
+        batch = collate_answers(tokenizer, [prefix_for(tokenizer, spec, set_name, it) for it in chunk],
                                 [spec.answers_for(it)[0] for it in chunk])
         batch = batch.to(next(model.parameters()).device)
         answer_mask = batch.target_mask.roll(1, dims=1) * batch.attention_mask  # (B, T) 1 on answer tokens

@@ -25,9 +25,8 @@ class Example:
 
 
 def forget_examples(tokenizer, spec, items) -> list[Example]:
-    close = closing_for(spec.lead_for("forget_train"))
-    return [Example(prefix_for(tokenizer, spec, "forget_train", it.prompt), spec.answers_for(it)[0] + close)
-            for it in items]
+    return [Example(prefix_for(tokenizer, spec, "forget_train", it),
+                    spec.answers_for(it)[0] + closing_for(spec.lead_for("forget_train", it))) for it in items]
 
 
 def target_examples(tokenizer, spec, items) -> list[Example]:
@@ -36,8 +35,8 @@ def target_examples(tokenizer, spec, items) -> list[Example]:
 
 
 def retain_examples(tokenizer, spec, items) -> list[Example]:
-    close = closing_for(spec.lead_for("retain_train"))
-    return [Example(prefix_for(tokenizer, spec, "retain_train", it.prompt), it.answer + close) for it in items]
+    return [Example(prefix_for(tokenizer, spec, "retain_train", it), it.answer + closing_for(spec.lead_for("retain_train", it)))
+            for it in items]
 
 
 def collate(tokenizer, examples: list[Example], device, start: tuple[int, list[torch.Tensor]] | None = None) -> AnswerBatch:
