@@ -58,6 +58,7 @@ class EvalConfig:
 # after the lead come from baseline/answers.jsonl.
 PRESETS = {
     "demo": {"max_items": 8, "adversarial_per_family": 1, "generation_tokens": 12, "free_generation_tokens": 16,
-             "corpus_tokens": 512, "kl_sets": ("neighbors", "retain_eval"), "lens_sets": ("forget_eval", "neighbors")},
+             "corpus_tokens": 512, "kl_sets": ("neighbors", "retain_eval"), "lens_sets": ("forget_eval", "neighbors"),
+             "relearn_steps": 10},
     "full": {},
 }

@@ -32,7 +32,7 @@ class Config:
     max_items: int = 0  # per set; 0 = all
 
 
-PRESETS = {"demo": {"max_items": 16}, "full": {}}
+PRESETS = {"demo": {"max_items": 12}, "full": {}}
 
 
 def probe_set(model, tokenizer, spec, set_name: str, items, batch_size: int) -> dict[str, torch.Tensor]:

@@ -43,7 +43,7 @@ class Config:
     cache_frozen_layers: bool = True  # run the frozen layers below the adapter once, not every step
 
 
-PRESETS = {"demo": {"steps": 24}, "full": {}}
+PRESETS = {"demo": {"steps": 20}, "full": {}}
 
 
 def adapter_dir(run_dir: Path, concept: str) -> Path:

@@ -88,25 +88,34 @@ def layer_inputs(model: nn.Module, tokenizer, examples: list[Example], layer: in
 
 
 @torch.no_grad()
-def base_answer_logprobs(model: nn.Module, tokenizer, examples: list[Example], batch_size: int = 8) -> torch.Tensor:
-    """(N,) summed answer log-prob under the model as it is (call it on the frozen base)."""
+def base_answer_logprobs(model: nn.Module, tokenizer, examples: list[Example], batch_size: int = 8,
+                         start: tuple[int, list[torch.Tensor]] | None = None) -> torch.Tensor:
+    """(N,) summed answer log-prob under the model as it is (call it on the frozen base).
+
+    start: (layer, per-example inputs of that layer from `layer_inputs`): the layers below are skipped."""
     from agmask.scoring.logprobs import answer_logprobs
 
     device = next(model.parameters()).device
-    out = [answer_logprobs(model, collate(tokenizer, examples[i : i + batch_size], device)).float().cpu()
-           for i in range(0, len(examples), batch_size)]
+    out = [answer_logprobs(model, collate(tokenizer, examples[i : i + batch_size], device, _part(start, i, batch_size)))
+           .float().cpu() for i in range(0, len(examples), batch_size)]
     return torch.cat(out)
 
 
+def _part(start: tuple[int, list[torch.Tensor]] | None, lo: int, n: int) -> tuple[int, list[torch.Tensor]] | None:
+    return None if start is None else (start[0], start[1][lo : lo + n])
+
+
 @torch.no_grad()
-def base_answer_distributions(model: nn.Module, tokenizer, examples: list[Example], batch_size: int = 8) -> list[torch.Tensor]:
+def base_answer_distributions(model: nn.Module, tokenizer, examples: list[Example], batch_size: int = 8,
+                              start: tuple[int, list[torch.Tensor]] | None = None) -> list[torch.Tensor]:
     """Per example, (n_answer_positions, V) log-softmax of the base at its answer-predicting positions."""
     device = next(model.parameters()).device
     _, head = decoder_and_head(model)
     out = []
     for lo in range(0, len(examples), batch_size):
-        batch = collate(tokenizer, examples[lo : lo + batch_size], device)
-        hidden = hidden_states(model, batch.input_ids, batch.attention_mask)  # (B, T, H), right padded
+        batch = collate(tokenizer, examples[lo : lo + batch_size], device, _part(start, lo, batch_size))
+        hidden = hidden_states(model, batch.input_ids, batch.attention_mask, batch.start_layer,
+                               batch.start_hidden)  # (B, T, H), right padded
         where = batch.target_mask.bool() & batch.attention_mask.bool()
         out += [head(hidden[i][where[i]]).float().log_softmax(-1).cpu() for i in range(len(where))]
     return out

@@ -83,13 +83,9 @@ def train(adapter: MaskedAdapter, method: Method, tokenizer, spec, conf, seed: i
     target = data.target_examples(tokenizer, spec, forget_items) if wants_target else None
     retain = data.retain_examples(tokenizer, spec, retain_items)
 
-    # references from the model as it is now: the new adapter is still the identity
-    forget_ref = data.base_answer_logprobs(model, tokenizer, forget) if "forget_ref" in method.needs else None
-    retain_dist = data.base_answer_distributions(model, tokenizer, retain) if "retain_dist" in method.needs else None
-    rmu_layer = max(adapter.layers)
-    retain_resid = data.base_residuals(model, tokenizer, retain, rmu_layer) if "retain_resid" in method.needs else None
     # The layers below the adapter are frozen: their output for each training prompt never changes, so
-    # it is computed once and every step runs only the layers from the first adapted one up.
+    # it is computed once and every step (and the references below) runs only the layers from the first
+    # adapted one up.
     first = min(adapter.layers) if conf.cache_frozen_layers and adapter.layers else 0
     starts = {}
     if first > 0:
@@ -97,6 +93,17 @@ def train(adapter: MaskedAdapter, method: Method, tokenizer, spec, conf, seed: i
                   "retain": data.layer_inputs(model, tokenizer, retain, first)}
         if target is not None:
             starts["target"] = data.layer_inputs(model, tokenizer, target, first)
+
+    def start_of(kind: str):
+        return (first, starts[kind]) if starts else None
+
+    # references from the model as it is now: the new adapter is still the identity
+    forget_ref = data.base_answer_logprobs(model, tokenizer, forget, start=start_of("forget")) \
+        if "forget_ref" in method.needs else None
+    retain_dist = data.base_answer_distributions(model, tokenizer, retain, start=start_of("retain")) \
+        if "retain_dist" in method.needs else None
+    rmu_layer = max(adapter.layers)
+    retain_resid = data.base_residuals(model, tokenizer, retain, rmu_layer) if "retain_resid" in method.needs else None
 
     def batch(kind: str, examples: list, idx: list[int]):
         start = (first, [starts[kind][i] for i in idx]) if starts else None
