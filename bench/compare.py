@@ -1,6 +1,6 @@
 """Compare unlearning methods on one run: same mask, steps, seed and LoRA rank; early stopping off.
 
-    python bench/compare.py --run-dir runs/full [--methods masked_lora,npo,...] [--steps 40]
+    python bench/compare.py --run-dir runs/full [--methods masked_lora,npo,...] [--steps 40] [--eval-items 16]
 
 Needs a run directory whose baseline, attribute and mask stages are done. For every method it trains
 an adapter from scratch, evaluates it with the evaluate stage's metrics (forget, locality, utility,
@@ -51,6 +51,8 @@ def main() -> None:
     ap.add_argument("--run-dir", type=Path, required=True)
     ap.add_argument("--methods", default=",".join(METHODS))
     ap.add_argument("--steps", type=int, default=None, help="default: the run budget's unlearn steps")
+    ap.add_argument("--eval-items", type=int, default=None,
+                    help="items per evaluation set (spread over families); default: the run budget's")
     ap.add_argument("--quiet", action="store_true")
     args = ap.parse_args()
     manifest = read_json(args.run_dir / "manifest.json")
@@ -64,6 +66,8 @@ def main() -> None:
     base_conf = resolve_stage_config(unlearn_stage, cfg)
     conf_steps = args.steps or base_conf.steps
     eval_conf = dataclasses.replace(resolve_stage_config(evaluate_stage, cfg), metrics=METRICS)
+    if args.eval_items is not None:
+        eval_conf = dataclasses.replace(eval_conf, max_items=args.eval_items)
     masks = load_tensors(args.run_dir / "mask" / "mask.safetensors")
     layers = sorted(masks["mask"].any(1).nonzero().flatten().tolist())
     baseline_rows = read_jsonl(args.run_dir / "baseline" / "answers.jsonl")
@@ -87,7 +91,8 @@ def main() -> None:
                                  adapter=adapter)
         table[name] = row_of(metrics, seconds, len(rows))
         model = adapter.model.unload()
-        write_json(out / "compare.json", {"model": cfg.model, "concept": spec.name, "layers": layers,
+        write_json(out / "compare.json", {"model": cfg.model, "concept": spec.name, "layers": layers, "steps": conf_steps,
+                                          "eval_items": eval_conf.max_items, "seed": cfg.seed,
                                           "masked_neurons": int(masks["mask"].sum()), "methods": table})
         print(name, table[name], flush=True)
     cols = list(next(iter(table.values())))
