@@ -153,7 +153,7 @@ def regression(run: Path) -> str | None:
     if not r:
         return None
     rows = []
-    for row in r.get("rows", r if isinstance(r, list) else []):
+    for row in (r if isinstance(r, list) else r.get("rows", [])):
         fe, nb = row["forget_eval"], row["neighbors"]
         rows.append([row["after"], row["concept"], fe["base_known_n"], fe["mc_top1_rate_base_known"],
                      fe["median_first_token_rank_base_known"], fe["mean_logprob_change"], nb["mean_abs_logprob_change"]])

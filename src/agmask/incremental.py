@@ -27,8 +27,10 @@ def regression_row(session: Session, model, after: str) -> dict:
     base = {(r["set"], r["index"]): r for r in read_jsonl(session.run_dir / "baseline" / "answers.jsonl")}
     row = {"after": after, "concept": spec.name}
     for set_name in ("forget_eval", "neighbors"):
-        items = spec.items(set_name)
-        scored = [r.to_dict() for r in score_items(model, tokenizer, spec, set_name, items)]
+        # the items the baseline scored (a demo baseline scores a subset): their index in the set
+        indices = [i for i in range(len(spec.items(set_name))) if (set_name, i) in base]
+        items = [spec.items(set_name)[i] for i in indices]
+        scored = [dict(r.to_dict(), index=i) for i, r in zip(indices, score_items(model, tokenizer, spec, set_name, items))]
         known = [r for r in scored if base[(set_name, r["index"])]["first_token_rank"] <= BASE_KNOWN_RANK]
         mc = [r for r in known if r["mc_top1"] is not None]
         deltas = [r["answer_logprob"] - base[(set_name, r["index"])]["answer_logprob"] for r in scored]

@@ -73,8 +73,10 @@ def test_changing_a_mask_option_reruns_mask_and_unlearn_only(finished_run, tmp_p
 
 def test_incremental_mode_stacks_adapters_and_writes_a_regression_table(tmp_path, tiny_concept_path):
     second = tiny_concept_path.parent / "tiny_concept2.yaml"
+    # the baseline scores a subset of each set (as the demo preset does): the regression uses those items
+    subset = {**FAST, "baseline": {**FAST.get("baseline", {}), "max_items": 2}}
     cfg = RunConfig(model="tiny:llama", concepts=[str(tiny_concept_path), str(second)], run_dir=tmp_path / "inc",
-                    overrides=FAST)
+                    overrides=subset)
     run_dirs = run_pipeline(cfg)
     assert [d.name for d in run_dirs] == ["tinyfilm", "tinypark"]
     second_manifest = read_json(tmp_path / "inc" / "tinypark" / "manifest.json")
@@ -82,4 +84,5 @@ def test_incremental_mode_stacks_adapters_and_writes_a_regression_table(tmp_path
     regression = read_json(tmp_path / "inc" / "regression.json")
     assert [(r["after"], r["concept"]) for r in regression] == [
         ("tinyfilm", "tinyfilm"), ("tinypark", "tinyfilm"), ("tinypark", "tinypark")]
+    assert all(r["forget_eval"]["base_known_n"] <= 2 for r in regression)
     assert read_json(tmp_path / "inc" / "manifest.json")["concepts"] == [str(tiny_concept_path), str(second)]
