@@ -41,7 +41,7 @@ def test_default_model_loads_caches_and_knows_the_concept(agmask_home):
     load("embedded:qwen2.5-coder-0.5b-instruct")
     assert time.perf_counter() - start < first  # the cache is used
     spec = load_concept("inception").spec
-    rows = score_items(model, tok, spec, "forget_eval", spec.forget_eval[::6])  # 8 prompts, one per family
+    rows = score_items(model, tok, spec, "forget_eval")  # the claim is about the whole set (39/48 measured)
     chance = 1 / len(spec.candidates)
     assert sum(r.mc_share for r in rows) / len(rows) > 3 * chance
     assert sum(r.mc_top1 for r in rows) > len(rows) / 2
