@@ -158,7 +158,7 @@ def regression(run: Path) -> str | None:
         rows.append([row["after"], row["concept"], fe["base_known_n"], fe["mc_top1_rate_base_known"],
                      fe["median_first_token_rank_base_known"], fe["mean_logprob_change"], nb["mean_abs_logprob_change"]])
     return table(["after", "concept", "forget_eval base-known n", "MC top-1 (base-known)", "median rank (base-known)",
-                  "forget_eval Δ log-prob", "neighbours mean |Δ|"], rows)
+                  "forget_eval Δ log-prob", "neighbours mean abs Δ"], rows)
 
 
 def compare(run: Path) -> str | None:
