@@ -51,7 +51,7 @@ def main() -> None:
     model, tok, info = load(args.model, device=args.device, dtype=args.dtype)
     items = spec.items(args.set_name)[: args.items]
     device = next(model.parameters()).device
-    batches = [collate_answers(tok, [prefix_for(tok, spec, args.set_name, it.prompt) for it in items[lo: lo + args.batch]],
+    batches = [collate_answers(tok, [prefix_for(tok, spec, args.set_name, it) for it in items[lo: lo + args.batch]],
                                [spec.answers_for(it)[0] for it in items[lo: lo + args.batch]]).to(device)
                for lo in range(0, len(items), args.batch)]
     n_tokens = sum(int(b.attention_mask.sum()) for b in batches)
