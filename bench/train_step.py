@@ -60,7 +60,7 @@ def main() -> None:
     dev = next(base.parameters()).device
     forget_ex = data.forget_examples(tok, spec, spec.forget_train[: args.batch])
     retain_ex = data.retain_examples(tok, spec, spec.retain_train[: args.batch])
-    forget_ref = data.base_answer_logprobs(base, tok, forget_ex)
+    forget_refs = data.base_answer_logprobs(base, tok, forget_ex)  # (N, 2): sum, first token
     retain_dist = data.base_answer_distributions(base, tok, retain_ex)
     forget, retain = data.collate(tok, forget_ex, dev), data.collate(tok, retain_ex, dev)
     n_tokens = int(forget.attention_mask.sum() + retain.attention_mask.sum())
@@ -74,9 +74,9 @@ def main() -> None:
 
     def step(name: str) -> float:
         adapter, params, opt = variants[name]
-        inputs = StepInputs(model=adapter.model, forget=forget, forget_ref=forget_ref.to(dev), target=None,
+        inputs = StepInputs(model=adapter.model, forget=forget, forget_ref=forget_refs[:, 0].to(dev), target=None,
                             retain=retain, retain_dist=retain_dist, retain_resid=None, rmu_layer=max(layers),
-                            rmu_control=None)
+                            rmu_control=None, forget_first_ref=forget_refs[:, 1].to(dev))
         if dev.type == "cuda":
             torch.cuda.synchronize(dev)
         t0 = time.perf_counter()

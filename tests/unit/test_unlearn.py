@@ -123,3 +123,44 @@ def test_skipping_the_frozen_layers_changes_nothing(spec, method):
     assert runs[0][0] == pytest.approx(runs[1][0], rel=1e-4, abs=1e-6)
     for name, value in runs[0][1].items():
         assert torch.allclose(value, runs[1][1][name], rtol=1e-3, atol=1e-6), name
+
+
+def test_first_answer_token_is_the_first_answer_position_of_each_row(tiny, spec):
+    from agmask.scoring.logprobs import token_logprobs
+    from agmask.unlearn import data
+    from agmask.unlearn.objectives import first_answer_token
+
+    model, tok, _ = tiny
+    examples = data.forget_examples(tok, spec, spec.forget_train[:3])
+    batch = data.collate(tok, examples, torch.device("cpu"))  # right-padded, rows of different lengths
+    lp = token_logprobs(model, batch)
+    got = first_answer_token(lp, batch)
+    for row in range(lp.shape[0]):
+        positions = (batch.target_mask[row].bool() & batch.attention_mask[row].bool()).nonzero().flatten()
+        assert got[row] == lp[row, positions[0]]
+    refs = data.base_answer_logprobs(model, tok, examples)
+    assert refs.shape == (3, 2)
+    assert torch.allclose(refs[:, 0], lp.sum(-1)) and torch.allclose(refs[:, 1], got)
+
+
+def test_the_first_token_term_pushes_the_answers_first_token_down(spec):
+    """With the first-token NPO term on, the first answer token loses more log-prob than without it."""
+    from agmask.models import load
+    from agmask.scoring.logprobs import token_logprobs
+    from agmask.unlearn import data
+    from agmask.unlearn.objectives import first_answer_token
+
+    drops = []
+    for weight in (0.0, 5.0):
+        model, tok, info = load("tiny:llama")
+        examples = data.forget_examples(tok, spec, spec.forget_train)
+        batch = data.collate(tok, examples, torch.device("cpu"))
+        with torch.no_grad():
+            before = first_answer_token(token_logprobs(model, batch), batch)
+        adapter = attach_lora(model, torch.ones(info.num_layers, info.intermediate_size, dtype=torch.bool), r=4)
+        rows = train(adapter, METHODS["masked_lora"], tok, spec, _conf(steps=6, first_token_weight=weight), seed=2)
+        assert ("forget_first_npo" in rows[-1]) == (weight > 0)
+        with torch.no_grad():
+            after = first_answer_token(token_logprobs(adapter.model, batch), batch)
+        drops.append(float((before - after).mean()))
+    assert drops[1] > drops[0] + 0.5, drops

@@ -90,14 +90,19 @@ def layer_inputs(model: nn.Module, tokenizer, examples: list[Example], layer: in
 @torch.no_grad()
 def base_answer_logprobs(model: nn.Module, tokenizer, examples: list[Example], batch_size: int = 8,
                          start: tuple[int, list[torch.Tensor]] | None = None) -> torch.Tensor:
-    """(N,) summed answer log-prob under the model as it is (call it on the frozen base).
+    """(N, 2) per example: summed answer log-prob and the answer's first-token log-prob, under the model
+    as it is (call it on the frozen base).
 
     start: (layer, per-example inputs of that layer from `layer_inputs`): the layers below are skipped."""
-    from agmask.scoring.logprobs import answer_logprobs
+    from agmask.scoring.logprobs import token_logprobs
+    from agmask.unlearn.objectives import first_answer_token
 
     device = next(model.parameters()).device
-    out = [answer_logprobs(model, collate(tokenizer, examples[i : i + batch_size], device, _part(start, i, batch_size)))
-           .float().cpu() for i in range(0, len(examples), batch_size)]
+    out = []
+    for i in range(0, len(examples), batch_size):
+        batch = collate(tokenizer, examples[i : i + batch_size], device, _part(start, i, batch_size))
+        lp = token_logprobs(model, batch)
+        out.append(torch.stack([lp.sum(-1), first_answer_token(lp, batch)], -1).float().cpu())
     return torch.cat(out)
 
 

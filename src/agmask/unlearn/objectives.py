@@ -15,6 +15,19 @@ def answer_logprob(model, batch: AnswerBatch) -> torch.Tensor:
     return token_logprobs(model, batch).sum(-1)
 
 
+def answer_and_first_logprob(model, batch: AnswerBatch) -> tuple[torch.Tensor, torch.Tensor]:
+    """(B,) summed answer log-prob and (B,) log-prob of the answer's FIRST token (both differentiable)."""
+    lp = token_logprobs(model, batch)  # (B, T), 0 off the answer
+    return lp.sum(-1), first_answer_token(lp, batch)
+
+
+def first_answer_token(lp: torch.Tensor, batch: AnswerBatch) -> torch.Tensor:
+    """(B,) the value of `lp` (B, T) at each sample's first answer-predicting position."""
+    where = batch.target_mask.bool() & batch.attention_mask.bool()
+    first = where.int().argmax(-1)  # index of the first True per row
+    return lp.gather(-1, first.unsqueeze(-1)).squeeze(-1)
+
+
 def npo(logp: torch.Tensor, ref_logp: torch.Tensor, beta: float) -> torch.Tensor:
     """Negative preference optimisation: -(2/beta) log sigmoid(-beta (log p - log p_ref)).
 

@@ -27,13 +27,14 @@ from agmask.unlearn.methods import Method
 class StepInputs:
     model: torch.nn.Module
     forget: object  # AnswerBatch
-    forget_ref: torch.Tensor | None
+    forget_ref: torch.Tensor | None  # (b,) reference summed answer log-probs
     target: object | None
     retain: object
     retain_dist: list | None
     retain_resid: list | None
     rmu_layer: int
     rmu_control: torch.Tensor | None
+    forget_first_ref: torch.Tensor | None = None  # (b,) reference log-probs of the answers' first tokens
 
 
 def _accelerator(device: str):
@@ -98,7 +99,7 @@ def train(adapter: MaskedAdapter, method: Method, tokenizer, spec, conf, seed: i
         return (first, starts[kind]) if starts else None
 
     # references from the model as it is now: the new adapter is still the identity
-    forget_ref = data.base_answer_logprobs(model, tokenizer, forget, start=start_of("forget")) \
+    forget_refs = data.base_answer_logprobs(model, tokenizer, forget, start=start_of("forget")) \
         if "forget_ref" in method.needs else None
     retain_dist = data.base_answer_distributions(model, tokenizer, retain, start=start_of("retain")) \
         if "retain_dist" in method.needs else None
@@ -132,7 +133,8 @@ def train(adapter: MaskedAdapter, method: Method, tokenizer, spec, conf, seed: i
             inputs = StepInputs(
                 model=model,
                 forget=batch("forget", forget, f_local),
-                forget_ref=forget_ref[f_local].to(dev) if forget_ref is not None else None,
+                forget_ref=forget_refs[f_local, 0].to(dev) if forget_refs is not None else None,
+                forget_first_ref=forget_refs[f_local, 1].to(dev) if forget_refs is not None else None,
                 target=batch("target", target, f_local) if target is not None else None,
                 retain=batch("retain", retain, r_local),
                 retain_dist=[retain_dist[i] for i in r_local] if retain_dist is not None else None,

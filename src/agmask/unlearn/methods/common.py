@@ -5,11 +5,20 @@ from agmask.unlearn import objectives as obj
 
 
 def forget_and_retain(inputs, conf) -> dict:
-    """NPO on the concept's answer after the lead + optional refusal CE + KL to the base on retain_train."""
-    logp = obj.answer_logprob(inputs.model, inputs.forget)
+    """NPO on the concept's answer after the lead (+ optional NPO on its first token alone) + optional
+    refusal CE + KL to the base on retain_train.
+
+    The first-token term exists because NPO on the whole answer is satisfied most cheaply by breaking
+    a LATER token ("In|ception": "ception" becomes unlikely while "In" keeps its rank); pushing the
+    first token down as well removes the start of the answer, which is what the first-token rank sees.
+    """
+    logp, first = obj.answer_and_first_logprob(inputs.model, inputs.forget)
     terms = {"forget_npo": obj.npo(logp, inputs.forget_ref, conf.npo_beta),
              "forget_logratio": (logp.detach() - inputs.forget_ref).mean()}
     loss = conf.forget_weight * terms["forget_npo"]
+    if conf.first_token_weight > 0:
+        terms["forget_first_npo"] = obj.npo(first, inputs.forget_first_ref, conf.npo_beta)
+        loss = loss + conf.first_token_weight * terms["forget_first_npo"]
     if conf.target_weight > 0 and inputs.target is not None:
         terms["target_ce"] = obj.cross_entropy(inputs.model, inputs.target)
         loss = loss + conf.target_weight * terms["target_ce"]
