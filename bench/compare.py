@@ -1,11 +1,16 @@
 """Compare unlearning methods on one run: same mask, steps, seed and LoRA rank; early stopping off.
 
     python bench/compare.py --run-dir runs/full [--methods masked_lora,npo,...] [--steps 40] [--eval-items 16]
+                            [--attacks] [--set evaluate.OPTION=VALUE ...]
 
 Needs a run directory whose baseline, attribute and mask stages are done. For every method it trains
 an adapter from scratch, evaluates it with the evaluate stage's metrics (forget, locality, utility,
 fluency), writes `compare/<method>/` and `compare/compare.json` (the report shows it), and prints one
-table with the wall time of each training run.
+table with the wall time of each training run. With --attacks it also runs the adversarial prompt
+families and both attacks (int8/int4 quantisation, relearning) on every method's adapter.
+
+Rows already in `compare/compare.json` from a run with the same steps, seed, evaluation items and
+metrics are kept, so methods can be added one invocation at a time.
 """
 from __future__ import annotations
 
@@ -14,6 +19,7 @@ import dataclasses
 import time
 from pathlib import Path
 
+from agmask.cli.options import _parse_set
 from agmask.config import RunConfig, resolve_stage_config
 from agmask.evaluate import evaluate_model
 from agmask.files import load_tensors, read_json, read_jsonl, write_json
@@ -26,6 +32,21 @@ from agmask.unlearn import METHODS, get_method
 from agmask.unlearn.trainer import train
 
 METRICS = ("forget_efficacy", "probe_recall", "forget_base_known", "locality", "retain_utility", "kl_greedy", "fluency")
+ATTACKS = ("adversarial", "attack_quantization", "attack_relearn")
+
+
+def attack_columns(m: dict) -> dict:
+    """Worst adversarial family (max MC share after unlearning) and each attack's recovered fraction."""
+    out = {}
+    if "adversarial" in m:
+        fams = m["adversarial"]["families"]
+        worst = max(fams, key=lambda f: fams[f]["worst"]["max_mc_share"])
+        out["adversarial_worst_family"] = worst
+        out["adversarial_worst_mc_share"] = fams[worst]["worst"]["max_mc_share"]
+    for key in ("attack_quantization", "attack_relearn"):
+        for variant, v in m.get(key, {}).get("variants", {}).items():
+            out[f"recovered_{variant}"] = v["recovered_fraction"] if v["flag"] is None else v["flag"]
+    return out
 
 
 def row_of(metrics: dict, seconds: float, steps: int) -> dict:
@@ -43,6 +64,7 @@ def row_of(metrics: dict, seconds: float, steps: int) -> dict:
         "repetition": flu["adapted"]["repetition_rate"],
         "repetition_base": flu["base"]["repetition_rate"],
         "train_seconds": round(seconds, 1), "steps": steps,
+        **attack_columns(m),
     }
 
 
@@ -53,19 +75,23 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=None, help="default: the run budget's unlearn steps")
     ap.add_argument("--eval-items", type=int, default=None,
                     help="items per evaluation set (spread over families); default: the run budget's")
+    ap.add_argument("--attacks", action="store_true", help="also adversarial families, quantisation and relearning")
+    ap.add_argument("--set", dest="sets", action="append", default=[], metavar="STAGE.OPTION=VALUE",
+                    help="override a stage option (unlearn.* or evaluate.*), as in `agmask run --set`")
     ap.add_argument("--quiet", action="store_true")
     args = ap.parse_args()
     manifest = read_json(args.run_dir / "manifest.json")
     cfg = RunConfig(model=manifest["model"]["spec"], concepts=[manifest["concept"]["source"].removeprefix("shipped:")],
                     run_dir=args.run_dir, seed=manifest["seed"], budget=manifest["budget"],
-                    device=manifest["device"], dtype=manifest["dtype"])
+                    device=manifest["device"], dtype=manifest["dtype"], overrides=_parse_set(tuple(args.sets)))
     reporter = Reporter(enabled=not args.quiet)
     session = Session.create(cfg, reporter=reporter)
     model, tok, info = session.model()
     spec = session.spec
     base_conf = resolve_stage_config(unlearn_stage, cfg)
     conf_steps = args.steps or base_conf.steps
-    eval_conf = dataclasses.replace(resolve_stage_config(evaluate_stage, cfg), metrics=METRICS)
+    metric_names = METRICS + (ATTACKS if args.attacks else ())
+    eval_conf = dataclasses.replace(resolve_stage_config(evaluate_stage, cfg), metrics=metric_names)
     if args.eval_items is not None:
         eval_conf = dataclasses.replace(eval_conf, max_items=args.eval_items)
     masks = load_tensors(args.run_dir / "mask" / "mask.safetensors")
@@ -73,7 +99,12 @@ def main() -> None:
     baseline_rows = read_jsonl(args.run_dir / "baseline" / "answers.jsonl")
     gen_tokens = resolve_stage_config(__import__("agmask.stages.baseline", fromlist=["x"]), cfg).generation_tokens
     out = args.run_dir / "compare"
-    table = {}
+    settings = {"model": cfg.model, "concept": spec.name, "layers": layers, "steps": conf_steps,
+                "eval_items": eval_conf.max_items, "seed": cfg.seed, "metrics": list(metric_names),
+                "overrides": args.sets}
+    previous = read_json(out / "compare.json") if (out / "compare.json").exists() else {}
+    same = all(previous.get(k) == v for k, v in settings.items())
+    table = dict(previous.get("methods", {})) if same else {}
     for name in args.methods.split(","):
         method = get_method(name)
         conf = dataclasses.replace(base_conf, method=name, steps=conf_steps, early_stop_nats=0.0)
@@ -91,14 +122,13 @@ def main() -> None:
                                  adapter=adapter)
         table[name] = row_of(metrics, seconds, len(rows))
         model = adapter.model.unload()
-        write_json(out / "compare.json", {"model": cfg.model, "concept": spec.name, "layers": layers, "steps": conf_steps,
-                                          "eval_items": eval_conf.max_items, "seed": cfg.seed,
-                                          "masked_neurons": int(masks["mask"].sum()), "methods": table})
+        write_json(out / "compare.json", {**settings, "masked_neurons": int(masks["mask"].sum()), "methods": table})
         print(name, table[name], flush=True)
-    cols = list(next(iter(table.values())))
+    cols = list(dict.fromkeys(c for row in table.values() for c in row))
     print("\nmethod".ljust(16) + " | ".join(cols))
     for name, row in table.items():
-        print(name.ljust(15) + " | ".join(f"{v:.3f}" if isinstance(v, float) else str(v) for v in row.values()))
+        print(name.ljust(15) + " | ".join(f"{v:.3f}" if isinstance(v, float) else str(v)
+                                          for v in (row.get(c, "") for c in cols)))
 
 
 if __name__ == "__main__":
