@@ -164,3 +164,22 @@ def test_the_first_token_term_pushes_the_answers_first_token_down(spec):
             after = first_answer_token(token_logprobs(adapter.model, batch), batch)
         drops.append(float((before - after).mean()))
     assert drops[1] > drops[0] + 0.5, drops
+
+
+def test_margin_below_is_zero_once_the_answer_is_margin_nats_down():
+    from agmask.unlearn.objectives import margin_below
+
+    ref = torch.tensor([-1.0, -2.0])
+    logp = torch.tensor([-1.5, -9.0], requires_grad=True)  # 0.5 nats down (pushed), 7 down (done)
+    loss = margin_below(logp, ref, margin=3.0)
+    loss.backward()
+    assert loss.item() == pytest.approx((3.0 - 0.5) / 2)
+    assert logp.grad.tolist() == [0.5, 0.0]
+
+
+def test_the_first_token_hinge_trains_and_is_logged(tiny, spec):
+    model, tok, info = tiny
+    adapter = attach_lora(model, torch.ones(info.num_layers, info.intermediate_size, dtype=torch.bool), r=4)
+    rows = train(adapter, METHODS["masked_lora"], tok, spec, _conf(first_token_weight=1.0, first_token_margin=2.0))
+    assert "forget_first_hinge" in rows[0] and "forget_first_npo" not in rows[0]
+    assert rows[0]["forget_first_hinge"] == pytest.approx(2.0, abs=1e-4)  # step 0: the adapter is the identity

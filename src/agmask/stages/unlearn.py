@@ -35,6 +35,7 @@ class Config:
     npo_beta: float = 0.1
     forget_weight: float = 1.0
     first_token_weight: float = 0.0  # NPO on the answer's first token alone (masked_lora and its ablations)
+    first_token_margin: float = 0.0  # > 0: a hinge instead of NPO, pushing the first token `margin` nats down, no more
     retain_weight: float = 1.0  # KL to the base on retain_train
     target_weight: float = 0.0  # optional CE to the forget target (refusal)
     rmu_steering: float = 6.5

@@ -36,6 +36,12 @@ def npo(logp: torch.Tensor, ref_logp: torch.Tensor, beta: float) -> torch.Tensor
     return (-2.0 / beta * F.logsigmoid(-beta * (logp - ref_logp))).mean()
 
 
+def margin_below(logp: torch.Tensor, ref_logp: torch.Tensor, margin: float) -> torch.Tensor:
+    """Hinge: mean of max(0, log p - (log p_ref - margin)); zero (and no gradient) once log p is `margin`
+    nats below the reference, so it moves the answer no further than asked."""
+    return F.relu(logp - (ref_logp - margin)).mean()
+
+
 def gradient_ascent(logp: torch.Tensor) -> torch.Tensor:
     """Maximise the answer's negative log-likelihood (unbounded)."""
     return logp.mean()
