@@ -166,10 +166,10 @@ def compare(run: Path) -> str | None:
     if not c:
         return None
     methods = c["methods"]
-    cols = list(next(iter(methods.values())))
+    cols = list(dict.fromkeys(k for row in methods.values() for k in row))  # rows may differ (--attacks)
     return (f"{c.get('steps', '?')} steps, seed {c.get('seed', '?')}, evaluation items per set "
             f"{c.get('eval_items', '?') or 'all'}, mask {c['masked_neurons']} neurons in layers {c['layers']}\n\n"
-            + table(["method"] + cols, [[name] + [row[k] for k in cols] for name, row in methods.items()]))
+            + table(["method"] + cols, [[name] + [row.get(k, "") for k in cols] for name, row in methods.items()]))
 
 
 SECTIONS = {"baseline": baseline, "perturb": perturb, "attribute": attribute, "unlearn": unlearn,
