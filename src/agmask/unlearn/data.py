@@ -94,15 +94,12 @@ def base_answer_logprobs(model: nn.Module, tokenizer, examples: list[Example], b
     as it is (call it on the frozen base).
 
     start: (layer, per-example inputs of that layer from `layer_inputs`): the layers below are skipped."""
-    from agmask.scoring.logprobs import token_logprobs
-    from agmask.unlearn.objectives import first_answer_token
+    from agmask.unlearn.objectives import answer_and_first_logprob
 
     device = next(model.parameters()).device
-    out = []
-    for i in range(0, len(examples), batch_size):
-        batch = collate(tokenizer, examples[i : i + batch_size], device, _part(start, i, batch_size))
-        lp = token_logprobs(model, batch)
-        out.append(torch.stack([lp.sum(-1), first_answer_token(lp, batch)], -1).float().cpu())
+    out = [torch.stack(answer_and_first_logprob(model, collate(tokenizer, examples[i : i + batch_size], device,
+                                                               _part(start, i, batch_size))), -1).float().cpu()
+           for i in range(0, len(examples), batch_size)]
     return torch.cat(out)
 
 

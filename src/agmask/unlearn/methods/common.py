@@ -18,10 +18,11 @@ def forget_and_retain(inputs, conf) -> dict:
     loss = conf.forget_weight * terms["forget_npo"]
     if conf.first_token_weight > 0:
         if conf.first_token_margin > 0:  # stop pushing once the first token has lost `margin` nats
-            terms["forget_first_hinge"] = obj.margin_below(first, inputs.forget_first_ref, conf.first_token_margin)
+            name, term = "forget_first_hinge", obj.margin_below(first, inputs.forget_first_ref, conf.first_token_margin)
         else:
-            terms["forget_first_npo"] = obj.npo(first, inputs.forget_first_ref, conf.npo_beta)
-        loss = loss + conf.first_token_weight * terms.get("forget_first_hinge", terms.get("forget_first_npo"))
+            name, term = "forget_first_npo", obj.npo(first, inputs.forget_first_ref, conf.npo_beta)
+        terms[name] = term
+        loss = loss + conf.first_token_weight * term
     if conf.target_weight > 0 and inputs.target is not None:
         terms["target_ce"] = obj.cross_entropy(inputs.model, inputs.target)
         loss = loss + conf.target_weight * terms["target_ce"]
