@@ -21,6 +21,7 @@ from pathlib import Path
 
 from agmask.cli.options import _parse_set
 from agmask.config import RunConfig, resolve_stage_config
+from agmask.errors import AgmaskError
 from agmask.evaluate import evaluate_model
 from agmask.files import load_tensors, read_json, read_jsonl, write_json
 from agmask.lora import attach_lora
@@ -132,4 +133,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except AgmaskError as e:  # a bad --set, an unknown method, a run dir without its mask: one line, no traceback
+        raise SystemExit(f"compare: {e}") from None
