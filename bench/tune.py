@@ -1,6 +1,7 @@
 """Choose unlearning hyper-parameters on the TRAINING sets only (never on an evaluation set).
 
     python bench/tune.py --concept inception --configs '[{"lr": 2e-3}, {"lr": 2e-3, "retain_weight": 5}]'
+                         [--mask '{"k": 256, "num_layers": 4}'] [--attribution-retain-weight 1.0]
 
 forget_train and retain_train are split in two halves (A: fit, B: validation). Attribution, the
 mask and training use half A; the table reports, on half B: forgetting (the concept's multiple-choice
@@ -66,6 +67,8 @@ def main() -> None:
     ap.add_argument("--configs", required=True, help="JSON list of unlearn option overrides")
     ap.add_argument("--mask", default='{"k": 256, "num_layers": 4}', help="JSON: k, num_layers, method, layers")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--attribution-retain-weight", type=float, default=1.0,
+                    help="lambda of the combined score the mask is built from (attribute.retain_weight)")
     args = ap.parse_args()
     model, tok, info = load(args.model)
     spec = load_concept(args.concept).spec
@@ -78,7 +81,8 @@ def main() -> None:
     t0 = time.perf_counter()
     fs = neuron_stats(model, tok, fit_spec, "forget_train", forget_a)
     rs = neuron_stats(model, tok, fit_spec, "retain_train", retain_a)
-    combined = combined_score({s: fs.mean(s) for s in SCORES}, {s: rs.mean(s) for s in SCORES})
+    combined = combined_score({s: fs.mean(s) for s in SCORES}, {s: rs.mean(s) for s in SCORES},
+                              args.attribution_retain_weight)
     top_counts = torch.zeros(info.num_layers)
     for idx in torch.topk(combined.flatten(), 100).indices:
         top_counts[idx // info.intermediate_size] += 1
