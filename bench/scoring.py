@@ -2,10 +2,9 @@
 
     python bench/scoring.py [--model M] [--set forget_eval] [--items 16]
 
-For each prompt, its aliases and every candidate title are scored three ways, same numbers:
+For each prompt, its aliases and every candidate title are scored two ways, same numbers:
   padded   one padded batch of (prompt + continuation) sequences (`answer_logprobs`)
   packed   one forward: prompt then the trie of the continuations' tokens (`score_continuations`)
-  header   packed, starting after the set's shared chat-template header, run once per set
 Prints seconds, tokens run through the model, the ratios, and the largest log-prob difference.
 """
 from __future__ import annotations
@@ -18,7 +17,7 @@ import torch
 from agmask.concepts import load_concept
 from agmask.models import load
 from agmask.scoring import collate_answers, prefix_for
-from agmask.scoring.continuation import _trie, score_continuations, shared_header
+from agmask.scoring.continuation import _trie, score_continuations
 from agmask.scoring.encode import closing_for, common_prefix_len, tokens
 from agmask.scoring.logprobs import answer_logprobs
 
@@ -51,10 +50,6 @@ def main() -> None:
         t0 = time.perf_counter()
         results["packed"] = [[s.logprob for s in score_continuations(model, tok, p, c)] for p, c in jobs]
         seconds["packed"] = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        header = shared_header(model, [tokens(tok, p) for p, _ in jobs])
-        results["header"] = [[s.logprob for s in score_continuations(model, tok, p, c, header=header)] for p, c in jobs]
-        seconds["header"] = time.perf_counter() - t0
     packed_tokens = 0
     for p, c in jobs:
         prefix_ids = tokens(tok, p)
@@ -62,12 +57,10 @@ def main() -> None:
         shared = min(common_prefix_len(prefix_ids, j) for j in joints)
         packed_tokens += shared + len(_trie(joints, shared)[0])
     counted["packed"] = packed_tokens
-    counted["header"] = packed_tokens - (len(header.ids) * len(jobs) if header else 0)
     n_conts = sum(len(c) for _, c in jobs)
-    print(f"{args.model}: {len(jobs)} {args.set} prompts, {n_conts} continuations; shared header "
-          f"{len(header.ids) if header else 0} tokens")
+    print(f"{args.model}: {len(jobs)} {args.set} prompts, {n_conts} continuations")
     print(f"{'':8}{'seconds':>10}{'tokens run':>12}{'speed-up':>10}{'max |diff| vs padded':>22}")
-    for name in ("padded", "packed", "header"):
+    for name in ("padded", "packed"):
         diff = max(abs(a - b) for ra, rb in zip(results[name], results["padded"]) for a, b in zip(ra, rb))
         print(f"{name:8}{seconds[name]:>10.2f}{counted[name]:>12}{seconds['padded'] / seconds[name]:>9.2f}x{diff:>22.2e}")
 

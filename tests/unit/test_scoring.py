@@ -8,7 +8,7 @@ import torch
 
 from agmask.concepts import load_concept
 from agmask.models import load
-from agmask.scoring import PrefixKV, answer_hit, prefix_for, score_items, summarize
+from agmask.scoring import answer_hit, prefix_for, score_items, summarize
 from agmask.scoring.continuation import score_continuations
 from agmask.scoring.encode import closing_for, collate_answers, encode_answer, render_prompt, tokens
 from agmask.scoring.generate import generate
@@ -173,25 +173,3 @@ def test_trie_packing_shares_common_tokens_and_scores_like_separate_sequences(ti
         logits = model(torch.tensor([tokens(tok, prefix)])).logits[0, -1]
         assert s.first_rank == int((logits > logits[first]).sum()) + 1
 
-
-def test_shared_header_keys_give_the_same_scores_and_generations(tiny):
-    from agmask.scoring.continuation import shared_header
-
-    model, tok, _ = tiny
-    spec = load_concept("inception").spec
-    items = spec.forget_eval[:3]
-    prefixes = [prefix_for(tok, spec, "forget_eval", it) for it in items]
-    header = shared_header(model, [tokens(tok, p) for p in prefixes], min_tokens=1)
-    assert header is not None and all(tokens(tok, p)[: len(header.ids)] == header.ids for p in prefixes)
-    assert shared_header(model, [tokens(tok, prefixes[0])]) is None  # one prompt shares nothing
-    conts = [c + '"' for c in spec.candidates[:6]]
-    for p in prefixes:
-        plain = score_continuations(model, tok, p, conts)
-        cached = score_continuations(model, tok, p, conts, header=header)
-        assert [s.logprob for s in cached] == pytest.approx([s.logprob for s in plain], abs=1e-4)
-        assert [s.first_rank for s in cached] == [s.first_rank for s in plain]
-    # the prefix keys stored for generation (built on the header) give the plain greedy replies
-    kv = PrefixKV()
-    for p in prefixes:
-        score_continuations(model, tok, p, conts, kv=kv, header=header)
-    assert generate(model, tok, prefixes, max_new_tokens=6, kv=kv) == generate(model, tok, prefixes, max_new_tokens=6)

@@ -16,7 +16,7 @@ import torch.nn as nn
 
 from agmask.concepts.schema import ConceptSpec, PromptItem
 from agmask.progress import SILENT, Reporter
-from agmask.scoring.continuation import SharedHeader, score_continuations, shared_header
+from agmask.scoring.continuation import score_continuations
 from agmask.scoring.encode import closing_for, collate_answers, encode_answer, render_prompt, tokens
 from agmask.scoring.generate import generate
 from agmask.scoring.kvcache import PrefixKV
@@ -90,14 +90,14 @@ def _mc_candidates(concept: ConceptSpec, aliases: list[str]) -> list[str] | None
 
 
 def score_item(model: nn.Module, tokenizer, concept: ConceptSpec, set_name: str, index: int,
-               item: PromptItem, kv: PrefixKV | None = None, header: SharedHeader | None = None) -> ItemScore:
+               item: PromptItem, kv: PrefixKV | None = None) -> ItemScore:
     prefix = prefix_for(tokenizer, concept, set_name, item)
     aliases = concept.answers_for(item)
     candidates = _mc_candidates(concept, aliases)
     close = closing_for(concept.lead_for(set_name, item))
     texts = list(dict.fromkeys(aliases + (candidates or [])))  # dedup, keep order
     scores = dict(zip(texts, score_continuations(model, tokenizer, prefix, [t + close for t in texts],
-                                                 prefix_ids=tokens(tokenizer, prefix), kv=kv, header=header)))
+                                                 prefix_ids=tokens(tokenizer, prefix), kv=kv)))
     best = max(aliases, key=lambda a: scores[a].logprob)
     row = ItemScore(set_name, index, item.prompt, aliases[0], scores[best].logprob,
                     min(scores[a].first_rank for a in aliases))
@@ -127,11 +127,9 @@ def score_items(model: nn.Module, tokenizer, concept: ConceptSpec, set_name: str
     if kv is None and generation_tokens > 0:
         kv = PrefixKV()
     rows = []
-    # the chat-template header every prompt of the set starts with runs once
-    header = shared_header(model, [tokens(tokenizer, prefix_for(tokenizer, concept, set_name, it)) for it in items])
     with reporter.task(f"scoring {set_name}", len(items)) as advance:
         for i, item in enumerate(items):
-            rows.append(score_item(model, tokenizer, concept, set_name, i, item, kv=kv, header=header))
+            rows.append(score_item(model, tokenizer, concept, set_name, i, item, kv=kv))
             advance(1)
     if generation_tokens > 0:
         prefixes = [prefix_for(tokenizer, concept, set_name, it) for it in items]

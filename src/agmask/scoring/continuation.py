@@ -14,9 +14,6 @@ runs only at the positions that predict a scored token. Compared with a padded b
 (prefix + candidate) sequences this does ~8x fewer token-forwards on a 22-candidate multiple-choice
 view, and the trie ~30% fewer than packing each continuation in full.
 
-Prompts of one set share their chat-template header (system message, user tag): a `SharedHeader`
-holds its keys and values, computed once per set, and every prompt's pass starts after it.
-
 With a `PrefixKV`, the prefix's keys and values (all but its last token) are kept for `generate`, so
 a prompt that is scored and then answered runs its prefix through the model once.
 """
@@ -28,7 +25,7 @@ import torch
 import torch.nn as nn
 
 from agmask.scoring.encode import common_prefix_len, tokens
-from agmask.scoring.kvcache import PrefixKV, batched_cache, cached_layers, empty_cache
+from agmask.scoring.kvcache import PrefixKV, cached_layers, empty_cache
 from agmask.scoring.logprobs import decoder_and_head
 
 
@@ -37,32 +34,6 @@ class ContinuationScore:
     logprob: float  # summed log-prob of the continuation's tokens (the answer span)
     first_rank: int  # 1-based rank of the first answer token in the next-token distribution
     num_tokens: int
-
-
-@dataclass(frozen=True)
-class SharedHeader:
-    """The leading tokens every prompt of a set shares, and their keys/values (1, kv_heads, n, head_dim) per layer."""
-    ids: list[int]
-    layers: list[tuple[torch.Tensor, torch.Tensor]]
-
-
-@torch.no_grad()
-def shared_header(model: nn.Module, token_lists: list[list[int]], min_tokens: int = 4) -> SharedHeader | None:
-    """The common leading tokens of `token_lists` (at least two lists), short of each list's last two
-    tokens (a BPE merge at a prompt's end never reaches it); None when fewer than `min_tokens` are shared."""
-    if len(token_lists) < 2:
-        return None
-    n = min(len(t) for t in token_lists) - 2
-    first = token_lists[0]
-    for other in token_lists[1:]:
-        n = min(n, common_prefix_len(first, other))
-    if n < min_tokens:
-        return None
-    body, _ = decoder_and_head(model)
-    device = next(model.parameters()).device
-    cache = empty_cache(model)
-    body(input_ids=torch.tensor([first[:n]], device=device), past_key_values=cache, use_cache=True)
-    return SharedHeader(list(first[:n]), cached_layers(cache, n))
 
 
 def _trie(joints: list[list[int]], shared: int) -> tuple[list[int], list[int], dict[tuple[int, ...], int]]:
@@ -85,10 +56,9 @@ def _trie(joints: list[list[int]], shared: int) -> tuple[list[int], list[int], d
     return node_tokens, parents, index
 
 
-def _trie_mask(shared: int, parents: list[int], past: int, dtype: torch.dtype, device) -> tuple[torch.Tensor, list[int]]:
-    """(1, 1, N - past, N) additive mask (0 where attention is allowed, the dtype's minimum elsewhere) for
-    the packed positions after the first `past` (already in the cache), and their position ids: the prefix
-    is causal, a trie node sees the prefix and its ancestors."""
+def _trie_mask(shared: int, parents: list[int], dtype: torch.dtype, device) -> tuple[torch.Tensor, list[int]]:
+    """(1, 1, N, N) additive mask (0 where attention is allowed, the dtype's minimum elsewhere) and the
+    position id of every packed position: the prefix is causal, a trie node sees the prefix and its ancestors."""
     total = shared + len(parents)
     allowed = torch.zeros(total, total, dtype=torch.bool)
     allowed[:shared, :shared] = torch.ones(shared, shared, dtype=torch.bool).tril()
@@ -102,19 +72,17 @@ def _trie_mask(shared: int, parents: list[int], past: int, dtype: torch.dtype, d
             allowed[row] = allowed[shared + parent]
             positions.append(positions[shared + parent] + 1)
         allowed[row, row] = True
-    mask = torch.zeros(total - past, total, dtype=dtype)
-    mask.masked_fill_(~allowed[past:], torch.finfo(dtype).min)
-    return mask[None, None].to(device), positions[past:]
+    mask = torch.zeros(total, total, dtype=dtype)
+    mask.masked_fill_(~allowed, torch.finfo(dtype).min)
+    return mask[None, None].to(device), positions
 
 
 @torch.no_grad()
 def score_continuations(model: nn.Module, tokenizer, prefix: str, continuations: list[str],
-                        prefix_ids: list[int] | None = None, kv: PrefixKV | None = None,
-                        header: SharedHeader | None = None) -> list[ContinuationScore]:
+                        prefix_ids: list[int] | None = None, kv: PrefixKV | None = None) -> list[ContinuationScore]:
     """Summed log-prob and first-token rank of each continuation after `prefix`, in one forward pass.
 
-    kv: keep the prefix's keys/values there for `generate`. header: the set's shared leading tokens'
-    keys/values (`shared_header`); used when the prefix starts with them.
+    kv: keep the prefix's keys/values there for `generate`.
     """
     if not continuations:
         return []
@@ -130,16 +98,13 @@ def score_continuations(model: nn.Module, tokenizer, prefix: str, continuations:
     body, head = decoder_and_head(model)
     dtype = next(model.parameters()).dtype
 
-    past = len(header.ids) if header is not None and len(header.ids) < shared \
-        and joints[0][: len(header.ids)] == header.ids else 0
-    ids = torch.tensor(joints[0][past:shared] + node_tokens, device=device)[None]  # (1, N - past)
-    attention, positions = _trie_mask(shared, parents, past, dtype, device)
+    ids = torch.tensor(joints[0][:shared] + node_tokens, device=device)[None]  # (1, N)
+    attention, positions = _trie_mask(shared, parents, dtype, device)
     keep = len(prefix_ids) - 1  # generation runs the last prefix token itself (it needs its logits)
-    store = kv is not None and 0 < keep <= shared
-    cache = batched_cache(model, [header.layers], past) if past else empty_cache(model) if store else None
+    cache = empty_cache(model) if kv is not None and 0 < keep <= shared else None
     hidden = body(input_ids=ids, attention_mask=attention, position_ids=torch.tensor(positions, device=device)[None],
-                  use_cache=cache is not None, past_key_values=cache).last_hidden_state[0]  # rows: positions past..
-    if store:  # the prefix rows attend only to the prefix: their keys are the prefix's own
+                  use_cache=cache is not None, past_key_values=cache).last_hidden_state[0]
+    if cache is not None:  # the prefix rows attend only to the prefix: their keys are the prefix's own
         kv.put(prefix, prefix_ids[:keep], cached_layers(cache, keep))
 
     # packed index of the position that predicts joint token k: the prefix's last, or the trie node of joint[shared:k]
@@ -150,7 +115,7 @@ def score_continuations(model: nn.Module, tokenizer, prefix: str, continuations:
             targets.append(joint[k])
     rows = sorted(set(where))  # the head runs once per predicting position (the prefix's last serves every first token)
     row_of = {w: i for i, w in enumerate(rows)}
-    logits = head(hidden[torch.tensor(rows, device=device) - past]).float()  # (R, V)
+    logits = head(hidden[torch.tensor(rows, device=device)]).float()  # (R, V)
     pick = torch.tensor([row_of[w] for w in where], device=device)  # (P,)
     target_ids = torch.tensor(targets, device=device)
     picked = logits.log_softmax(-1)[pick, target_ids]  # (P,)
