@@ -10,13 +10,15 @@ Prints seconds, tokens run through the model, the ratios, and the largest log-pr
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 
 import torch
 
 from agmask.concepts import load_concept
+from agmask.errors import AgmaskError
 from agmask.models import load
-from agmask.scoring import collate_answers, prefix_for
+from agmask.scoring import QA_SETS, collate_answers, prefix_for
 from agmask.scoring.continuation import _trie, score_continuations
 from agmask.scoring.encode import closing_for, common_prefix_len, tokens
 from agmask.scoring.logprobs import answer_logprobs
@@ -26,15 +28,20 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="embedded:qwen2.5-coder-0.5b-instruct")
     ap.add_argument("--concept", default="inception")
-    ap.add_argument("--set", default="forget_eval")
+    ap.add_argument("--set", default="forget_eval", choices=QA_SETS)
     ap.add_argument("--items", type=int, default=16)
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: leave as is)")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    model, tok, _ = load(args.model)
-    spec = load_concept(args.concept).spec
+    try:
+        model, tok, _ = load(args.model)
+        spec = load_concept(args.concept).spec
+    except AgmaskError as e:
+        sys.exit(f"error: {e}")
     items = spec.items(args.set)[: args.items]
+    if not items:
+        sys.exit(f"error: {args.concept} has no {args.set} prompts to score (or --items is 0)")
     jobs = []
     for it in items:
         prefix = prefix_for(tok, spec, args.set, it)
