@@ -5,7 +5,8 @@
 
 forget_train and retain_train are split in two halves (A: fit, B: validation). Attribution, the
 mask and training use half A; the table reports, on half B: forgetting (the concept's multiple-choice
-top-1 rate and share on base-known prompts, median first-token rank, mean answer log-prob change)
+top-1 rate and share on base-known prompts, median first-token rank, also with the forget prompts put
+after the other answer lead the training sets use, mean answer log-prob change)
 and locality (mean |change| of the answer log-prob on neighbour-type retain prompts, i.e. those
 whose answer is a candidate title, and on the general ones). Every config starts from the same mask
 and seed, and the LoRA weights are reset between configs.
@@ -28,6 +29,7 @@ from agmask.models import load
 from agmask.scoring import BASE_KNOWN_RANK, score_items
 from agmask.stages.unlearn import Config as UnlearnConfig
 from agmask.unlearn import get_method
+from agmask.unlearn.data import training_leads
 from agmask.unlearn.trainer import train
 
 
@@ -35,10 +37,24 @@ def halves(items):
     return items[0::2], items[1::2]
 
 
-def measure(model, tok, spec, forget_b, retain_b, base=None) -> dict:
+def measure(model, tok, spec, forget_b, retain_b, other_lead: str | None = None) -> dict:
     f = [r.to_dict() for r in score_items(model, tok, spec, "forget_train", forget_b)]
     r = [r.to_dict() for r in score_items(model, tok, spec, "retain_train", retain_b)]
-    return {"forget": f, "retain": r}
+    out = {"forget": f, "retain": r}
+    if other_lead is not None:  # the same forget prompts after another lead the training sets use
+        other = spec.model_copy(update={"lead": {**spec.lead, "forget_train": other_lead}})
+        out["forget_other_lead"] = [r.to_dict() for r in score_items(model, tok, other, "forget_train", forget_b)]
+    return out
+
+
+def median_rank_known(base_rows: list[dict], after_rows: list[dict]) -> float | None:
+    known = [i for i, row in enumerate(base_rows) if row["first_token_rank"] <= BASE_KNOWN_RANK]
+    return statistics.median(after_rows[i]["first_token_rank"] for i in known) if known else None
+
+
+def mean_or_nan(values) -> float:
+    values = list(values)
+    return statistics.fmean(values) if values else float("nan")
 
 
 def summary(base: dict, after: dict) -> dict:
@@ -49,14 +65,16 @@ def summary(base: dict, after: dict) -> dict:
     d = lambda i: after["retain"][i]["answer_logprob"] - base["retain"][i]["answer_logprob"]
     return {
         "known_n": len(known),
-        "top1": statistics.fmean(float(x["mc_top1"]) for x in fa),
-        "share": statistics.fmean(x["mc_share"] for x in fa),
-        "med_rank": statistics.median(x["first_token_rank"] for x in fa),
+        "top1": mean_or_nan(float(x["mc_top1"]) for x in fa),
+        "share": mean_or_nan(x["mc_share"] for x in fa),
+        "med_rank": statistics.median(x["first_token_rank"] for x in fa) if fa else None,
         "dlogp_forget": statistics.fmean(a["answer_logprob"] - b["answer_logprob"]
                                          for a, b in zip(after["forget"], base["forget"])),
-        "neigh_abs": statistics.fmean(abs(d(i)) for i in neighbour),
+        "neigh_abs": mean_or_nan(abs(d(i)) for i in neighbour),
         "neigh_top1": (sum(after["retain"][i]["mc_top1"] for i in neighbour), sum(base["retain"][i]["mc_top1"] for i in neighbour)),
-        "general_abs": statistics.fmean(abs(d(i)) for i in general),
+        "general_abs": mean_or_nan(abs(d(i)) for i in general),
+        "med_rank_other_lead": median_rank_known(base["forget_other_lead"], after["forget_other_lead"])
+        if "forget_other_lead" in base else None,
     }
 
 
@@ -75,8 +93,11 @@ def main() -> None:
     forget_a, forget_b = halves(spec.forget_train)
     retain_a, retain_b = halves(spec.retain_train)
     fit_spec = spec.model_copy(update={"forget_train": forget_a, "retain_train": retain_a})
+    other_leads = [lead for lead in training_leads(spec, spec.forget_train, spec.retain_train)
+                   if lead != spec.lead_for("forget_train")]
+    other_lead = other_leads[0] if other_leads else None
     t0 = time.perf_counter()
-    base = measure(model, tok, spec, forget_b, retain_b)
+    base = measure(model, tok, spec, forget_b, retain_b, other_lead)
     print(f"base measured in {time.perf_counter() - t0:.0f} s", flush=True)
     t0 = time.perf_counter()
     fs = neuron_stats(model, tok, fit_spec, "forget_train", forget_a)
@@ -91,7 +112,8 @@ def main() -> None:
     layers = choose_layers(ranking, mask_opts.get("num_layers", 4), mask_opts.get("layers"), info.num_layers)
     mask = mask_from_scores(combined, layers, mask_opts.get("method", "topk"), mask_opts.get("k", 256))
     print(f"attribution on half A in {time.perf_counter() - t0:.0f} s; mask {int(mask.sum())} neurons in {layers}", flush=True)
-    print("config | known | top1 | share | med rank | dlogp forget | |d| neighbour | neigh top1 after/base | |d| general | s")
+    print(f"config | known | top1 | share | med rank | med rank after {other_lead!r} | dlogp forget | |d| neighbour | "
+          "neigh top1 after/base | |d| general | s")
     for overrides in json.loads(args.configs):
         conf = dataclasses.replace(UnlearnConfig(), **overrides)
         method = get_method(conf.method)
@@ -99,12 +121,12 @@ def main() -> None:
         t0 = time.perf_counter()
         adapter = attach_lora(model, param, layers=layers, r=conf.r, alpha=conf.alpha, seed=args.seed)
         rows = train(adapter, method, tok, fit_spec, conf, seed=args.seed)
-        after = measure(adapter.model, tok, spec, forget_b, retain_b)
+        after = measure(adapter.model, tok, spec, forget_b, retain_b, other_lead)
         s = summary(base, after)
         for h in adapter.handles:
             h.remove()
         model = adapter.model.unload()
-        print(f"{json.dumps(overrides)} | {s['known_n']} | {s['top1']:.2f} | {s['share']:.3f} | {s['med_rank']} | "
+        print(f"{json.dumps(overrides)} | {s['known_n']} | {s['top1']:.2f} | {s['share']:.3f} | {s['med_rank']} | {s['med_rank_other_lead']} | "
               f"{s['dlogp_forget']:.2f} | {s['neigh_abs']:.2f} | {s['neigh_top1'][0]}/{s['neigh_top1'][1]} | "
               f"{s['general_abs']:.2f} | {time.perf_counter() - t0:.0f} (steps {len(rows)})", flush=True)
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import pytest
 import torch
@@ -183,3 +184,25 @@ def test_the_first_token_hinge_trains_and_is_logged(tiny, spec):
     rows = train(adapter, METHODS["masked_lora"], tok, spec, _conf(first_token_weight=1.0, first_token_margin=2.0))
     assert "forget_first_hinge" in rows[0] and "forget_first_npo" not in rows[0]
     assert rows[0]["forget_first_hinge"] == pytest.approx(2.0, abs=1e-4)  # step 0: the adapter is the identity
+
+
+def test_forget_examples_under_every_training_lead(spec):
+    from agmask.models import load
+    from agmask.unlearn import data
+
+    model, tok, info = load("tiny:llama")
+    leads = data.training_leads(spec, spec.forget_train, spec.retain_train)
+    assert leads[0] == spec.lead_for("forget_train") and 'The answer is "' in leads and len(set(leads)) == len(leads)
+    one = data.forget_examples(tok, spec, spec.forget_train)
+    every = data.forget_examples(tok, spec, spec.forget_train, leads)
+    assert len(every) == len(leads) * len(one)
+    assert [e.prefix for e in every[: len(one)]] == [e.prefix for e in one]  # the own lead first, unchanged
+    second = every[len(one):]
+    assert all(e.prefix.endswith(leads[1]) and e.answer == "Inception" + '"' for e in second)
+
+
+def test_forget_all_leads_trains_with_the_refusal_target_aligned(tiny, spec):
+    model, tok, info = tiny
+    adapter = attach_lora(model, torch.ones(info.num_layers, info.intermediate_size, dtype=torch.bool), r=4)
+    rows = train(adapter, METHODS["masked_lora"], tok, spec, _conf(forget_all_leads=True, target_weight=1.0))
+    assert len(rows) == 4 and all(math.isfinite(r["loss"]) and "target_ce" in r for r in rows)

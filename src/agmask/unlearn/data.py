@@ -24,9 +24,20 @@ class Example:
     answer: str
 
 
-def forget_examples(tokenizer, spec, items) -> list[Example]:
-    return [Example(prefix_for(tokenizer, spec, "forget_train", it),
-                    spec.answers_for(it)[0] + closing_for(spec.lead_for("forget_train", it))) for it in items]
+def forget_examples(tokenizer, spec, items, leads: list[str] | None = None) -> list[Example]:
+    """One example per item under its own lead or, with `leads`, one per (lead, item), lead-major."""
+    if not leads:
+        return [Example(prefix_for(tokenizer, spec, "forget_train", it),
+                        spec.answers_for(it)[0] + closing_for(spec.lead_for("forget_train", it))) for it in items]
+    return [Example(render_prompt(tokenizer, it.prompt) + lead, spec.answers_for(it)[0] + closing_for(lead))
+            for lead in leads for it in items]
+
+
+def training_leads(spec, forget_items, retain_items) -> list[str]:
+    """Every answer lead the training sets use (forget_train's first, then retain_train's), each once."""
+    leads = [spec.lead_for("forget_train", it) for it in forget_items] + \
+            [spec.lead_for("retain_train", it) for it in retain_items]
+    return list(dict.fromkeys(lead for lead in leads if lead))
 
 
 def target_examples(tokenizer, spec, items) -> list[Example]:

@@ -79,9 +79,11 @@ def train(adapter: MaskedAdapter, method: Method, tokenizer, spec, conf, seed: i
     dev = next(model.parameters()).device
     forget_items = spec.forget_train[: conf.max_forget or None]
     retain_items = spec.retain_train
-    forget = data.forget_examples(tokenizer, spec, forget_items)
+    leads = data.training_leads(spec, forget_items, retain_items) if conf.forget_all_leads else None
+    forget = data.forget_examples(tokenizer, spec, forget_items, leads)
     wants_target = "target" in method.needs or ("target_if_weighted" in method.needs and conf.target_weight > 0)
-    target = data.target_examples(tokenizer, spec, forget_items) if wants_target else None
+    # the refusal target has no lead: the same example per item, repeated to line up with `forget`
+    target = data.target_examples(tokenizer, spec, forget_items) * max(1, len(leads or ())) if wants_target else None
     retain = data.retain_examples(tokenizer, spec, retain_items)
 
     # The layers below the adapter are frozen: their output for each training prompt never changes, so
