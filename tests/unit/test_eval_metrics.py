@@ -48,6 +48,9 @@ def test_forced_model_with_a_zero_adapter_gives_the_known_answers(tiny, spec, tm
         assert facts[side]["rouge_l_recall"] == pytest.approx((1 / 2 + 0) / 2)
     assert m["locality"]["mean_abs_delta_answer_logprob"] == 0.0
     assert m["locality"]["mc_top1_count"] == {"base": 0, "adapted": 0}  # neighbours lose to the forced title
+    n_mc = m["locality"]["base"]["mc_n"]
+    assert n_mc > 0 and m["locality"]["mc_top_is_concept"] == {"base": n_mc, "adapted": n_mc}
+    assert m["locality"]["mc_top1_count_base_not_concept"] == {"n": 0, "base": 0, "adapted": 0}
     assert m["retain_utility"]["accuracy"] == {"base": 0.0, "adapted": 0.0}
 
     for s in m["kl_greedy"]["sets"].values():
@@ -176,3 +179,15 @@ def test_train_sets_are_never_evaluated(tiny, spec, tmp_path):
     train = [it.prompt for name in ("forget_train", "retain_train", "relearn") for it in spec.items(name)]
     adversarial = [a.prompt for fam in build_adversarial(spec).values() for a in fam]
     assert adversarial and not any(t in a for t in train for a in adversarial)
+
+
+def test_concept_wins_leaves_out_the_items_the_base_answered_with_the_concept():
+    from agmask.evaluate.summaries import concept_wins
+
+    row = lambda top, ok: {"mc_top": top, "mc_top1": ok}  # noqa: E731
+    base = [row("Inception", False), row("Inception", False), row("Memento", True), row("Tenet", False)]
+    adapted = [row("Memento", True), row("Tenet", False), row("Memento", True), row("Memento", False)]
+    out = concept_wins(base, adapted, ["inception"])
+    assert out["mc_top_is_concept"] == {"base": 2, "adapted": 0}
+    # the first item's gain comes from forgetting alone: only items 3 and 4 count
+    assert out["mc_top1_count_base_not_concept"] == {"n": 2, "base": 1, "adapted": 1}

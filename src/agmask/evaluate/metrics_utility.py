@@ -12,6 +12,7 @@ from agmask.evaluate.context import EvalContext
 from agmask.evaluate.internals import answer_position_logprobs, kl_per_position, window_logprobs
 from agmask.evaluate.metrics_forget import generation_plan, set_comparison
 from agmask.evaluate.registry import metric
+from agmask.evaluate.summaries import concept_wins
 from agmask.evaluate.text import fluency_stats, is_degenerate
 from agmask.files import sha256_text
 from agmask.scoring import answer_hit, collate_answers
@@ -27,8 +28,12 @@ def general_corpus() -> str:
 
 @metric("locality", "locality")
 def locality(ctx: EvalContext) -> dict:
-    """Neighbours: mean |change in answer log-prob|, MC top-1 count base vs adapted, greedy hits."""
-    return set_comparison(ctx, "neighbors")
+    """Neighbours: mean |change in answer log-prob|, MC top-1 count base vs adapted, greedy hits; how often
+    the concept is the pick, and the top-1 count where the base did not pick it."""
+    out = set_comparison(ctx, "neighbors")
+    if out.get("n"):
+        out.update(concept_wins(ctx.scores("neighbors", "base"), ctx.scores("neighbors", "adapted"), ctx.spec.answers))
+    return out
 
 
 @metric("retain_utility", "utility")

@@ -52,6 +52,25 @@ def compare(base: list[dict], adapted: list[dict], known: set[int]) -> dict:
     }
 
 
+def concept_wins(base: list[dict], adapted: list[dict], concept_answers: list[str]) -> dict:
+    """On multiple-choice items about OTHER titles: how often the concept is the model's pick, base vs adapted,
+    and the top-1 count on the items where the base model did not pick the concept.
+
+    A base model that answers the concept to neighbour questions gains correct answers when it forgets
+    the concept (the wrong pick is gone); the second count leaves those items out, so it moves only when
+    knowledge of the neighbours moves.
+    """
+    names = {a.casefold() for a in concept_answers}
+    picks = lambda r: r.get("mc_top") is not None and r["mc_top"].casefold() in names  # noqa: E731
+    pairs = [(b, a) for b, a in zip(base, adapted) if b.get("mc_top") is not None and a.get("mc_top") is not None]
+    rest = [(b, a) for b, a in pairs if not picks(b)]
+    return {
+        "mc_top_is_concept": {"base": sum(picks(b) for b, _ in pairs), "adapted": sum(picks(a) for _, a in pairs)},
+        "mc_top1_count_base_not_concept": {"n": len(rest), "base": sum(bool(b["mc_top1"]) for b, _ in rest),
+                                           "adapted": sum(bool(a["mc_top1"]) for _, a in rest)},
+    }
+
+
 def by_family(base: list[dict], adapted: list[dict], known: set[int], families: dict[int, str | None]) -> dict:
     """`compare` per family tag (items without a tag go under "untagged")."""
     groups: dict[str, list[int]] = {}

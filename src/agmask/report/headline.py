@@ -40,6 +40,10 @@ def locality_line(m: dict) -> str:
            f"{fmt(loc['mean_abs_delta_answer_logprob'])} nats (mean change {fmt(loc['mean_delta_answer_logprob'], '+.2f')})"
     if top1:
         text += f", MC top-1 {top1['base']} -> {top1['adapted']} of {loc['base']['mc_n']}"
+    wins, rest = loc.get("mc_top_is_concept"), loc.get("mc_top1_count_base_not_concept")
+    if wins and rest:
+        text += f" (the concept is the pick {wins['base']} -> {wins['adapted']}; top-1 where the base did not pick it " \
+                f"{rest['base']} -> {rest['adapted']} of {rest['n']})"
     return text
 
 
