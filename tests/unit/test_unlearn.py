@@ -206,3 +206,36 @@ def test_forget_all_leads_trains_with_the_refusal_target_aligned(tiny, spec):
     adapter = attach_lora(model, torch.ones(info.num_layers, info.intermediate_size, dtype=torch.bool), r=4)
     rows = train(adapter, METHODS["masked_lora"], tok, spec, _conf(forget_all_leads=True, target_weight=1.0))
     assert len(rows) == 4 and all(math.isfinite(r["loss"]) and "target_ce" in r for r in rows)
+
+
+def test_retain_kl_leaves_the_concept_start_out_only_at_each_answer_start():
+    from agmask.scoring.encode import AnswerBatch
+    from agmask.unlearn.objectives import _first_position_drop
+
+    ids = torch.tensor([[5, 6, 7, 8, 0], [5, 3, 2, 0, 0]])  # sample 0 answers 7 8, sample 1 answers 3 2
+    target = torch.tensor([[0, 1, 1, 0, 0], [1, 1, 0, 0, 0]])  # positions predicting the answer tokens
+    batch = AnswerBatch(ids, (ids > 0).long(), target)
+    where = batch.target_mask.bool() & batch.attention_mask.bool()
+    drop = _first_position_drop(batch, where, torch.tensor([3, 4]), vocab=10)  # 3 starts sample 1's own answer
+    assert drop.shape == (4, 10)
+    assert drop[0].nonzero().flatten().tolist() == [3, 4]  # sample 0's answer start: both concept ids
+    assert not drop[1].any() and not drop[3].any()  # later answer positions are never touched
+    assert drop[2].nonzero().flatten().tolist() == [4]  # 3 starts sample 1's own answer: kept
+
+
+def test_retain_without_concept_start_trains_and_keeps_the_kl_zero_at_the_start(tiny, spec):
+    from agmask.unlearn import data
+    from agmask.unlearn.objectives import kl_to_base
+
+    model, tok, info = tiny
+    forget = data.forget_examples(tok, spec, spec.forget_train)
+    concept = data.first_answer_tokens(tok, forget)
+    assert concept.numel() >= 1
+    retain = data.retain_examples(tok, spec, spec.retain_train)
+    dist = data.base_answer_distributions(model, tok, retain)
+    batch = data.collate(tok, retain, torch.device("cpu"))
+    with torch.no_grad():  # the model is its own base: the KL is zero with or without the exclusion
+        assert kl_to_base(model, batch, dist, concept).item() == pytest.approx(0.0, abs=1e-6)
+    adapter = attach_lora(model, torch.ones(info.num_layers, info.intermediate_size, dtype=torch.bool), r=4)
+    rows = train(adapter, METHODS["masked_lora"], tok, spec, _conf(retain_without_concept_start=True))
+    assert all(math.isfinite(r["retain_kl"]) for r in rows) and rows[-1]["retain_kl"] > 0

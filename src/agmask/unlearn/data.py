@@ -50,6 +50,14 @@ def retain_examples(tokenizer, spec, items) -> list[Example]:
             for it in items]
 
 
+def first_answer_tokens(tokenizer, examples: list[Example]) -> torch.Tensor:
+    """The distinct token ids that start the examples' answers (right after their prefixes)."""
+    batch = collate_answers(tokenizer, [e.prefix for e in examples], [e.answer for e in examples])
+    where = batch.target_mask.bool() & batch.attention_mask.bool()
+    first = where.int().argmax(-1, keepdim=True)  # (B, 1) each sample's first answer-predicting position
+    return batch.targets.gather(1, first).squeeze(1).unique()
+
+
 def collate(tokenizer, examples: list[Example], device, start: tuple[int, list[torch.Tensor]] | None = None) -> AnswerBatch:
     """A right-padded batch; with `start = (layer, per-example cached inputs of that layer)` the frozen
     layers below `layer` are skipped (their output is taken from the cache)."""

@@ -67,15 +67,38 @@ def _per_sample_mean(values: torch.Tensor, where: torch.Tensor) -> torch.Tensor:
     return (sums / where.sum(1).clamp(min=1)).mean()
 
 
-def kl_to_base(model, batch: AnswerBatch, base_logprobs: list[torch.Tensor]) -> torch.Tensor:
-    """KL(base || adapted) at the answer positions: mean over a sample's positions, then over samples."""
+def kl_to_base(model, batch: AnswerBatch, base_logprobs: list[torch.Tensor],
+               exclude_first: torch.Tensor | None = None) -> torch.Tensor:
+    """KL(base || adapted) at the answer positions: mean over a sample's positions, then over samples.
+
+    exclude_first: token ids left out of both distributions (each renormalised over the rest) at each
+    sample's FIRST answer position, unless the id is that sample's own first answer token. With the
+    concept's first answer tokens here, the anchor keeps how a retain question's answer starts without
+    keeping the concept's own probability on it (a base model that answers the concept to a neighbour
+    question would otherwise be held to that answer).
+    """
     _, head = decoder_and_head(model)
     hidden = hidden_states(model, batch.input_ids, batch.attention_mask, batch.start_layer,
                            batch.start_hidden)  # (B, T, H)
     where = batch.target_mask.bool() & batch.attention_mask.bool()
     logq = head(hidden[where]).float().log_softmax(-1)  # (N, V) adapted
     logp = torch.cat(base_logprobs).to(logq.device)  # (N, V) base, same order (row-major over batch)
+    if exclude_first is not None and exclude_first.numel():
+        drop = _first_position_drop(batch, where, exclude_first.to(logq.device), logq.shape[-1])  # (N, V)
+        logq = logq.masked_fill(drop, -1e9).log_softmax(-1)
+        logp = logp.masked_fill(drop, -1e9).log_softmax(-1)
     return _per_sample_mean((logp.exp() * (logp - logq)).sum(-1), where)
+
+
+def _first_position_drop(batch: AnswerBatch, where: torch.Tensor, ids: torch.Tensor, vocab: int) -> torch.Tensor:
+    """(N, V) True at (each sample's first answer position, an id of `ids` that is not the token it predicts)."""
+    first = (where & (where.int().cumsum(-1) == 1))[where]  # (N,) the first answer position of its sample
+    own = batch.targets.to(where.device)[where]  # (N,) the token each position predicts
+    drop = torch.zeros(first.shape[0], vocab, dtype=torch.bool, device=where.device)
+    drop[:, ids] = True
+    drop &= first.unsqueeze(-1)
+    drop[torch.arange(first.shape[0], device=where.device), own] = False
+    return drop
 
 
 def residual_at(model, batch: AnswerBatch, layer: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -35,6 +35,7 @@ class StepInputs:
     rmu_layer: int
     rmu_control: torch.Tensor | None
     forget_first_ref: torch.Tensor | None = None  # (b,) reference log-probs of the answers' first tokens
+    concept_first_tokens: torch.Tensor | None = None  # ids that start the concept's answers (retain_without_concept_start)
 
 
 def _accelerator(device: str):
@@ -85,6 +86,7 @@ def train(adapter: MaskedAdapter, method: Method, tokenizer, spec, conf, seed: i
     # the refusal target has no lead: the same example per item, repeated to line up with `forget`
     target = data.target_examples(tokenizer, spec, forget_items) * max(1, len(leads or ())) if wants_target else None
     retain = data.retain_examples(tokenizer, spec, retain_items)
+    concept_first = data.first_answer_tokens(tokenizer, forget) if conf.retain_without_concept_start else None
 
     # The layers below the adapter are frozen: their output for each training prompt never changes, so
     # it is computed once and every step (and the references below) runs only the layers from the first
@@ -141,7 +143,7 @@ def train(adapter: MaskedAdapter, method: Method, tokenizer, spec, conf, seed: i
                 retain=batch("retain", retain, r_local),
                 retain_dist=[retain_dist[i] for i in r_local] if retain_dist is not None else None,
                 retain_resid=[retain_resid[i] for i in r_local] if retain_resid is not None else None,
-                rmu_layer=rmu_layer, rmu_control=control,
+                rmu_layer=rmu_layer, rmu_control=control, concept_first_tokens=concept_first,
             )
             with torch.enable_grad():
                 terms = method.loss(inputs, conf)

@@ -27,7 +27,8 @@ def forget_and_retain(inputs, conf) -> dict:
         terms["target_ce"] = obj.cross_entropy(inputs.model, inputs.target)
         loss = loss + conf.target_weight * terms["target_ce"]
     if conf.retain_weight > 0:
-        terms["retain_kl"] = obj.kl_to_base(inputs.model, inputs.retain, inputs.retain_dist)
+        exclude = inputs.concept_first_tokens if conf.retain_without_concept_start else None
+        terms["retain_kl"] = obj.kl_to_base(inputs.model, inputs.retain, inputs.retain_dist, exclude)
         loss = loss + conf.retain_weight * terms["retain_kl"]
     terms["loss"] = loss
     return terms
