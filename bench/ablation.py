@@ -27,15 +27,11 @@ import torch
 
 from agmask.attribution import SCORES, combined_score, neuron_stats, top_neurons
 from agmask.attribution.ablation import jaccard, random_like, zero_neurons
+from agmask.concepts import training_halves
 from agmask.config import RunConfig
 from agmask.files import load_tensors, read_json
 from agmask.scoring import item_logprobs
 from agmask.session import Session
-
-
-def halves(items: list) -> tuple[list, list]:
-    """Every other item: the same split as bench/tune.py."""
-    return items[0::2], items[1::2]
 
 
 def ablation(model, tok, spec, top, concept_set, neighbour_set, draws: int, seed: int, intermediate: int,
@@ -73,8 +69,8 @@ def ablation(model, tok, spec, top, concept_set, neighbour_set, draws: int, seed
 
 def select_retain_weight(model, tok, spec, grid: list[float], k: int, draws: int, seed: int, intermediate: int) -> tuple[float, list[dict]]:
     """Choose lambda on the training sets only (see the module docstring); returns it and one row per lambda."""
-    forget_a, forget_b = halves(list(spec.forget_train))
-    retain_a, retain_b = halves(list(spec.retain_train))
+    forget_a, forget_b = training_halves(list(spec.forget_train))
+    retain_a, retain_b = training_halves(list(spec.retain_train))
     fs = neuron_stats(model, tok, spec, "forget_train", forget_a)
     rs = neuron_stats(model, tok, spec, "retain_train", retain_a)
     sets = (("forget_train", forget_b), ("retain_train", retain_b))

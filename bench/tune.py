@@ -22,7 +22,7 @@ import time
 import torch
 
 from agmask.attribution import SCORES, combined_score, neuron_stats
-from agmask.concepts import load_concept
+from agmask.concepts import load_concept, training_halves
 from agmask.lora import attach_lora
 from agmask.masking import choose_layers, mask_from_scores
 from agmask.models import load
@@ -31,10 +31,6 @@ from agmask.stages.unlearn import Config as UnlearnConfig
 from agmask.unlearn import get_method
 from agmask.unlearn.data import training_leads
 from agmask.unlearn.trainer import train
-
-
-def halves(items):
-    return items[0::2], items[1::2]
 
 
 def measure(model, tok, spec, forget_b, retain_b, other_lead: str | None = None) -> dict:
@@ -90,8 +86,8 @@ def main() -> None:
     args = ap.parse_args()
     model, tok, info = load(args.model)
     spec = load_concept(args.concept).spec
-    forget_a, forget_b = halves(spec.forget_train)
-    retain_a, retain_b = halves(spec.retain_train)
+    forget_a, forget_b = training_halves(spec.forget_train)
+    retain_a, retain_b = training_halves(spec.retain_train)
     fit_spec = spec.model_copy(update={"forget_train": forget_a, "retain_train": retain_a})
     other_leads = [lead for lead in training_leads(spec, spec.forget_train, spec.retain_train)
                    if lead != spec.lead_for("forget_train")]

@@ -239,3 +239,11 @@ def test_retain_without_concept_start_trains_and_keeps_the_kl_zero_at_the_start(
     adapter = attach_lora(model, torch.ones(info.num_layers, info.intermediate_size, dtype=torch.bool), r=4)
     rows = train(adapter, METHODS["masked_lora"], tok, spec, _conf(retain_without_concept_start=True))
     assert all(math.isfinite(r["retain_kl"]) for r in rows) and rows[-1]["retain_kl"] > 0
+
+
+def test_training_halves_are_disjoint_every_other_item_and_cover_the_set(spec):
+    from agmask.concepts import training_halves
+
+    a, b = training_halves(spec.forget_train)
+    assert a == list(spec.forget_train[0::2]) and b == list(spec.forget_train[1::2])
+    assert len(a) + len(b) == len(spec.forget_train) and not {i.prompt for i in a} & {i.prompt for i in b}

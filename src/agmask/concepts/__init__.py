@@ -12,7 +12,7 @@ from agmask.concepts.schema import EVAL_SETS, SET_NAMES, TRAIN_SETS, ConceptSpec
 from agmask.errors import ConceptError
 
 __all__ = ["load_concept", "LoadedConcept", "ConceptSpec", "PromptItem", "SET_NAMES", "TRAIN_SETS", "EVAL_SETS",
-           "shipped_concepts"]
+           "shipped_concepts", "training_halves"]
 
 
 @dataclass(frozen=True)
@@ -20,6 +20,13 @@ class LoadedConcept:
     spec: ConceptSpec
     source: str  # path or `shipped:<name>`
     text: str  # the file's contents: part of every stage's input hash
+
+
+def training_halves(items: list) -> tuple[list, list]:
+    """A training set split in two for choosing options on training data only (bench/tune.py,
+    bench/ablation.py): every other item, A from the first, B from the second."""
+    items = list(items)
+    return items[0::2], items[1::2]
 
 
 def shipped_concepts() -> list[str]:
