@@ -63,7 +63,7 @@ def summary(base: dict, after: dict) -> dict:
         "known_n": len(known),
         "top1": mean_or_nan(float(x["mc_top1"]) for x in fa),
         "share": mean_or_nan(x["mc_share"] for x in fa),
-        "med_rank": statistics.median(x["first_token_rank"] for x in fa) if fa else None,
+        "med_rank": median_rank_known(base["forget"], after["forget"]),
         "dlogp_forget": statistics.fmean(a["answer_logprob"] - b["answer_logprob"]
                                          for a, b in zip(after["forget"], base["forget"])),
         "neigh_abs": mean_or_nan(abs(d(i)) for i in neighbour),

@@ -26,11 +26,12 @@ class Example:
 
 def forget_examples(tokenizer, spec, items, leads: list[str] | None = None) -> list[Example]:
     """One example per item under its own lead or, with `leads`, one per (lead, item), lead-major."""
+    def example(item, lead: str) -> Example:
+        return Example(render_prompt(tokenizer, item.prompt) + lead, spec.answers_for(item)[0] + closing_for(lead))
+
     if not leads:
-        return [Example(prefix_for(tokenizer, spec, "forget_train", it),
-                        spec.answers_for(it)[0] + closing_for(spec.lead_for("forget_train", it))) for it in items]
-    return [Example(render_prompt(tokenizer, it.prompt) + lead, spec.answers_for(it)[0] + closing_for(lead))
-            for lead in leads for it in items]
+        return [example(it, spec.lead_for("forget_train", it)) for it in items]
+    return [example(it, lead) for lead in leads for it in items]
 
 
 def training_leads(spec, forget_items, retain_items) -> list[str]:
@@ -52,10 +53,10 @@ def retain_examples(tokenizer, spec, items) -> list[Example]:
 
 def first_answer_tokens(tokenizer, examples: list[Example]) -> torch.Tensor:
     """The distinct token ids that start the examples' answers (right after their prefixes)."""
+    from agmask.unlearn.objectives import first_answer_token
+
     batch = collate_answers(tokenizer, [e.prefix for e in examples], [e.answer for e in examples])
-    where = batch.target_mask.bool() & batch.attention_mask.bool()
-    first = where.int().argmax(-1, keepdim=True)  # (B, 1) each sample's first answer-predicting position
-    return batch.targets.gather(1, first).squeeze(1).unique()
+    return first_answer_token(batch.targets, batch).unique()
 
 
 def collate(tokenizer, examples: list[Example], device, start: tuple[int, list[torch.Tensor]] | None = None) -> AnswerBatch:
