@@ -59,11 +59,35 @@ def resolve_stage_config(stage_module, cfg: RunConfig):
     unknown = sorted(set(overrides) - known)
     if unknown:
         raise AgmaskError(f"unknown option(s) for stage {name}: {', '.join(unknown)} (known: {', '.join(sorted(known))})")
-    values.update(overrides)
+    fields = {f.name: f for f in dataclasses.fields(config_cls)}
+    values.update({key: _checked(name, key, fields[key].type, value) for key, value in overrides.items()})
     try:
         return config_cls(**values)
     except (TypeError, ValueError) as e:
         raise AgmaskError(f"bad option for stage {name}: {e}") from e
+
+
+def _checked(stage: str, option: str, annotation, value):
+    """`value` for a scalar option (bool, int, float, str; float may be optional), checked against its
+    type; other annotations pass through to the stage Config. A float option also takes an int and a
+    number written as text (YAML reads `1e-3` as text)."""
+    kind = annotation if isinstance(annotation, str) else getattr(annotation, "__name__", str(annotation))
+    optional = kind.replace(" ", "").endswith("|None")
+    kind = kind.replace(" ", "").removesuffix("|None")
+    if optional and value is None:
+        return value
+    if kind == "float" and isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            pass
+    ok = {"bool": lambda v: isinstance(v, bool), "int": lambda v: isinstance(v, int) and not isinstance(v, bool),
+          "float": lambda v: isinstance(v, (int, float)) and not isinstance(v, bool),
+          "str": lambda v: isinstance(v, str)}.get(kind)
+    if ok is not None and not ok(value):
+        wanted = {"bool": "true or false", "int": "an integer", "float": "a number", "str": "text"}[kind]
+        raise AgmaskError(f"bad option for stage {stage}: {option} must be {wanted}, got {value!r}")
+    return value
 
 
 def config_json(obj) -> str:

@@ -200,8 +200,8 @@ def _nothing() -> Iterator[None]:
 def run_pipeline(cfg: RunConfig, stages: list[str] | None = None, reporter: Reporter = SILENT) -> list[Path]:
     """Run stages (default: all) for each concept; returns the run directories written."""
     stages = stages or STAGES
-    for s in stages:
-        stage_module(s)  # unknown names fail before any work
+    for s in stages:  # unknown names and bad options fail before any work
+        resolve_stage_config(stage_module(s), cfg)
     distributed.init(cfg.device)
     if not distributed.is_main():
         reporter = SILENT  # one set of progress bars and logs: the main process's

@@ -91,3 +91,16 @@ def test_unknown_stage_and_unknown_option(tmp_path, concept_copy):
         run_pipeline(_cfg(tmp_path, concept_copy), stages=["nope"])
     with pytest.raises(AgmaskError, match="unknown option.*baseline: tokens"):
         run_pipeline(_cfg(tmp_path, concept_copy, overrides={"baseline": {"tokens": 3}}), stages=["baseline"])
+
+
+def test_scalar_options_are_checked_and_a_float_takes_a_number_written_as_text(tmp_path, concept_copy):
+    from agmask.config import resolve_stage_config
+    from agmask.stages import mask, unlearn
+
+    cfg = _cfg(tmp_path, concept_copy, overrides={"unlearn": {"lr": "1e-3", "retain_weight": 5, "forget_all_leads": True}})
+    conf = resolve_stage_config(unlearn, cfg)
+    assert conf.lr == 1e-3 and conf.retain_weight == 5 and conf.forget_all_leads is True
+    assert resolve_stage_config(mask, _cfg(tmp_path, concept_copy, overrides={"mask": {"threshold": None}})).threshold is None
+    for bad in ({"forget_all_leads": "yes please"}, {"steps": True}, {"method": 3}):
+        with pytest.raises(AgmaskError, match="bad option for stage unlearn"):
+            resolve_stage_config(unlearn, _cfg(tmp_path, concept_copy, overrides={"unlearn": bad}))
