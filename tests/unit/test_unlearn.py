@@ -201,6 +201,41 @@ def test_forget_examples_under_every_training_lead(spec):
     assert all(e.prefix.endswith(leads[1]) and e.answer == "Inception" + '"' for e in second)
 
 
+def test_retain_examples_under_every_training_lead(spec):
+    from agmask.models import load
+    from agmask.scoring import prefix_for
+    from agmask.unlearn import data
+
+    model, tok, info = load("tiny:llama")
+    own = data.retain_examples(tok, spec, spec.retain_train)
+    assert [e.prefix for e in own] == [prefix_for(tok, spec, "retain_train", it) for it in spec.retain_train]
+    assert [e.answer for e in own] == [it.answer + '"' for it in spec.retain_train]  # own lead 'The answer is "'
+    leads = data.training_leads(spec, spec.forget_train, spec.retain_train)
+    every = data.retain_examples(tok, spec, spec.retain_train, leads)
+    n = len(spec.retain_train)
+    assert len(every) == len(leads) * n
+    for k, lead in enumerate(leads):  # lead-major: block k is every item after lead k
+        block = every[k * n : (k + 1) * n]
+        assert all(e.prefix.endswith(lead) for e in block)
+        assert [e.answer for e in block] == [it.answer + '"' for it in spec.retain_train]
+    movie = every[leads.index('The movie is "') * n :][:n]
+    assert [e.prefix for e in movie] != [e.prefix for e in own]
+
+
+def test_retain_all_leads_trains_with_references_for_every_lead(tiny, spec):
+    from agmask.unlearn import data
+
+    model, tok, info = tiny
+    leads = data.training_leads(spec, spec.forget_train, spec.retain_train)
+    every = data.retain_examples(tok, spec, spec.retain_train, leads)
+    dist = data.base_answer_distributions(model, tok, every)
+    assert len(dist) == len(leads) * len(spec.retain_train)
+    adapter = attach_lora(model, torch.ones(info.num_layers, info.intermediate_size, dtype=torch.bool), r=4)
+    rows = train(adapter, METHODS["masked_lora"], tok, spec, _conf(retain_all_leads=True, forget_all_leads=True,
+                                                                   retain_without_concept_start=True))
+    assert len(rows) == 4 and all(math.isfinite(r["retain_kl"]) for r in rows) and rows[-1]["retain_kl"] > 0
+
+
 def test_forget_all_leads_trains_with_the_refusal_target_aligned(tiny, spec):
     model, tok, info = tiny
     adapter = attach_lora(model, torch.ones(info.num_layers, info.intermediate_size, dtype=torch.bool), r=4)

@@ -43,6 +43,7 @@ class Config:
     early_stop_nats: float = 0.0  # stop once the forget log-ratio (train batches) is below -this; 0 = off
     max_forget: int = 0  # use only the first N forget_train prompts; 0 = all
     forget_all_leads: bool = False  # forget each forget_train prompt under every answer lead the training sets use
+    retain_all_leads: bool = False  # retain KL on each retain_train prompt under every answer lead the training sets use
     retain_without_concept_start: bool = False  # retain KL: leave the concept's first answer token out at a retain answer's start
     cache_frozen_layers: bool = True  # run the frozen layers below the adapter once, not every step
 

@@ -3,6 +3,7 @@
 forget:  prompt + lead + concept answer (+ closing quote)  -> the concept's own answer probability
 target:  prompt (no lead) + forget target + end of turn     -> optional refusal CE
 retain:  prompt + lead + answer                             -> KL to the frozen base at the answer positions
+(forget and retain examples can also be built under every answer lead the training sets use)
 """
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ import torch.nn as nn
 
 from agmask.models.arch import decoder_layers
 from agmask.probing import capture, resid_hook_name
-from agmask.scoring import collate_answers, prefix_for, render_prompt
+from agmask.scoring import collate_answers, render_prompt
 from agmask.scoring.encode import AnswerBatch, closing_for
 from agmask.scoring.logprobs import decoder_and_head, hidden_states
 
@@ -46,9 +47,14 @@ def target_examples(tokenizer, spec, items) -> list[Example]:
     return [Example(render_prompt(tokenizer, it.prompt), spec.forget_target + end) for it in items]
 
 
-def retain_examples(tokenizer, spec, items) -> list[Example]:
-    return [Example(prefix_for(tokenizer, spec, "retain_train", it), it.answer + closing_for(spec.lead_for("retain_train", it)))
-            for it in items]
+def retain_examples(tokenizer, spec, items, leads: list[str] | None = None) -> list[Example]:
+    """One example per item under its own lead or, with `leads`, one per (lead, item), lead-major."""
+    def example(item, lead: str) -> Example:
+        return Example(render_prompt(tokenizer, item.prompt) + lead, item.answer + closing_for(lead))
+
+    if not leads:
+        return [example(it, spec.lead_for("retain_train", it)) for it in items]
+    return [example(it, lead) for lead in leads for it in items]
 
 
 def first_answer_tokens(tokenizer, examples: list[Example]) -> torch.Tensor:

@@ -80,12 +80,13 @@ def train(adapter: MaskedAdapter, method: Method, tokenizer, spec, conf, seed: i
     dev = next(model.parameters()).device
     forget_items = spec.forget_train[: conf.max_forget or None]
     retain_items = spec.retain_train
-    leads = data.training_leads(spec, forget_items, retain_items) if conf.forget_all_leads else None
+    every_lead = data.training_leads(spec, forget_items, retain_items)
+    leads = every_lead if conf.forget_all_leads else None
     forget = data.forget_examples(tokenizer, spec, forget_items, leads)
     wants_target = "target" in method.needs or ("target_if_weighted" in method.needs and conf.target_weight > 0)
     # the refusal target has no lead: the same example per item, repeated to line up with `forget`
     target = data.target_examples(tokenizer, spec, forget_items) * max(1, len(leads or ())) if wants_target else None
-    retain = data.retain_examples(tokenizer, spec, retain_items)
+    retain = data.retain_examples(tokenizer, spec, retain_items, every_lead if conf.retain_all_leads else None)
     concept_first = data.first_answer_tokens(tokenizer, forget) if conf.retain_without_concept_start else None
 
     # The layers below the adapter are frozen: their output for each training prompt never changes, so
