@@ -8,8 +8,7 @@ mask and training use half A; the table reports, on half B: forgetting (the conc
 top-1 rate and share on base-known prompts, median first-token rank, also with the forget prompts put
 after the other answer lead the training sets use, mean answer log-prob change)
 and locality (mean |change| of the answer log-prob on neighbour-type retain prompts, i.e. those
-whose answer is a candidate title, after their own lead and after forget_train's lead, which the
-evaluation's `neighbors` use; and on the general ones). Every config starts from the same mask
+whose answer is a candidate title, and on the general ones). Every config starts from the same mask
 and seed, and the LoRA weights are reset between configs.
 """
 from __future__ import annotations
@@ -41,9 +40,6 @@ def measure(model, tok, spec, forget_b, retain_b, other_lead: str | None = None)
     if other_lead is not None:  # the same forget prompts after another lead the training sets use
         other = spec.model_copy(update={"lead": {**spec.lead, "forget_train": other_lead}})
         out["forget_other_lead"] = [r.to_dict() for r in score_items(model, tok, other, "forget_train", forget_b)]
-    # the retain prompts after forget_train's lead: the evaluation's `neighbors` use that lead
-    under_forget_lead = spec.model_copy(update={"lead": {**spec.lead, "retain_train": spec.lead_for("forget_train")}})
-    out["retain_forget_lead"] = [r.to_dict() for r in score_items(model, tok, under_forget_lead, "retain_train", retain_b)]
     return out
 
 
@@ -62,7 +58,7 @@ def summary(base: dict, after: dict) -> dict:
     fa = [after["forget"][i] for i in known]
     neighbour = [i for i, row in enumerate(base["retain"]) if row["mc_share"] is not None]
     general = [i for i, row in enumerate(base["retain"]) if row["mc_share"] is None]
-    d = lambda i, key="retain": after[key][i]["answer_logprob"] - base[key][i]["answer_logprob"]
+    d = lambda i: after["retain"][i]["answer_logprob"] - base["retain"][i]["answer_logprob"]
     return {
         "known_n": len(known),
         "top1": mean_or_nan(float(x["mc_top1"]) for x in fa),
@@ -71,7 +67,6 @@ def summary(base: dict, after: dict) -> dict:
         "dlogp_forget": statistics.fmean(a["answer_logprob"] - b["answer_logprob"]
                                          for a, b in zip(after["forget"], base["forget"])),
         "neigh_abs": mean_or_nan(abs(d(i)) for i in neighbour),
-        "neigh_abs_forget_lead": mean_or_nan(abs(d(i, "retain_forget_lead")) for i in neighbour),
         "neigh_top1": (sum(after["retain"][i]["mc_top1"] for i in neighbour), sum(base["retain"][i]["mc_top1"] for i in neighbour)),
         "general_abs": mean_or_nan(abs(d(i)) for i in general),
         "med_rank_other_lead": median_rank_known(base["forget_other_lead"], after["forget_other_lead"])
@@ -113,9 +108,7 @@ def main() -> None:
     layers = choose_layers(ranking, mask_opts.get("num_layers", 4), mask_opts.get("layers"), info.num_layers)
     mask = mask_from_scores(combined, layers, mask_opts.get("method", "topk"), mask_opts.get("k", 256))
     print(f"attribution on half A in {time.perf_counter() - t0:.0f} s; mask {int(mask.sum())} neurons in {layers}", flush=True)
-    forget_lead = spec.lead_for("forget_train")
     print(f"config | known | top1 | share | med rank | med rank after {other_lead!r} | dlogp forget | |d| neighbour | "
-          f"|d| neighbour after {forget_lead!r} | "
           "neigh top1 after/base | |d| general | s")
     for overrides in json.loads(args.configs):
         conf = dataclasses.replace(UnlearnConfig(), **overrides)
@@ -130,8 +123,7 @@ def main() -> None:
             h.remove()
         model = adapter.model.unload()
         print(f"{json.dumps(overrides)} | {s['known_n']} | {s['top1']:.2f} | {s['share']:.3f} | {s['med_rank']} | {s['med_rank_other_lead']} | "
-              f"{s['dlogp_forget']:.2f} | {s['neigh_abs']:.2f} | {s['neigh_abs_forget_lead']:.2f} | "
-              f"{s['neigh_top1'][0]}/{s['neigh_top1'][1]} | "
+              f"{s['dlogp_forget']:.2f} | {s['neigh_abs']:.2f} | {s['neigh_top1'][0]}/{s['neigh_top1'][1]} | "
               f"{s['general_abs']:.2f} | {time.perf_counter() - t0:.0f} (steps {len(rows)})", flush=True)
 
 

@@ -209,7 +209,7 @@ def test_retain_examples_under_every_training_lead(spec):
     model, tok, info = load("tiny:llama")
     own = data.retain_examples(tok, spec, spec.retain_train)
     assert [e.prefix for e in own] == [prefix_for(tok, spec, "retain_train", it) for it in spec.retain_train]
-    assert [e.answer for e in own] == [it.answer + '"' for it in spec.retain_train]  # own lead 'The answer is "'
+    assert [e.answer for e in own] == [it.answer + '"' for it in spec.retain_train]  # both leads open a quote
     leads = data.training_leads(spec, spec.forget_train, spec.retain_train)
     every = data.retain_examples(tok, spec, spec.retain_train, leads)
     n = len(spec.retain_train)
@@ -218,8 +218,9 @@ def test_retain_examples_under_every_training_lead(spec):
         block = every[k * n : (k + 1) * n]
         assert all(e.prefix.endswith(lead) for e in block)
         assert [e.answer for e in block] == [it.answer + '"' for it in spec.retain_train]
-    movie = every[leads.index('The movie is "') * n :][:n]
-    assert [e.prefix for e in movie] != [e.prefix for e in own]
+    for i, it in enumerate(spec.retain_train):  # each item's own-lead example is among them, unchanged
+        assert every[leads.index(spec.lead_for("retain_train", it)) * n + i] == own[i]
+    assert len({e.prefix for e in every}) > len({e.prefix for e in own})  # and the other leads add new prefixes
 
 
 def test_retain_all_leads_trains_with_references_for_every_lead(tiny, spec):
