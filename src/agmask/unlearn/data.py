@@ -25,14 +25,19 @@ class Example:
     answer: str
 
 
-def forget_examples(tokenizer, spec, items, leads: list[str] | None = None) -> list[Example]:
+def _examples(tokenizer, spec, set_name: str, items, answer_of, leads: list[str] | None) -> list[Example]:
     """One example per item under its own lead or, with `leads`, one per (lead, item), lead-major."""
     def example(item, lead: str) -> Example:
-        return Example(render_prompt(tokenizer, item.prompt) + lead, spec.answers_for(item)[0] + closing_for(lead))
+        return Example(render_prompt(tokenizer, item.prompt) + lead, answer_of(item) + closing_for(lead))
 
     if not leads:
-        return [example(it, spec.lead_for("forget_train", it)) for it in items]
+        return [example(it, spec.lead_for(set_name, it)) for it in items]
     return [example(it, lead) for lead in leads for it in items]
+
+
+def forget_examples(tokenizer, spec, items, leads: list[str] | None = None) -> list[Example]:
+    """The concept's own answer after each forget prompt (its lead, or every lead in `leads`)."""
+    return _examples(tokenizer, spec, "forget_train", items, lambda it: spec.answers_for(it)[0], leads)
 
 
 def training_leads(spec, forget_items, retain_items) -> list[str]:
@@ -48,13 +53,8 @@ def target_examples(tokenizer, spec, items) -> list[Example]:
 
 
 def retain_examples(tokenizer, spec, items, leads: list[str] | None = None) -> list[Example]:
-    """One example per item under its own lead or, with `leads`, one per (lead, item), lead-major."""
-    def example(item, lead: str) -> Example:
-        return Example(render_prompt(tokenizer, item.prompt) + lead, item.answer + closing_for(lead))
-
-    if not leads:
-        return [example(it, spec.lead_for("retain_train", it)) for it in items]
-    return [example(it, lead) for lead in leads for it in items]
+    """Each retain prompt's own answer (its lead, or every lead in `leads`)."""
+    return _examples(tokenizer, spec, "retain_train", items, lambda it: it.answer, leads)
 
 
 def first_answer_tokens(tokenizer, examples: list[Example]) -> torch.Tensor:
