@@ -69,8 +69,8 @@ def ablation(model, tok, spec, top, concept_set, neighbour_set, draws: int, seed
 
 def select_retain_weight(model, tok, spec, grid: list[float], k: int, draws: int, seed: int, intermediate: int) -> tuple[float, list[dict]]:
     """Choose lambda on the training sets only (see the module docstring); returns it and one row per lambda."""
-    forget_a, forget_b = training_halves(list(spec.forget_train))
-    retain_a, retain_b = training_halves(list(spec.retain_train))
+    forget_a, forget_b = training_halves(spec.forget_train)
+    retain_a, retain_b = training_halves(spec.retain_train)
     fs = neuron_stats(model, tok, spec, "forget_train", forget_a)
     rs = neuron_stats(model, tok, spec, "retain_train", retain_a)
     sets = (("forget_train", forget_b), ("retain_train", retain_b))

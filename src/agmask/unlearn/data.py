@@ -17,6 +17,7 @@ from agmask.probing import capture, resid_hook_name
 from agmask.scoring import collate_answers, render_prompt
 from agmask.scoring.encode import AnswerBatch, closing_for
 from agmask.scoring.logprobs import decoder_and_head, hidden_states
+from agmask.unlearn.objectives import answer_and_first_logprob, first_answer_token
 
 
 @dataclass
@@ -59,8 +60,6 @@ def retain_examples(tokenizer, spec, items, leads: list[str] | None = None) -> l
 
 def first_answer_tokens(tokenizer, examples: list[Example]) -> torch.Tensor:
     """The distinct token ids that start the examples' answers (right after their prefixes)."""
-    from agmask.unlearn.objectives import first_answer_token
-
     batch = collate_answers(tokenizer, [e.prefix for e in examples], [e.answer for e in examples])
     return first_answer_token(batch.targets, batch).unique()
 
@@ -120,8 +119,6 @@ def base_answer_logprobs(model: nn.Module, tokenizer, examples: list[Example], b
     as it is (call it on the frozen base).
 
     start: (layer, per-example inputs of that layer from `layer_inputs`): the layers below are skipped."""
-    from agmask.unlearn.objectives import answer_and_first_logprob
-
     device = next(model.parameters()).device
     out = [torch.stack(answer_and_first_logprob(model, collate(tokenizer, examples[i : i + batch_size], device,
                                                                _part(start, i, batch_size))), -1).float().cpu()
