@@ -122,8 +122,10 @@ def test_skipping_the_frozen_layers_changes_nothing(spec, method):
         runs.append(([r["loss"] for r in rows], {n: p.detach().clone() for n, p in adapter.model.named_parameters()
                                                  if "lora_" in n}))
     assert runs[0][0] == pytest.approx(runs[1][0], rel=1e-4, abs=1e-6)
+    # the cached and the full forward sum in a different order: fp32 round-off, which RMU's retain weight
+    # (100) amplifies to ~2e-5 on weights of ~0.2 after 4 steps; compare at the weights' scale
     for name, value in runs[0][1].items():
-        assert torch.allclose(value, runs[1][1][name], rtol=1e-3, atol=1e-6), name
+        assert torch.allclose(value, runs[1][1][name], rtol=1e-3, atol=1e-3 * float(value.abs().max())), name
 
 
 def test_first_answer_token_is_the_first_answer_position_of_each_row(tiny, spec):
