@@ -42,7 +42,7 @@ def main() -> None:
     from agmask.lora import merged_delta
     from agmask.stages.unlearn import Config
     from agmask.unlearn import data, get_method
-    from agmask.unlearn.trainer import StepInputs
+    from agmask.unlearn.sources import Batch
 
     spec = load_concept(args.concept).spec
     base, tok, info = load(args.model, device=args.device, dtype=args.dtype)
@@ -62,8 +62,10 @@ def main() -> None:
     retain_ex = data.retain_examples(tok, spec, spec.retain_train[: args.batch])
     forget_refs = data.base_answer_logprobs(base, tok, forget_ex)  # (N, 2): sum, first token
     retain_dist = data.base_answer_distributions(base, tok, retain_ex)
-    forget, retain = data.collate(tok, forget_ex, dev), data.collate(tok, retain_ex, dev)
-    n_tokens = int(forget.attention_mask.sum() + retain.attention_mask.sum())
+    forget = Batch(data.collate(tok, forget_ex, dev), {"answer_logprob": forget_refs[:, 0].to(dev),
+                                                      "first_logprob": forget_refs[:, 1].to(dev)})
+    retain = Batch(data.collate(tok, retain_ex, dev), {"distribution": retain_dist})
+    n_tokens = int(forget.tokens.attention_mask.sum() + retain.tokens.attention_mask.sum())
 
     variants = {}
     for name, m in (("masked", mask), ("plain", None)):
@@ -74,14 +76,11 @@ def main() -> None:
 
     def step(name: str) -> float:
         adapter, params, opt = variants[name]
-        inputs = StepInputs(model=adapter.model, forget=forget, forget_ref=forget_refs[:, 0].to(dev), target=None,
-                            retain=retain, retain_dist=retain_dist, retain_resid=None, rmu_layer=max(layers),
-                            rmu_control=None, forget_first_ref=forget_refs[:, 1].to(dev))
         if dev.type == "cuda":
             torch.cuda.synchronize(dev)
         t0 = time.perf_counter()
         with torch.enable_grad():
-            terms = forget_and_retain(inputs, defaults)
+            terms = forget_and_retain(adapter.model, {"forget": forget, "retain": retain}, defaults, concept_start=None)
             terms["loss"].backward()
         torch.nn.utils.clip_grad_norm_(params, defaults.max_grad_norm)
         opt.step()

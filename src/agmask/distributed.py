@@ -48,6 +48,15 @@ def init(device: str = "cpu") -> None:
     PartialState(cpu=use_cpu(device), timeout=TIMEOUT)
 
 
+def accelerator(device: str = "cpu"):
+    """An `accelerate.Accelerator` on the process group `init` joined (CPU/gloo unless --device is cuda or auto).
+
+    The trainer uses it for DDP gradient sync, clipping and the reductions of its logged terms."""
+    from accelerate import Accelerator
+
+    return Accelerator(cpu=use_cpu(device))
+
+
 def _initialized() -> bool:
     return torch.distributed.is_available() and torch.distributed.is_initialized()
 

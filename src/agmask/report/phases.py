@@ -56,6 +56,3 @@ def phase_section(run_dir: Path, phase: Phase) -> str:
     body += "".join(json_table(p) for p in jsons)
     return section(phase.title, body, phase.anchor)
 
-
-def present_phases(run_dir: Path) -> list[Phase]:
-    return [p for p in PHASES if any(artefacts(run_dir, p))]

@@ -19,7 +19,7 @@ NAME = "unlearn"
 DIR = "unlearn"
 DEPENDS: tuple[str, ...] = ("mask",)
 EXTRA_OUTPUTS = ["adapters"]
-PARALLEL = True  # several processes: the trainer shards each batch and all-reduces the LoRA gradients
+PARALLEL = True  # several processes: the trainer shards each batch; DDP (through accelerate) averages the gradients
 
 
 @dataclass(frozen=True)

@@ -58,6 +58,31 @@ def retain_examples(tokenizer, spec, items, leads: list[str] | None = None) -> l
     return _examples(tokenizer, spec, "retain_train", items, lambda it: it.answer, leads)
 
 
+def _training_items(spec, conf) -> tuple[list, list, list[str]]:
+    """forget_train (the first `conf.max_forget` items, or all), retain_train, and every lead they use."""
+    forget_items, retain_items = list(spec.forget_train[: conf.max_forget or None]), list(spec.retain_train)
+    return forget_items, retain_items, training_leads(spec, forget_items, retain_items)
+
+
+def forget_set(tokenizer, spec, conf) -> list[Example]:
+    """The forget examples the options ask for: each prompt under its own lead, or under every training lead."""
+    items, _, leads = _training_items(spec, conf)
+    return forget_examples(tokenizer, spec, items, leads if conf.forget_all_leads else None)
+
+
+def target_set(tokenizer, spec, conf) -> list[Example]:
+    """The refusal example of each forget prompt, lined up with `forget_set` (the target has no lead: the same
+    example per item, repeated once per lead when the forget set has every lead)."""
+    items, _, leads = _training_items(spec, conf)
+    return target_examples(tokenizer, spec, items) * (max(1, len(leads)) if conf.forget_all_leads else 1)
+
+
+def retain_set(tokenizer, spec, conf) -> list[Example]:
+    """The retain examples the options ask for: each prompt under its own lead, or under every training lead."""
+    _, items, leads = _training_items(spec, conf)
+    return retain_examples(tokenizer, spec, items, leads if conf.retain_all_leads else None)
+
+
 def first_answer_tokens(tokenizer, examples: list[Example]) -> torch.Tensor:
     """The distinct token ids that start the examples' answers (right after their prefixes)."""
     batch = collate_answers(tokenizer, [e.prefix for e in examples], [e.answer for e in examples])

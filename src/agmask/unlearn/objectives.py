@@ -47,14 +47,6 @@ def gradient_ascent(logp: torch.Tensor) -> torch.Tensor:
     return logp.mean()
 
 
-def unlikelihood(model, batch: AnswerBatch) -> torch.Tensor:
-    """-sum_t log(1 - p(y_t)) over the answer tokens, mean over samples."""
-    lp = token_logprobs(model, batch)  # (B, T), 0 off the answer
-    where = batch.target_mask.bool() & batch.attention_mask.bool()
-    p = lp.exp().clamp(max=1 - 1e-6)
-    return (-(torch.log1p(-p)) * where).sum(-1).mean()
-
-
 def cross_entropy(model, batch: AnswerBatch) -> torch.Tensor:
     """Mean over samples of the summed NLL of the target tokens (labels from the attention mask)."""
     return -token_logprobs(model, batch).sum(-1).mean()

@@ -1,170 +1,122 @@
 """One trainer for every method: seeded batches, AdamW, clipping, data parallel through accelerate.
 
-Every process computes the same global batch indices and takes its shard (`idx[rank::world]`);
-loss terms are means over samples, so each shard's loss is scaled by shard/global size and the
-gradients are summed across processes (torch.distributed via accelerate): the update equals the
-one-process update on the whole batch. References (the model before this adapter trains: its
-answer log-probs on forget prompts, its distributions on retain prompts) are computed once, at
-step 0, when the new adapter is still the identity (LoRA B is zero at init).
+The method's `prepare` builds its sources and loss (a `Plan`, see `agmask.unlearn.sources`) once, at
+step 0, while the new adapter is still the identity (LoRA B is zero at init). Every process computes
+the same global batch indices per source and takes its shard (`idx[rank::world]`). The loss runs as
+the forward of a module that `Accelerator.prepare_model` wraps in DDP when several processes run, so
+DDP averages the gradients in the backward; each shard's loss is scaled by world * shard / batch, so
+the average equals the one-process gradient of the whole batch (loss terms are means over samples).
 """
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
 from typing import Callable
 
 import torch
+import torch.nn as nn
 
 from agmask import distributed
+from agmask.errors import StageError
 from agmask.lora import MaskedAdapter, trainable_parameters
 from agmask.models.checkpointing import activation_checkpointing
 from agmask.progress import SILENT, Reporter
-from agmask.unlearn import data
 from agmask.unlearn.methods import Method
+from agmask.unlearn.sources import Batch, Loss, Plan, Setup, Source
 
 
-@dataclass
-class StepInputs:
-    model: torch.nn.Module
-    forget: object  # AnswerBatch
-    forget_ref: torch.Tensor | None  # (b,) reference summed answer log-probs
-    target: object | None
-    retain: object
-    retain_dist: list | None
-    retain_resid: list | None
-    rmu_layer: int
-    rmu_control: torch.Tensor | None
-    forget_first_ref: torch.Tensor | None = None  # (b,) reference log-probs of the answers' first tokens
-    concept_first_tokens: torch.Tensor | None = None  # ids that start the concept's answers (retain_without_concept_start)
+class _StepLoss(nn.Module):
+    """The plan's loss as a module's forward: DDP syncs the gradients of what runs inside its forward."""
+
+    def __init__(self, model: nn.Module, loss: Loss):
+        super().__init__()
+        self.model = model
+        self.loss = loss
+
+    def forward(self, batches: dict[str, Batch]) -> dict[str, torch.Tensor]:
+        return self.loss(self.model, batches)
 
 
-def _accelerator(device: str):
-    from accelerate import Accelerator
-
-    return Accelerator(cpu=distributed.use_cpu(device))  # the same choice as distributed.init
-
-
-def _shard(indices: list[int], rank: int, world: int) -> list[int]:
-    return indices[rank::world]
-
-
-def _all_reduce_grads(params: list[torch.nn.Parameter], accelerator) -> None:
-    if accelerator.num_processes == 1:
-        return
-    import torch.distributed as dist
-
-    for p in params:
-        if p.grad is not None:
-            dist.all_reduce(p.grad, op=dist.ReduceOp.SUM)
+def _draw_orders(sources: dict[str, Source], gen: torch.Generator) -> dict[str, list[int]]:
+    """One seeded permutation per draw key, in the order the sources first use it."""
+    orders: dict[str, list[int]] = {}
+    for name, source in sources.items():
+        if not source.examples:
+            raise StageError(f"unlearning source {name!r} has no examples: check the concept's training sets")
+        if source.draw not in orders:
+            orders[source.draw] = torch.randperm(len(source.examples), generator=gen).tolist()
+        elif len(orders[source.draw]) != len(source.examples):
+            raise StageError(f"unlearning source {name!r} has {len(source.examples)} examples but shares draw "
+                             f"{source.draw!r} with a source of {len(orders[source.draw])}")
+    return orders
 
 
-def _global_terms(terms: dict, share: float, world: int) -> dict[str, float]:
+def _step_indices(order: list[int], step: int, batch_size: int) -> list[int]:
+    """The global batch of `step`: the next `batch_size` entries of the permutation, wrapping around."""
+    return [order[(step * batch_size + i) % len(order)] for i in range(batch_size)]
+
+
+def _global_terms(terms: dict, share: float, accelerator) -> dict[str, float]:
     """Loss terms of the whole global batch: each process's shard means, weighted by its share, summed."""
     values = torch.stack([v.detach().float().reshape(()) for v in terms.values()])
-    if world > 1:
-        values = distributed.all_reduce_sum(values * share)
+    if accelerator.num_processes > 1:
+        values = accelerator.reduce(values * share, reduction="sum")
     return dict(zip(terms, values.tolist()))
 
 
 def train(adapter: MaskedAdapter, method: Method, tokenizer, spec, conf, seed: int = 0, device: str = "cpu",
           reporter: Reporter = SILENT, on_step: Callable[[dict], None] | None = None,
-          accelerator=None, gradient_checkpointing: bool = False) -> list[dict]:
+          gradient_checkpointing: bool = False) -> list[dict]:
     """Train `adapter` with `method`'s loss for conf.steps steps (or until early stop). Returns the log rows.
 
     gradient_checkpointing: recompute decoder layers in the backward (less memory, same loss).
     """
-    accelerator = accelerator or _accelerator(device)
+    accelerator = distributed.accelerator(device)
     rank, world = accelerator.process_index, accelerator.num_processes
+    if conf.batch_size < world:
+        raise StageError(f"unlearn.batch_size is {conf.batch_size} but {world} processes train: each needs at "
+                         f"least one example per step; set --set unlearn.batch_size={world} or more")
     model = adapter.model
     model.eval()  # no dropout; LoRA dropout is 0 anyway
     dev = next(model.parameters()).device
-    forget_items = spec.forget_train[: conf.max_forget or None]
-    retain_items = spec.retain_train
-    every_lead = data.training_leads(spec, forget_items, retain_items)
-    leads = every_lead if conf.forget_all_leads else None
-    forget = data.forget_examples(tokenizer, spec, forget_items, leads)
-    wants_target = "target" in method.needs or ("target_if_weighted" in method.needs and conf.target_weight > 0)
-    # the refusal target has no lead: the same example per item, repeated to line up with `forget`
-    target = data.target_examples(tokenizer, spec, forget_items) * max(1, len(leads or ())) if wants_target else None
-    retain = data.retain_examples(tokenizer, spec, retain_items, every_lead if conf.retain_all_leads else None)
-    concept_first = data.first_answer_tokens(tokenizer, forget) if conf.retain_without_concept_start else None
-
-    # The layers below the adapter are frozen: their output for each training prompt never changes, so
-    # it is computed once and every step (and the references below) runs only the layers from the first
-    # adapted one up.
-    first = min(adapter.layers) if conf.cache_frozen_layers and adapter.layers else 0
-    starts = {}
-    if first > 0:
-        starts = {"forget": data.layer_inputs(model, tokenizer, forget, first),
-                  "retain": data.layer_inputs(model, tokenizer, retain, first)}
-        if target is not None:
-            starts["target"] = data.layer_inputs(model, tokenizer, target, first)
-
-    def start_of(kind: str):
-        return (first, starts[kind]) if starts else None
-
-    # references from the model as it is now: the new adapter is still the identity
-    forget_refs = data.base_answer_logprobs(model, tokenizer, forget, start=start_of("forget")) \
-        if "forget_ref" in method.needs else None
-    retain_dist = data.base_answer_distributions(model, tokenizer, retain, start=start_of("retain")) \
-        if "retain_dist" in method.needs else None
-    rmu_layer = max(adapter.layers)
-    retain_resid = data.base_residuals(model, tokenizer, retain, rmu_layer) if "retain_resid" in method.needs else None
-
-    def batch(kind: str, examples: list, idx: list[int]):
-        start = (first, [starts[kind][i] for i in idx]) if starts else None
-        return data.collate(tokenizer, [examples[i] for i in idx], dev, start)
-
     gen = torch.Generator().manual_seed(seed)
-    control = None
-    if method.name == "rmu":
-        hidden = model.get_base_model().config.hidden_size
-        control = torch.rand(hidden, generator=gen)
-        control = conf.rmu_steering * control / control.norm()
+    # The layers below the adapter are frozen: their output for each training prompt never changes, so
+    # the sources compute it once and every step runs only the layers from the first adapted one up.
+    cached = min(adapter.layers) if conf.cache_frozen_layers and adapter.layers else 0
+    plan: Plan = method.prepare(Setup(model, tokenizer, spec, conf, list(adapter.layers), gen, cached))
+    orders = _draw_orders(plan.sources, gen)
 
     params = trainable_parameters(adapter)
     opt = torch.optim.AdamW(params, lr=conf.lr, weight_decay=conf.weight_decay)
-    f_order = torch.randperm(len(forget), generator=gen).tolist()
-    r_order = torch.randperm(len(retain), generator=gen).tolist()
     rows: list[dict] = []
     recent: list[float] = []
     start = time.perf_counter()
+    # DDP-wrapped with several processes, the module itself with one; the model stays on its device. The
+    # accelerator and the wrapper are local: both go (DDP's gradient hooks with them) when train returns.
+    step_loss = accelerator.prepare_model(_StepLoss(model, plan.loss), device_placement=False)
     with reporter.task(f"unlearning ({method.name})", conf.steps) as advance, \
             activation_checkpointing(model, gradient_checkpointing):
         for step in range(conf.steps):
-            f_idx = [f_order[(step * conf.batch_size + i) % len(forget)] for i in range(conf.batch_size)]
-            r_idx = [r_order[(step * conf.batch_size + i) % len(retain)] for i in range(conf.batch_size)]
-            f_local, r_local = _shard(f_idx, rank, world), _shard(r_idx, rank, world)
-            inputs = StepInputs(
-                model=model,
-                forget=batch("forget", forget, f_local),
-                forget_ref=forget_refs[f_local, 0].to(dev) if forget_refs is not None else None,
-                forget_first_ref=forget_refs[f_local, 1].to(dev) if forget_refs is not None else None,
-                target=batch("target", target, f_local) if target is not None else None,
-                retain=batch("retain", retain, r_local),
-                retain_dist=[retain_dist[i] for i in r_local] if retain_dist is not None else None,
-                retain_resid=[retain_resid[i] for i in r_local] if retain_resid is not None else None,
-                rmu_layer=rmu_layer, rmu_control=control, concept_first_tokens=concept_first,
-            )
+            local = {draw: _step_indices(order, step, conf.batch_size)[rank::world] for draw, order in orders.items()}
+            batches = {name: source.batch(local[source.draw], tokenizer, dev) for name, source in plan.sources.items()}
+            share = len(next(iter(local.values()))) / conf.batch_size  # the same for every draw
             with torch.enable_grad():
-                terms = method.loss(inputs, conf)
-                (terms["loss"] * (len(f_local) / conf.batch_size)).backward()
-            _all_reduce_grads(params, accelerator)
-            grad_norm = torch.nn.utils.clip_grad_norm_(params, conf.max_grad_norm)
+                terms = step_loss(batches)
+                accelerator.backward(terms["loss"] * (share * world))  # DDP averages over the processes
+            grad_norm = accelerator.clip_grad_norm_(params, conf.max_grad_norm)
             opt.step()
             opt.zero_grad(set_to_none=True)
-            logged = _global_terms(terms, len(f_local) / conf.batch_size, world)
+            logged = _global_terms(terms, share, accelerator)
             row = {"step": step + 1, **logged, "grad_norm": float(grad_norm),
                    "seconds": round(time.perf_counter() - start, 2)}
             rows.append(row)
             if on_step and accelerator.is_main_process:
                 on_step(row)
             advance(1)
-            if "forget_logratio" in terms:
+            if plan.early_stop_term and conf.early_stop_nats > 0:
                 # every process must take the same decision: average the criterion over processes
-                ratio = accelerator.reduce(terms["forget_logratio"].detach().reshape(1), reduction="mean")
-                recent = (recent + [float(ratio)])[-3:]
-                if conf.early_stop_nats > 0 and len(recent) == 3 and sum(recent) / 3 <= -conf.early_stop_nats:
-                    reporter.log(f"early stop at step {step + 1}: forget log-ratio {sum(recent) / 3:.2f} nats")
+                value = accelerator.reduce(terms[plan.early_stop_term].detach().reshape(1), reduction="mean")
+                recent = (recent + [float(value)])[-3:]
+                if len(recent) == 3 and sum(recent) / 3 <= -conf.early_stop_nats:
+                    reporter.log(f"early stop at step {step + 1}: {plan.early_stop_term} {sum(recent) / 3:.2f} nats")
                     break
     return rows

@@ -1,4 +1,7 @@
-"""The method registry: a method is its loss plus the parameterisation it trains.
+"""The method registry: a method is its data and loss (`prepare` -> `Plan`) plus the parameterisation it trains.
+
+`prepare(setup)` builds the method's sources (examples + references) and returns them with the loss
+(see `agmask.unlearn.sources`); the trainer runs any method the same way.
 
 Parameterisations (all LoRA on the same targets and rank):
   mask        the attribution mask (AG-Masked-LoRA)
@@ -20,8 +23,7 @@ PARAMETERISATIONS = ("mask", "random", "unmasked")
 class Method:
     name: str
     parameterisation: str
-    loss: Callable  # (StepInputs, conf) -> dict[str, Tensor] with key "loss"
-    needs: tuple[str, ...]  # to precompute: "forget_ref", "retain_dist", "retain_resid", "target", "target_if_weighted"
+    prepare: Callable  # (sources.Setup) -> sources.Plan: the sources it draws every step and its loss
     description: str
 
 

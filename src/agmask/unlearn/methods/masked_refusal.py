@@ -2,18 +2,29 @@
 
 DESIGN.md records that this teaches a refusal behaviour, not forgetting: kept as a baseline.
 """
+from functools import partial
+
 from agmask.unlearn import objectives as obj
 from agmask.unlearn.methods import Method
+from agmask.unlearn.sources import Plan, Setup, retain_source, target_source
 
 
-def loss(inputs, conf) -> dict:
-    terms = {"target_ce": obj.cross_entropy(inputs.model, inputs.target)}
+def loss(model, batches, retain_weight: float) -> dict:
+    terms = {"target_ce": obj.cross_entropy(model, batches["target"].tokens)}
     total = terms["target_ce"]
-    if conf.retain_weight > 0:
-        terms["retain_kl"] = obj.kl_to_base(inputs.model, inputs.retain, inputs.retain_dist)
-        total = total + conf.retain_weight * terms["retain_kl"]
+    if "retain" in batches:
+        retain = batches["retain"]
+        terms["retain_kl"] = obj.kl_to_base(model, retain.tokens, retain.refs["distribution"])
+        total = total + retain_weight * terms["retain_kl"]
     terms["loss"] = total
     return terms
 
 
-METHOD = Method("masked_refusal", "mask", loss, ("retain_dist", "target"), "refusal CE + KL retain; masked")
+def prepare(setup: Setup) -> Plan:
+    sources = {"target": target_source(setup)}
+    if setup.conf.retain_weight > 0:
+        sources["retain"] = retain_source(setup)
+    return Plan(sources, partial(loss, retain_weight=setup.conf.retain_weight))
+
+
+METHOD = Method("masked_refusal", "mask", prepare, "refusal CE + KL retain; masked")

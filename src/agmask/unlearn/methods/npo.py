@@ -1,12 +1,20 @@
 """Baseline: NPO on the concept's answer (no retain term), plain LoRA on the same layers."""
+from functools import partial
+
 from agmask.unlearn import objectives as obj
 from agmask.unlearn.methods import Method
+from agmask.unlearn.sources import Plan, Setup, forget_source
 
 
-def loss(inputs, conf) -> dict:
-    logp = obj.answer_logprob(inputs.model, inputs.forget)
-    return {"loss": obj.npo(logp, inputs.forget_ref, conf.npo_beta),
-            "forget_logratio": (logp.detach() - inputs.forget_ref).mean()}
+def loss(model, batches, beta: float) -> dict:
+    forget = batches["forget"]
+    logp, ref = obj.answer_logprob(model, forget.tokens), forget.refs["answer_logprob"]
+    return {"loss": obj.npo(logp, ref, beta), "forget_logratio": (logp.detach() - ref).mean()}
 
 
-METHOD = Method("npo", "unmasked", loss, ("forget_ref",), "NPO on the answer; unmasked")
+def prepare(setup: Setup) -> Plan:
+    return Plan({"forget": forget_source(setup)}, partial(loss, beta=setup.conf.npo_beta),
+                early_stop_term="forget_logratio")
+
+
+METHOD = Method("npo", "unmasked", prepare, "NPO on the answer; unmasked")
