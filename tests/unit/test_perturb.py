@@ -186,7 +186,8 @@ def test_concept_without_perturbable_items_is_a_clean_error(tmp_path, tiny_conce
     assert code != 0 and len(err.strip().splitlines()) == 1 and "Traceback" not in err
 
 
-@pytest.mark.parametrize("option", [{"samples": -1}, {"base_prompts": 0}, {"top_p": 1.5}, {"temperature": 0}])
+@pytest.mark.parametrize("option", [{"samples": -1}, {"base_prompts": 0}, {"top_p": 1.5}, {"temperature": 0},
+                                    {"recommend_prompts": -1}])
 def test_bad_options_are_clean_errors(tmp_path, tiny_concept_path, option):
     with pytest.raises(AgmaskError, match="bad option for stage perturb"):
         run_pipeline(_tiny_cfg(tmp_path, tiny_concept_path, **option), stages=["perturb"])
