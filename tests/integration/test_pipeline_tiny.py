@@ -86,3 +86,28 @@ def test_incremental_mode_stacks_adapters_and_writes_a_regression_table(tmp_path
         ("tinyfilm", "tinyfilm"), ("tinypark", "tinyfilm"), ("tinypark", "tinypark")]
     assert all(r["forget_eval"]["base_known_n"] <= 2 for r in regression)
     assert read_json(tmp_path / "inc" / "manifest.json")["concepts"] == [str(tiny_concept_path), str(second)]
+
+
+def test_recommendation_sets_run_end_to_end_on_tiny_llama(tmp_path, tiny_concept_path, capsys):
+    """Issue 17: recommend_eval through perturb, evaluate, the report and the CLI summary (demo presets)."""
+    from agmask.cli.summary import print_eval_summary
+    from agmask.concepts import load_concept
+
+    cfg = RunConfig(model="tiny:llama", concepts=[str(tiny_concept_path)], run_dir=tmp_path / "rec", overrides=FAST)
+    run_pipeline(cfg)
+    run_dir, spec = cfg.run_dir, load_concept(str(tiny_concept_path)).spec
+    block = read_json(run_dir / "perturb" / "stability.json")["recommend"]
+    assert len(block["per_request"]) == 2 and (run_dir / "perturb" / "recommend_stability.png").is_file()
+    metrics = read_json(run_dir / "eval" / "metrics.json")["metrics"]
+    rate, pref = metrics["recommendation_rate"], metrics["recommendation_preference"]
+    assert rate["n"] == pref["n"] == len(spec.recommend_eval) and rate["samples_per_prompt"] == 8
+    assert [len(p["top"]["adapted"]) for p in pref["per_prompt"]] == [3] * pref["n"]
+    assert pref["kl_remaining_mean"] >= 0 and 0 <= pref["top_remaining_unchanged"] <= 1
+    samples = read_jsonl(run_dir / "eval" / "recommendations.jsonl")
+    assert [len(r["adapted"]) for r in samples] == [8] * len(spec.recommend_eval)
+    page = (run_dir / "report.html").read_text(encoding="utf-8")
+    assert 'id="recommendations"' in page and spec.recommend_eval[0].prompt in page
+    capsys.readouterr()
+    print_eval_summary(run_dir)
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 7 and lines[-1].startswith("recommendations (recommend_eval, n=4)")

@@ -8,7 +8,7 @@ from agmask.concepts import EVAL_SETS, TRAIN_SETS, load_concept, shipped_concept
 from agmask.errors import ConceptError
 
 MINIMUM = {"forget_train": 40, "forget_eval": 40, "probes": 15, "neighbors": 30, "retain_train": 30,
-           "retain_eval": 30, "relearn": 20}
+           "retain_eval": 30, "relearn": 20, "recommend_train": 20, "recommend_eval": 20}
 
 
 @pytest.mark.parametrize("name", shipped_concepts())
@@ -25,7 +25,8 @@ def test_shipped_concepts_meet_the_minimum_sizes(name):
 @pytest.mark.parametrize("name", shipped_concepts())
 def test_shipped_concepts_do_not_give_the_answer_away(name):
     spec = load_concept(name).spec
-    for set_name in ("forget_train", "forget_eval", "neighbors", "retain_train", "retain_eval", "relearn"):
+    for set_name in ("forget_train", "forget_eval", "neighbors", "retain_train", "retain_eval", "relearn",
+                     "recommend_train", "recommend_eval"):
         for item in spec.items(set_name):
             assert not any(a.casefold() in item.prompt.casefold() for a in spec.answers), (set_name, item.prompt)
     for item in spec.neighbors:
@@ -90,7 +91,10 @@ def test_missing_set(tmp_path, good):
 def test_overlap_between_training_and_evaluation(tmp_path, good, train, evaluation):
     item = dict(good[evaluation][0])
     item["prompt"] = "  " + item["prompt"].upper() + " "  # case and whitespace do not hide an overlap
-    item["answer"] = item.get("answer") or "something"
+    if train == "recommend_train":  # a recommendation item has no answer or facts of its own
+        item.pop("answer", None), item.pop("facts", None)
+    else:
+        item["answer"] = item.get("answer") or "something"
     good[train].append(item)
     message = _error(tmp_path, good)
     assert evaluation in message and train in message and "overlap" in message
@@ -140,3 +144,51 @@ def test_unknown_shipped_name_and_missing_file():
         load_concept("nope")
     with pytest.raises(ConceptError, match="does not exist"):
         load_concept("/nonexistent/concept.yaml")
+
+
+def test_recommend_sets_are_optional_and_default_to_the_recommend_lead(tiny_concept_path):
+    old = load_concept(str(tiny_concept_path.parent / "tiny_concept2.yaml")).spec  # a file without them
+    assert old.recommend_train == [] and old.recommend_eval == []
+    spec = load_concept(str(tiny_concept_path)).spec
+    assert len(spec.recommend_train) == 3 and len(spec.recommend_eval) == 4
+    assert spec.lead_for("recommend_eval") == spec.lead_for("recommend_train") == 'I recommend "'
+    assert spec.lead_for("forget_eval") == 'The movie is "'
+    assert spec.concept_candidates() == [0]
+
+
+def test_recommend_lead_can_be_set(tmp_path, good):
+    good["lead"]["recommend_eval"] = 'My pick is "'
+    assert load_concept(_write(tmp_path, good)).spec.lead_for("recommend_eval") == 'My pick is "'
+
+
+@pytest.mark.parametrize("key, value", [("answer", "Memento"), ("facts", ["Nolan"])])
+def test_recommend_items_take_no_answer_or_facts(tmp_path, good, key, value):
+    good["recommend_eval"][1][key] = value
+    message = _error(tmp_path, good)
+    assert "field recommend_eval:" in message and "item 1" in message and "no `answer` or `facts`" in message
+
+
+@pytest.mark.parametrize("recommend, other", [("recommend_train", "forget_train"), ("recommend_eval", "forget_eval"),
+                                              ("recommend_eval", "neighbors"), ("recommend_train", "relearn")])
+def test_recommend_prompts_appear_in_no_other_set(tmp_path, good, recommend, other):
+    """Train/train and eval/eval pairs too: a recommendation prompt belongs to its set alone."""
+    good[recommend].append({"prompt": good[other][0]["prompt"].lower()})
+    message = _error(tmp_path, good)
+    assert recommend in message and other in message and "share no prompt" in message
+
+
+def test_recommend_eval_and_train_do_not_overlap(tmp_path, good):
+    good["recommend_train"].append({"prompt": good["recommend_eval"][0]["prompt"]})
+    message = _error(tmp_path, good)
+    assert "recommend_eval" in message and "recommend_train" in message and "overlap" in message
+
+
+@pytest.mark.parametrize("name", shipped_concepts())
+def test_shipped_recommend_prompts_are_open_requests(name):
+    """Recommendation prompts spread over at least five kinds of request (director, actor, genre, ...), each
+    kind with two or more prompts."""
+    spec = load_concept(name).spec
+    for set_name in ("recommend_train", "recommend_eval"):
+        kinds = [it.family for it in spec.items(set_name)]
+        assert None not in kinds and len(set(kinds)) >= 5, set_name
+        assert all(kinds.count(k) >= 2 for k in set(kinds)), set_name

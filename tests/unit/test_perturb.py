@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 import yaml
@@ -185,7 +186,8 @@ def test_concept_without_perturbable_items_is_a_clean_error(tmp_path, tiny_conce
     assert code != 0 and len(err.strip().splitlines()) == 1 and "Traceback" not in err
 
 
-@pytest.mark.parametrize("option", [{"samples": -1}, {"base_prompts": 0}, {"top_p": 1.5}, {"temperature": 0}])
+@pytest.mark.parametrize("option", [{"samples": -1}, {"base_prompts": 0}, {"top_p": 1.5}, {"temperature": 0},
+                                    {"recommend_prompts": -1}])
 def test_bad_options_are_clean_errors(tmp_path, tiny_concept_path, option):
     with pytest.raises(AgmaskError, match="bad option for stage perturb"):
         run_pipeline(_tiny_cfg(tmp_path, tiny_concept_path, **option), stages=["perturb"])
@@ -198,3 +200,73 @@ def test_outputs_are_json_lines(tmp_path, tiny_concept_path):
     for line in (cfg.run_dir / "perturb" / "outputs.jsonl").read_text().splitlines():
         r = json.loads(line)
         assert r["answer"] == extract_answer(r["generation"], '"')[0]
+
+
+@pytest.mark.parametrize("concept", ["inception", "jurassic-park"])
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_every_family_changes_every_shipped_recommend_prompt(family, concept):
+    fn = FAMILIES[family]
+    for i, item in enumerate(load_concept(concept).spec.recommend_eval):
+        out = fn(item.prompt, family_rng(0, family, i))
+        assert out != item.prompt and out.strip(), (family, item.prompt)
+
+
+def _rec_row(i, family, base, answer, sample, mc_top):
+    return {"prompt_index": i, "family": family, "base_index": base, "prompt": f"p{i}", "changed": family != ORIGINAL,
+            "sample": sample, "answer": answer, "hit": answer == "inception", "answer_logprob": -1.0, "mc_share": 0.2,
+            "mc_top1": mc_top == "Inception", "mc_top": mc_top}
+
+
+def test_recommend_stability_on_hand_made_rows():
+    from agmask.perturb.recommend import recommend_stability
+
+    rows = [_rec_row(0, ORIGINAL, 0, "interstellar", GREEDY, "Interstellar"), _rec_row(0, ORIGINAL, 0, "interstellar", 0, "Interstellar"),
+            _rec_row(1, ORIGINAL, 1, "titanic", GREEDY, "Inception"), _rec_row(1, ORIGINAL, 1, "inception", 0, "Inception"),
+            _rec_row(2, "synonym", 0, "memento", GREEDY, "Interstellar"), _rec_row(2, "synonym", 0, "interstellar", 0, "Interstellar"),
+            _rec_row(3, "synonym", 1, "titanic", GREEDY, "Titanic"), _rec_row(3, "synonym", 1, "titanic", 0, "Titanic")]
+    block = recommend_stability(rows, ["request 0", "request 1"])
+    r0, r1 = block["per_request"]["0"], block["per_request"]["1"]
+    assert r0["prompt"] == "request 0" and r0["wordings"] == 2
+    assert (r0["greedy"]["consistency"], r0["greedy"]["distinct"], r0["greedy"]["entropy_bits"]) == (0.5, 2, pytest.approx(1.0))
+    h = -(0.75 * math.log2(0.75) + 0.25 * math.log2(0.25))
+    assert (r0["all"]["consistency"], r0["all"]["distinct"], r0["all"]["entropy_bits"]) == (0.75, 2, pytest.approx(h))
+    assert (r0["mc_top"]["consistency"], r0["mc_top"]["distinct"]) == (1.0, 1)
+    assert (r1["greedy"]["consistency"], r1["mc_top"]["consistency"], r1["mc_top"]["modal"]) == (1.0, 0.5, "Inception")
+    means = block["across_wordings"]
+    assert means["greedy"] == {"consistency": 0.75, "distinct": 1.5, "entropy_bits": pytest.approx(0.5)}
+    assert means["mc_top"] == {"consistency": 0.75, "distinct": 1.5, "entropy_bits": pytest.approx(0.5)}
+    assert block["families"]["synonym"]["flip_rate"] == 0.5  # request 0's greedy title moved
+    assert block["families"][ORIGINAL]["hit_rate"] == 0.25  # the concept was recommended once in four
+
+
+def test_stage_perturbs_recommendation_requests(tmp_path, tiny_concept_path):
+    cfg = _tiny_cfg(tmp_path, tiny_concept_path, recommend_prompts=3)
+    run_pipeline(cfg, stages=["perturb"])
+    out = cfg.run_dir / "perturb"
+    rows = read_jsonl(out / "recommend_outputs.jsonl")
+    assert len(rows) == (1 + len(FAMILIES)) * 3 * (1 + 2)  # 3 requests x (original + families), greedy + 2 samples
+    assert {r["family"] for r in rows} == {ORIGINAL, *FAMILIES}
+    spec = load_concept(str(tiny_concept_path)).spec
+    block = read_json(out / "stability.json")["recommend"]
+    assert block["lead"] == 'I recommend "' and len(block["base_prompts"]) == 3
+    assert set(block["base_families"]) <= {it.family for it in spec.recommend_eval}
+    assert len(set(block["base_families"])) == 3  # spread over the kinds of request
+    for request in block["per_request"].values():
+        assert request["wordings"] == 1 + len(FAMILIES)
+        for view in ("greedy", "all", "mc_top"):
+            assert 0 < request[view]["consistency"] <= 1 and request[view]["distinct"] >= 1
+    assert set(block["families"]) == {ORIGINAL, *FAMILIES}
+    for png in ("recommend_stability.png", "recommend_heatmap.png"):
+        assert (out / png).read_bytes()[:8] == PNG_MAGIC
+    assert len(read_jsonl(out / "outputs.jsonl")) == ((1 + len(FAMILIES)) * 2 + 1) * 3  # forget_eval part as before
+
+
+@pytest.mark.parametrize("which", ["no set", "zero prompts"])
+def test_stage_skips_recommendations_with_a_note(tmp_path, tiny_concept_path, which):
+    concept = tiny_concept_path.parent / "tiny_concept2.yaml" if which == "no set" else tiny_concept_path
+    cfg = _tiny_cfg(tmp_path, concept, **({"recommend_prompts": 0} if which == "zero prompts" else {}))
+    run_pipeline(cfg, stages=["perturb"])
+    block = read_json(cfg.run_dir / "perturb" / "stability.json")["recommend"]
+    assert block == {"skipped": "concept tinypark has no recommend_eval set" if which == "no set"
+                     else "recommend_prompts is 0"}
+    assert not (cfg.run_dir / "perturb" / "recommend_outputs.jsonl").exists()

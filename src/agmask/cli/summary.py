@@ -24,12 +24,18 @@ def baseline_table(summary: dict, title: str) -> Table:
 
 
 def eval_summary(run_dir: Path) -> list[str]:
-    """The five-line summary (forget, locality, utility, fluency, worst attack) from eval/metrics.json."""
+    """The five-line summary (forget, locality, utility, fluency, worst attack) from eval/metrics.json, and a
+    sixth line on recommendations when they were measured."""
     from agmask.files import read_json
     from agmask.report.headline import headline_lines
+    from agmask.report.recommend import recommend_line
 
     path = Path(run_dir) / "eval" / "metrics.json"
-    return headline_lines(read_json(path)["metrics"]) if path.is_file() else []
+    if not path.is_file():
+        return []
+    metrics = read_json(path)["metrics"]
+    extra = recommend_line(metrics)
+    return headline_lines(metrics) + ([extra] if extra else [])
 
 
 def print_eval_summary(run_dir: Path, report: Path | None = None) -> None:

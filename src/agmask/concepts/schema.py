@@ -2,6 +2,9 @@
 
 A concept is what to forget (`answers`), what the model should say instead (`forget_target`),
 and seven prompt sets with strict roles (see DESIGN.md): training sets never overlap evaluation sets.
+Two optional sets hold open recommendation prompts where the concept is one plausible pick among
+several (`recommend_train` counts as training, `recommend_eval` as evaluation); their prompts appear in
+no other set, and their answer is always the concept among its `candidates`, after `I recommend "`.
 """
 from __future__ import annotations
 
@@ -9,11 +12,17 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-SET_NAMES = ("forget_train", "forget_eval", "probes", "neighbors", "retain_train", "retain_eval", "relearn")
-TRAIN_SETS = ("forget_train", "retain_train", "relearn")
-EVAL_SETS = ("forget_eval", "probes", "neighbors", "retain_eval")
-SetName = Literal["forget_train", "forget_eval", "probes", "neighbors", "retain_train", "retain_eval", "relearn"]
+RECOMMEND_SETS = ("recommend_train", "recommend_eval")  # optional: empty in a concept file without them
+SET_NAMES = ("forget_train", "forget_eval", "probes", "neighbors", "retain_train", "retain_eval", "relearn",
+             *RECOMMEND_SETS)
+TRAIN_SETS = ("forget_train", "retain_train", "relearn", "recommend_train")
+EVAL_SETS = ("forget_eval", "probes", "neighbors", "retain_eval", "recommend_eval")
+SetName = Literal["forget_train", "forget_eval", "probes", "neighbors", "retain_train", "retain_eval", "relearn",
+                  "recommend_train", "recommend_eval"]
 DEFAULT_LEAD = 'The answer is "'
+# The reply to a recommendation prompt starts with the recommended title: the candidate distribution after
+# this lead is the model's preference among the concept's `candidates`.
+RECOMMEND_LEAD = 'I recommend "'
 
 
 class _Strict(BaseModel):
@@ -48,6 +57,12 @@ class ConceptSpec(_Strict):
     retain_train: list[PromptItem] = Field(min_length=1)
     retain_eval: list[PromptItem] = Field(min_length=1)
     relearn: list[PromptItem] = Field(min_length=1)
+    recommend_train: list[PromptItem] = Field(default_factory=list, description=(
+        "open recommendation prompts (genre, director, actor, mood, era; `family` tags the kind) where the concept "
+        "is one plausible pick among the candidates: training only"))
+    recommend_eval: list[PromptItem] = Field(default_factory=list, description=(
+        "held-out recommendation prompts: how often the concept is recommended, and whether the other "
+        "recommendations stay; evaluation only"))
 
     @field_validator("answers", "candidates")
     @classmethod
@@ -66,6 +81,15 @@ class ConceptSpec(_Strict):
                 raise ValueError(f"item {i} ({item.prompt[:40]!r}) needs an answer")
         return v
 
+    @field_validator("recommend_train", "recommend_eval")
+    @classmethod
+    def _concept_is_the_answer(cls, v: list[PromptItem]) -> list[PromptItem]:
+        for i, item in enumerate(v):
+            if item.answer is not None or item.facts:
+                raise ValueError(f"item {i} ({item.prompt[:40]!r}): a recommendation item has no `answer` or `facts` "
+                                 "(its answer is the concept, scored among the candidates); remove them")
+        return v
+
     @model_validator(mode="after")
     def _cross_checks(self) -> "ConceptSpec":
         if self.answers[0].casefold() not in {c.casefold() for c in self.candidates}:
@@ -79,7 +103,19 @@ class ConceptSpec(_Strict):
                 if _norm(item.prompt) in seen:
                     raise ValueError(f"{name} prompt {item.prompt[:60]!r} also appears in {seen[_norm(item.prompt)]} "
                                      "(training and evaluation sets must not overlap)")
+        self._recommend_prompts_are_their_own()
         return self
+
+    def _recommend_prompts_are_their_own(self) -> None:
+        """A recommendation prompt appears in no other set (the train/eval check above covers the pair of them)."""
+        where: dict[str, str] = {}
+        for name in SET_NAMES:
+            for item in getattr(self, name):
+                key = _norm(item.prompt)
+                other = where.setdefault(key, name)
+                if other != name and (name in RECOMMEND_SETS or other in RECOMMEND_SETS):
+                    raise ValueError(f"{name} prompt {item.prompt[:60]!r} also appears in {other} "
+                                     "(recommendation sets share no prompt with any other set)")
 
     def items(self, set_name: str) -> list[PromptItem]:
         return list(getattr(self, set_name))
@@ -88,7 +124,7 @@ class ConceptSpec(_Strict):
         """The answer lead of `item` (its own `lead` when it has one), else of the set."""
         if isinstance(item, PromptItem) and item.lead is not None:
             return item.lead
-        return self.lead.get(set_name, DEFAULT_LEAD)
+        return self.lead.get(set_name, RECOMMEND_LEAD if set_name in RECOMMEND_SETS else DEFAULT_LEAD)
 
     def answers_for(self, item: PromptItem) -> list[str]:
         """Aliases to score: the item's own answer, else the concept's answers (max over aliases)."""
@@ -96,6 +132,10 @@ class ConceptSpec(_Strict):
 
     def is_concept_answer(self, answer: str) -> bool:
         return answer.casefold() in {a.casefold() for a in self.answers}
+
+    def concept_candidates(self) -> list[int]:
+        """Indices of the candidates that name the concept (its canonical answer, and any alias listed)."""
+        return [i for i, c in enumerate(self.candidates) if self.is_concept_answer(c)]
 
 
 def _norm(text: str) -> str:

@@ -30,14 +30,17 @@ class EvalConfig:
     relearn_steps: int = field(default=20, metadata={"help": "LoRA steps of the relearning attack on `relearn`"})
     relearn_lr: float = field(default=2e-3, metadata={"help": "learning rate of the relearning attack"})
     relearn_batch: int = field(default=4, metadata={"help": "relearn passages per attack step"})
+    recommend_samples: int = field(default=20, metadata={
+        "help": "sampled replies (temperature 1) per recommend_eval prompt for the recommendation rate; 0 = skip it"})
+    recommend_tokens: int = field(default=16, metadata={"help": "tokens per sampled recommendation, after the lead"})
     metrics: tuple[str, ...] = field(default=(), metadata={"help": "metrics to compute; empty = every registered one"})
 
     def __post_init__(self):
-        for name in ("max_items", "adversarial_per_family", "corpus_tokens", "few_shot"):
+        for name in ("max_items", "adversarial_per_family", "corpus_tokens", "few_shot", "recommend_samples"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0")
         for name in ("generation_tokens", "free_generation_tokens", "batch_size", "generation_batch_size",
-                     "corpus_window"):
+                     "corpus_window", "recommend_tokens"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1")
         bits = tuple(int(b) for b in self.quant_bits)
@@ -59,6 +62,6 @@ class EvalConfig:
 PRESETS = {
     "demo": {"max_items": 8, "adversarial_per_family": 1, "generation_tokens": 12, "free_generation_tokens": 16,
              "corpus_tokens": 512, "kl_sets": ("neighbors", "retain_eval"), "lens_sets": ("forget_eval", "neighbors"),
-             "relearn_steps": 10},
+             "relearn_steps": 10, "recommend_samples": 8, "recommend_tokens": 10},
     "full": {},
 }

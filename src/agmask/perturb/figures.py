@@ -141,3 +141,45 @@ def examples_figure(rows: list[dict], path: Path, title: str) -> None:
     table.scale(1, 3.0)
     ax.set_title(f"{title} (question Q{base})")
     save_figure(fig, path)
+
+
+def recommend_figure(block: dict, path: Path, title: str) -> None:
+    """Recommendation requests under perturbation. Left: per request, the consistency of its recommended title
+    across its wordings (greedy title, every generation, top candidate of the MC view), distinct titles on top.
+    Right: per family, the flip rate of the greedy title vs the original wording and the concept's MC share."""
+    views = (("greedy", "greedy title"), ("all", "every generation"), ("mc_top", "top MC candidate"))
+    requests = block["per_request"]
+    keys = list(requests)
+    x = np.arange(len(keys))
+    fig = Figure(figsize=(max(11.0, 1.3 * len(keys) + 8), 5.0))
+    ax, ax_fam = fig.subplots(1, 2, gridspec_kw={"width_ratios": [max(len(keys), 2), 3]})
+    width = 0.27
+    for k, (view, label) in enumerate(views):
+        vals = [np.nan if requests[q][view]["consistency"] is None else requests[q][view]["consistency"] for q in keys]
+        bars = ax.bar(x + (k - 1) * width, vals, width, label=label)
+        for bar, q in zip(bars, keys):
+            ax.annotate(str(requests[q][view]["distinct"]), (bar.get_x() + bar.get_width() / 2, bar.get_height()),
+                        ha="center", va="bottom", fontsize=7)
+    ax.set_xticks(x, [f"R{q}\n{_cut(requests[q]['prompt'], 24)}" for q in keys], fontsize=7)
+    ax.set_ylim(0, 1.1)
+    ax.set_ylabel("consistency across wordings (modal share)")
+    ax.set_title("per request (number on a bar: distinct titles)", fontsize=9)
+    ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.18), ncol=3)
+    ax.grid(axis="y", alpha=0.3)
+    fams = [f for f in block["families"]]
+    fx = np.arange(len(fams))
+    flips = [np.nan if block["families"][f]["flip_rate"] is None else block["families"][f]["flip_rate"] for f in fams]
+    share = [np.nan if block["families"][f]["mc_share_mean"] is None else block["families"][f]["mc_share_mean"]
+             for f in fams]
+    ax_fam.bar(fx - 0.2, flips, 0.4, label="greedy title flips vs original", color="tab:red")
+    ax_fam.bar(fx + 0.2, share, 0.4, label="concept MC share", color="tab:green")
+    if block.get("mc_chance"):
+        ax_fam.axhline(block["mc_chance"], color="grey", ls="--", lw=1, label="MC chance")
+    ax_fam.set_xticks(fx, fams, rotation=35, ha="right", fontsize=8)
+    ax_fam.set_ylim(0, 1.05)
+    ax_fam.set_title("per perturbation family", fontsize=9)
+    ax_fam.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.25), ncol=3)
+    ax_fam.grid(axis="y", alpha=0.3)
+    fig.suptitle(title)
+    fig.tight_layout()
+    save_figure(fig, path)

@@ -11,6 +11,9 @@ from agmask.files import read_json, write_text
 from agmask.report.evaluation import evaluation_section
 from agmask.report.html import esc, table
 from agmask.report.phases import PHASES, phase_section
+from agmask.report.recommend import ANCHOR as RECOMMEND_ANCHOR
+from agmask.report.recommend import TITLE as RECOMMEND_TITLE
+from agmask.report.recommend import recommend_section
 
 REPORT = "report.html"
 
@@ -37,6 +40,7 @@ def build_report(run_dir: str | Path) -> Path:
     title, header = _header(run_dir)
     sections = [(p.anchor, p.title, phase_section(run_dir, p)) for p in PHASES]
     sections.append(("evaluation", "Phase 6: evaluation before / after unlearning", evaluation_section(run_dir)))
+    sections.append((RECOMMEND_ANCHOR, RECOMMEND_TITLE, recommend_section(run_dir)))
     sections = [s for s in sections if s[2]]
     nav = "<nav><ul>" + "".join(f'<li><a href="#{esc(a)}">{esc(t)}</a></li>' for a, t, _ in sections) + "</ul></nav>"
     css = (resources.files("agmask.report") / "style.css").read_text(encoding="utf-8")

@@ -22,7 +22,7 @@ from agmask.scoring.generate import generate
 from agmask.scoring.kvcache import PrefixKV
 from agmask.scoring.logprobs import answer_logprobs, token_logprobs
 
-__all__ = ["ItemScore", "score_items", "item_logprobs", "select_items", "summarize", "render_prompt", "encode_answer", "collate_answers",
+__all__ = ["ItemScore", "score_items", "candidate_logprobs", "item_logprobs", "select_items", "summarize", "render_prompt", "encode_answer", "collate_answers",
            "answer_logprobs", "token_logprobs", "generate", "prefix_for", "answer_hit", "BASE_KNOWN_RANK",
            "QA_SETS", "PrefixKV"]
 
@@ -89,8 +89,13 @@ def _mc_candidates(concept: ConceptSpec, aliases: list[str]) -> list[str] | None
     return list(concept.candidates) if any(a.casefold() in folded for a in aliases) else None
 
 
-def score_item(model: nn.Module, tokenizer, concept: ConceptSpec, set_name: str, index: int,
-               item: PromptItem, kv: PrefixKV | None = None) -> ItemScore:
+def _item_continuations(model: nn.Module, tokenizer, concept: ConceptSpec, set_name: str, item: PromptItem,
+                        kv: PrefixKV | None) -> tuple[list[str], str, dict, list[str] | None, list[float] | None]:
+    """One forward over the item's aliases and candidates after its lead.
+
+    Returns (aliases, best alias, text -> ContinuationScore, candidates or None, candidate log-probs or None);
+    a candidate that is one of the item's aliases counts with the best alias's log-prob.
+    """
     prefix = prefix_for(tokenizer, concept, set_name, item)
     aliases = concept.answers_for(item)
     candidates = _mc_candidates(concept, aliases)
@@ -99,12 +104,20 @@ def score_item(model: nn.Module, tokenizer, concept: ConceptSpec, set_name: str,
     scores = dict(zip(texts, score_continuations(model, tokenizer, prefix, [t + close for t in texts],
                                                  prefix_ids=tokens(tokenizer, prefix), kv=kv)))
     best = max(aliases, key=lambda a: scores[a].logprob)
+    cand_lp = None
+    if candidates:
+        alias_set = {a.casefold() for a in aliases}
+        cand_lp = [scores[best].logprob if c.casefold() in alias_set else scores[c].logprob for c in candidates]
+    return aliases, best, scores, candidates, cand_lp
+
+
+def score_item(model: nn.Module, tokenizer, concept: ConceptSpec, set_name: str, index: int,
+               item: PromptItem, kv: PrefixKV | None = None) -> ItemScore:
+    aliases, best, scores, candidates, cand_lp = _item_continuations(model, tokenizer, concept, set_name, item, kv)
     row = ItemScore(set_name, index, item.prompt, aliases[0], scores[best].logprob,
                     min(scores[a].first_rank for a in aliases))
     if candidates:
         alias_set = {a.casefold() for a in aliases}
-        # a candidate that is one of the item's aliases counts with the best alias's log-prob
-        cand_lp = [scores[best].logprob if c.casefold() in alias_set else scores[c].logprob for c in candidates]
         target = next(i for i, c in enumerate(candidates) if c.casefold() in alias_set)
         m = max(cand_lp)
         z = sum(math.exp(v - m) for v in cand_lp)
@@ -113,6 +126,14 @@ def score_item(model: nn.Module, tokenizer, concept: ConceptSpec, set_name: str,
         row.mc_top1 = row.mc_rank == 1
         row.mc_top = candidates[max(range(len(candidates)), key=lambda i: cand_lp[i])]
     return row
+
+
+def candidate_logprobs(model: nn.Module, tokenizer, concept: ConceptSpec, set_name: str, item: PromptItem,
+                       kv: PrefixKV | None = None) -> list[float] | None:
+    """Answer log-prob of each of `concept.candidates` after the item's lead (the multiple-choice view's
+    inputs: their softmax is the candidate distribution, whose entry for the item's answer is `mc_share`);
+    None when the item's answer is not a candidate."""
+    return _item_continuations(model, tokenizer, concept, set_name, item, kv)[4]
 
 
 def score_items(model: nn.Module, tokenizer, concept: ConceptSpec, set_name: str, items: list[PromptItem] | None = None,

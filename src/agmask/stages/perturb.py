@@ -7,6 +7,10 @@ multiple-choice share after the `forget_eval` lead) and generated greedily and w
 
 Writes `perturb/outputs.jsonl` (one row per prompt and generation), `perturb/stability.json`
 (per family and overall) and `perturb/stability.png`, `perturb/answers_heatmap.png`, `perturb/examples.png`.
+
+Recommendation requests (`recommend_eval`, up to `recommend_prompts`) get the same families and the same
+generation settings after their own lead (`perturb.recommend`): `perturb/recommend_outputs.jsonl`, the
+`recommend` block of `stability.json`, `perturb/recommend_stability.png` and `perturb/recommend_heatmap.png`.
 """
 from __future__ import annotations
 
@@ -18,8 +22,10 @@ from agmask.concepts.schema import ConceptSpec, PromptItem
 from agmask.errors import StageError
 from agmask.files import write_json, write_jsonl
 from agmask.perturb.families import FAMILIES, LANGUAGE_PREFIX, Variant, build_variants
-from agmask.perturb.figures import examples_figure, heatmap_figure, stability_figure
+from agmask.perturb.figures import examples_figure, heatmap_figure, recommend_figure, stability_figure
 from agmask.perturb.metrics import GREEDY, extract_answer, stability, top_answers
+from agmask.perturb.recommend import SET as RECOMMEND_SET
+from agmask.perturb.recommend import recommend_base_items, recommend_stability, recommend_variants
 from agmask.scoring import PrefixKV, answer_hit, generate, prefix_for, score_items
 from agmask.scoring.encode import closing_for
 
@@ -41,21 +47,23 @@ class Config:
     batch_size: int = field(default=32, metadata={"help": "sequences per generation batch (greedy: prompts; sampled: "
                                                     "prompts x samples); decoding reads every weight once per batch"})
     heatmap_answers: int = field(default=10, metadata={"help": "answer columns in the heatmap (+ other)"})
+    recommend_prompts: int = field(default=8, metadata={
+        "help": "recommend_eval requests to perturb (spread over their family tags); 0 = none"})
 
     def __post_init__(self) -> None:
         if self.base_prompts < 1:
             raise ValueError("base_prompts must be >= 1")
-        if self.language_items < 0 or self.samples < 0:
-            raise ValueError("language_items and samples must be >= 0")
+        if self.language_items < 0 or self.samples < 0 or self.recommend_prompts < 0:
+            raise ValueError("language_items, samples and recommend_prompts must be >= 0")
         if self.temperature <= 0 or not 0 < self.top_p <= 1:
             raise ValueError("temperature must be > 0 and top_p in (0, 1]")
         if self.max_new_tokens < 1 or self.batch_size < 1 or self.heatmap_answers < 1:
             raise ValueError("max_new_tokens, batch_size and heatmap_answers must be >= 1")
 
 
-# demo on the 0.5B model, 2 cores: 3 x 8 + 3 = 27 prompts (4 x 8 + 3 took 135 s in all).
-PRESETS = {"demo": {"base_prompts": 3, "language_items": 1, "samples": 2, "max_new_tokens": 8},
-           "full": {"base_prompts": 12, "samples": 8, "max_new_tokens": 16}}
+# demo on the 0.5B model, 2 cores: 3 x 8 + 3 = 27 prompts (4 x 8 + 3 took 135 s in all), + 2 x 8 requests.
+PRESETS = {"demo": {"base_prompts": 3, "language_items": 1, "samples": 2, "max_new_tokens": 8, "recommend_prompts": 2},
+           "full": {"base_prompts": 12, "samples": 8, "max_new_tokens": 16, "recommend_prompts": 8}}
 
 
 def base_items(spec: ConceptSpec, n: int) -> list[PromptItem]:
@@ -97,6 +105,26 @@ def output_rows(variants: list[Variant], sources: list[PromptItem], scores: list
     return rows
 
 
+def answer_prompts(model, tokenizer, spec: ConceptSpec, set_name: str, items: list[PromptItem], conf: Config,
+                   seed: int, reporter) -> tuple[list[dict], list[list[str]]]:
+    """Score every prompt after the set's lead, then its greedy reply and `conf.samples` sampled ones (all
+    starting from the scored prefix keys). Returns (score rows, [greedy, *samples] per prompt)."""
+    kv = PrefixKV()  # the scoring pass's prefix keys: both generations start from them (one prefix pass)
+    scores = [s.to_dict() for s in score_items(model, tokenizer, spec, set_name, items, reporter=reporter, kv=kv)]
+    prefixes = [prefix_for(tokenizer, spec, set_name, it) for it in items]
+    with reporter.task("generating (greedy)", len(prefixes)) as advance:
+        greedy = generate(model, tokenizer, prefixes, max_new_tokens=conf.max_new_tokens,
+                          batch_size=conf.batch_size, on_batch=advance, kv=kv)
+    sampled: list[list[str]] = [[] for _ in prefixes]
+    if conf.samples:
+        with reporter.task(f"generating ({conf.samples} samples)", len(prefixes)) as advance:
+            sampled = generate(model, tokenizer, prefixes, max_new_tokens=conf.max_new_tokens,
+                               batch_size=max(1, conf.batch_size // conf.samples), do_sample=True,
+                               temperature=conf.temperature, top_p=conf.top_p, num_return_sequences=conf.samples,
+                               seed=seed, on_batch=advance, kv=kv)
+    return scores, [g + s for g, s in zip(greedy, sampled)]
+
+
 def run(cfg, run_dir: Path, session) -> None:
     conf: Config = session.stage_config(NAME)
     spec, out_dir = session.spec, Path(run_dir) / DIR
@@ -109,35 +137,46 @@ def run(cfg, run_dir: Path, session) -> None:
 
     model, tokenizer, _ = session.model()
     reporter = session.reporter
-    kv = PrefixKV()  # the scoring pass's prefix keys: both generations start from them (one prefix pass)
-    scores = [s.to_dict() for s in score_items(model, tokenizer, spec, SET, items, reporter=reporter, kv=kv)]
-    prefixes = [prefix_for(tokenizer, spec, SET, it) for it in items]
-    with reporter.task("generating (greedy)", len(prefixes)) as advance:
-        greedy = generate(model, tokenizer, prefixes, max_new_tokens=conf.max_new_tokens,
-                          batch_size=conf.batch_size, on_batch=advance, kv=kv)
-    sampled: list[list[str]] = [[] for _ in prefixes]
-    if conf.samples:
-        with reporter.task(f"generating ({conf.samples} samples)", len(prefixes)) as advance:
-            sampled = generate(model, tokenizer, prefixes, max_new_tokens=conf.max_new_tokens,
-                               batch_size=max(1, conf.batch_size // conf.samples), do_sample=True,
-                               temperature=conf.temperature, top_p=conf.top_p, num_return_sequences=conf.samples,
-                               seed=cfg.seed, on_batch=advance, kv=kv)
+    scores, gens = answer_prompts(model, tokenizer, spec, SET, items, conf, cfg.seed, reporter)
     lead = spec.lead_for(SET)
     closing = closing_for(lead)
-    rows = output_rows(variants, sources, scores, [g + s for g, s in zip(greedy, sampled)], spec, closing)
+    rows = output_rows(variants, sources, scores, gens, spec, closing)
 
     stab = stability(rows)
     chance = 1 / len(spec.candidates)
+    title = f"{spec.name}: {session.cfg.model}"
+    recommend = run_recommend(model, tokenizer, spec, conf, cfg.seed, reporter, out_dir, title)
     write_jsonl(out_dir / "outputs.jsonl", rows)
     write_json(out_dir / "stability.json", {
         "set": SET, "lead": lead, "closing": closing, "answers": spec.answers, "seed": cfg.seed,
         "config": dataclasses.asdict(conf), "generated_families": list(FAMILIES),
         "language_families": sorted({it.family for it in langs}),
         "base_prompts": [it.prompt for it in base], "mc_chance": chance, "entropy_unit": "bits",
-        "top_answers": top_answers(rows, conf.heatmap_answers), **stab,
+        "top_answers": top_answers(rows, conf.heatmap_answers), **stab, "recommend": recommend,
     })
-    title = f"{spec.name}: {session.cfg.model}"
     stability_figure(stab, chance, out_dir / "stability.png", f"Answer stability under prompt perturbation — {title}")
     heatmap_figure(rows, out_dir / "answers_heatmap.png", f"Extracted answers per perturbed prompt — {title}",
                    k=conf.heatmap_answers)
     examples_figure(rows, out_dir / "examples.png", f"One question, many wordings — {title}")
+
+
+def run_recommend(model, tokenizer, spec: ConceptSpec, conf: Config, seed: int, reporter, out_dir: Path,
+                  title: str) -> dict:
+    """The recommendation requests under perturbation: writes their outputs and figures, returns the
+    `recommend` block of stability.json (`{"skipped": why}` without requests)."""
+    base = recommend_base_items(spec, conf.recommend_prompts)
+    if not base:
+        why = "recommend_prompts is 0" if spec.recommend_eval else f"concept {spec.name} has no {RECOMMEND_SET} set"
+        return {"skipped": why}
+    variants, items = recommend_variants(base, seed)
+    scores, gens = answer_prompts(model, tokenizer, spec, RECOMMEND_SET, items, conf, seed, reporter)
+    lead = spec.lead_for(RECOMMEND_SET)
+    rows = output_rows(variants, [base[v.base_index] for v in variants], scores, gens, spec, closing_for(lead))
+    block = {"set": RECOMMEND_SET, "lead": lead, "base_prompts": [it.prompt for it in base],
+             "base_families": [it.family for it in base], "mc_chance": 1 / len(spec.candidates),
+             "top_answers": top_answers(rows, conf.heatmap_answers), **recommend_stability(rows, [it.prompt for it in base])}
+    write_jsonl(out_dir / "recommend_outputs.jsonl", rows)
+    recommend_figure(block, out_dir / "recommend_stability.png", f"Recommended titles across wordings — {title}")
+    heatmap_figure(rows, out_dir / "recommend_heatmap.png", f"Recommended title per perturbed request — {title}",
+                   k=conf.heatmap_answers)
+    return block

@@ -1,0 +1,89 @@
+"""The "Recommendations before / after" section and summary line: from a real tiny evaluation, from a
+hand-made metrics file, and with the metrics skipped or absent."""
+from __future__ import annotations
+
+import html
+
+import pytest
+
+from agmask.cli.summary import eval_summary
+from agmask.concepts import load_concept
+from agmask.evaluate import EvalConfig, evaluate_model
+from agmask.files import read_json, write_json
+from agmask.report import build_report
+from agmask.report.recommend import recommend_line, recommend_section
+from evalkit import add_adapter
+from reportkit import handmade_metrics, make_run_dir
+
+METRICS = ("recommendation_rate", "recommendation_preference")
+
+
+@pytest.fixture(scope="module")
+def evaluated(tmp_path_factory, tiny_concept_path):
+    """eval/metrics.json of a random adapter on tiny:llama: both recommendation metrics measured."""
+    from agmask.models import load
+
+    run = tmp_path_factory.mktemp("run")
+    spec = load_concept(str(tiny_concept_path)).spec
+    model, tok, _ = load("tiny:llama")
+    evaluate_model(add_adapter(model, [0, 1], std=0.5), tok, spec,
+                   EvalConfig(metrics=METRICS, recommend_samples=3, recommend_tokens=6), run / "eval")
+    return run, spec
+
+
+def test_section_lists_every_prompt_with_its_top_titles(evaluated):
+    run, spec = evaluated
+    metrics = read_json(run / "eval" / "metrics.json")["metrics"]
+    page = html.unescape(recommend_section(run))
+    assert page.startswith('<section id="recommendations"><h2>Recommendations before / after</h2>')
+    for item in spec.recommend_eval:
+        assert item.prompt in page
+    pref = metrics["recommendation_preference"]
+    for p in pref["per_prompt"]:
+        for side in ("base", "adapted"):
+            title, prob = p["top"][side][0]
+            assert f"{title} ({prob:.2f})" in page
+    assert recommend_line(metrics) in page and "Not measured" not in page
+
+
+def test_summary_line_and_cli_summary(evaluated):
+    run, _ = evaluated
+    metrics = read_json(run / "eval" / "metrics.json")["metrics"]
+    line = recommend_line(metrics)
+    pref, rate = metrics["recommendation_preference"], metrics["recommendation_rate"]
+    assert line.startswith(f"recommendations (recommend_eval, n={pref['n']}): sampled replies naming the concept ")
+    assert f"candidate share {pref['base']['concept_share']:.2f} -> {pref['adapted']['concept_share']:.2f} (chance 0.20)" in line
+    assert f"({rate['samples_per_prompt']} per prompt)" in line
+    assert eval_summary(run)[-1] == line and len(eval_summary(run)) == 6
+
+
+def test_known_line_from_hand_made_numbers():
+    metrics = {"recommendation_rate": {"n": 20, "samples_per_prompt": 8, "base": {"rate": 0.41}, "adapted": {"rate": 0.0}},
+               "recommendation_preference": {"n": 20, "chance_share": 0.05, "base": {"concept_share": 0.41,
+                                             "distinct_top_remaining": 6}, "adapted": {"concept_share": 0.004,
+                                             "distinct_top_remaining": 2}, "kl_remaining_mean": 0.2134,
+                                             "top_remaining_unchanged": 0.375}}
+    assert recommend_line(metrics) == (
+        "recommendations (recommend_eval, n=20): sampled replies naming the concept 0.41 -> 0.00 (8 per prompt); "
+        "candidate share 0.41 -> 0.00 (chance 0.05); without it: KL 0.213, top title kept on 0.38 of prompts, "
+        "distinct top titles 6 -> 2")
+
+
+def test_skipped_metrics_leave_a_note_and_no_line(tmp_path):
+    note = "concept tinypark has no recommend_eval set: add open recommendation prompts"
+    skipped = {name: {"kind": "forget", "doc": "", "seconds": 0.0, "skipped": note} for name in METRICS}
+    write_json(tmp_path / "eval" / "metrics.json", {"metrics": skipped})
+    write_json(tmp_path / "perturb" / "stability.json", {"recommend": {"skipped": "concept tinypark has no recommend_eval set"}})
+    assert recommend_line(skipped) is None
+    section = recommend_section(tmp_path)
+    assert "Not measured: concept tinypark has no recommend_eval set: add" in section and "<table" not in section
+    assert recommend_section(tmp_path / "empty") == ""  # no artefacts at all: no section
+
+
+def test_report_has_the_section_after_the_evaluation(tmp_path, evaluated):
+    run = make_run_dir(tmp_path / "run")
+    metrics = {**handmade_metrics(), **read_json(evaluated[0] / "eval" / "metrics.json")["metrics"]}
+    write_json(run / "eval" / "metrics.json", {"schema": 1, "input_hash": "h", "metrics": metrics})
+    page = build_report(run).read_text(encoding="utf-8")
+    assert page.index('id="evaluation"') < page.index('id="recommendations"')
+    assert '<a href="#recommendations">Recommendations before / after</a>' in page
