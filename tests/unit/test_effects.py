@@ -7,42 +7,16 @@ import torch
 from agmask.attribution.effects import (ablated_logprobs, activation_means, cache_inputs, effects, encode_prompts,
                                         mean_ablation)
 from agmask.concepts import load_concept
-from agmask.models.arch import mlp_module
 from agmask.probing import capture, mlp_hook_name
 from agmask.scoring import collate_answers, prefix_for
-from agmask.scoring.encode import closing_for
+from agmask.scoring.encode import closing_for, tokens
 from agmask.scoring.logprobs import answer_logprobs
+from ablationkit import direct_ablated_logprob as _direct
 
 
 @pytest.fixture
 def spec(tiny_concept_path):
     return load_concept(str(tiny_concept_path)).spec
-
-
-def _direct(model, tok, spec, set_name, item, units: dict[int, list[int]], means, kind: str) -> float:
-    """One prompt, one full forward from the embeddings, the units' activations overwritten by their means
-    at the `kind` positions (written out here, independently of `mean_ablation`)."""
-    prefix = prefix_for(tok, spec, set_name, item)
-    answer = spec.answers_for(item)[0] + closing_for(spec.lead_for(set_name, item))
-    batch = collate_answers(tok, [prefix], [answer])
-    from agmask.attribution.positions import position_mask
-
-    where = position_mask(tok, kind, batch, [item.prompt], [prefix + answer])[0].bool()  # (T,)
-    handles = []
-    for layer, idx in units.items():
-        def hook(module, args, _layer=layer, _idx=idx):
-            act = args[0].clone()  # (1, T, I)
-            for t in torch.nonzero(where).flatten().tolist():
-                for j in _idx:
-                    act[0, t, j] = means[_layer, j]
-            return (act,)
-        handles.append(mlp_module(model, layer, "down").register_forward_pre_hook(hook))
-    try:
-        with torch.no_grad():
-            return float(answer_logprobs(model, batch)[0])
-    finally:
-        for h in handles:
-            h.remove()
 
 
 def _as_mask(units: list[int], width: int) -> torch.Tensor:
@@ -60,6 +34,10 @@ def test_mean_ablation_effect_equals_a_direct_forward_with_units_replaced(tiny, 
     items = spec.forget_train + spec.forget_eval[:2]  # different lengths: rows are padded
     prompts = encode_prompts(tok, spec, "forget_train", items, kinds=(kind,))
     cache_inputs(model, tok, prompts, [1, 2])
+    header = len(tokens(tok, "<|im_start|>user\n"))
+    # subject ablations leave the shared chat header clean: its keys and values are reused, not recomputed
+    assert prompts.shared == header and prompts.free_of(kind) == (header if kind == "subject" else 0)
+    assert len(prompts.header) == info.num_layers and prompts.header[0][0].shape[2] == header
     groups = {1: [[3, 7, 11], [0, 79]], 2: [[5], list(range(40))]}
     mixed = {1: [2, 4], 2: [60, 61, 62]}  # two layers at once, starting from layer 1's cached input
     ablations = [{l: _as_mask(g, width)} for l, gs in groups.items() for g in gs] + \

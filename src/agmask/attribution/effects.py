@@ -9,6 +9,10 @@ Cost. An ablation in layer l leaves layers 0..l-1 untouched, so the residual str
 computed once per prompt by a clean forward (`cache_inputs`) and every ablated forward starts there.
 Many ablations run in one batched forward: batch row r = (ablation a, prompt n), and the hook of each
 ablated layer replaces, per row, that row's own units (a (rows, intermediate) boolean mask).
+Every prompt starts with the same chat header (a system prompt, `<|im_start|>user\n`): when no
+ablated position lies in it, its keys and values are the same in every row and under every ablation,
+so they are computed once and the ablated forwards run only the tokens after it (for the 0.5B model's
+template with its default system prompt, about 40% of a prompt's tokens).
 
 Effects are changes of the summed answer log-prob (prompt + lead + first alias + closing quote):
 `change = ablated - clean`, per ablation and prompt.
@@ -23,12 +27,13 @@ import torch
 import torch.nn as nn
 
 from agmask.attribution.positions import check_positions, position_mask
-from agmask.models.arch import mlp_module
+from agmask.models.arch import base_causal_lm, mlp_module, skip_layers
 from agmask.probing import capture, mlp_hook_name, resid_hook_name
 from agmask.progress import Advance
 from agmask.scoring import collate_answers, prefix_for
 from agmask.scoring.encode import AnswerBatch, closing_for
-from agmask.scoring.logprobs import token_logprobs
+from agmask.scoring.kvcache import cached_layers, empty_cache
+from agmask.scoring.logprobs import decoder_and_head, position_ids_from_mask, token_logprobs
 
 Ablation = dict[int, torch.Tensor]  # layer -> (intermediate,) bool: the units replaced in that layer
 
@@ -43,6 +48,23 @@ class EncodedPrompts:
     where: dict[str, list[torch.Tensor]]  # positions kind -> per prompt (T_n,) 1 on those positions
     base: torch.Tensor | None = None  # (N,) clean answer log-prob, set by cache_inputs
     inputs: dict[int, list[torch.Tensor]] = field(default_factory=dict)  # layer -> per prompt (T_n, H) stream entering it
+    header: list[tuple[torch.Tensor, torch.Tensor]] | None = None  # per layer (keys, values) of the shared tokens,
+    # each (1, kv_heads, shared, head_dim), set by cache_inputs
+
+    @property
+    def shared(self) -> int:
+        """Leading tokens every prompt has in common, before any answer-predicting position."""
+        n = min(int(t.nonzero()[0]) for t in self.target)  # the first answer-predicting position of any prompt
+        first = self.ids[0]
+        for i in range(n):
+            if any(x[i] != first[i] for x in self.ids):
+                return i
+        return n
+
+    def free_of(self, kind: str) -> int:
+        """Leading shared tokens with no `kind` position in any prompt (an ablation there leaves them clean)."""
+        firsts = [int(w.nonzero()[0]) if w.any() else len(w) for w in self.where[kind]]
+        return min([self.shared] + firsts)
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -157,6 +179,12 @@ def cache_inputs(model: nn.Module, tokenizer, prompts: EncodedPrompts, layers: l
             advance(len(rows))
     prompts.base = torch.cat(base)
     prompts.inputs.update(inputs)
+    shared = prompts.shared
+    if shared > 0:  # the header's keys and values, once
+        body, _ = decoder_and_head(model)
+        cache = empty_cache(model)
+        body(input_ids=prompts.ids[0][None, :shared].to(device), use_cache=True, past_key_values=cache)
+        prompts.header = cached_layers(cache, shared)
 
 
 def drop_inputs(prompts: EncodedPrompts, keep: list[int]) -> None:
@@ -176,6 +204,7 @@ def ablated_logprobs(model: nn.Module, tokenizer, prompts: EncodedPrompts, ablat
         raise ValueError(f"inputs of layer {start} are not cached: call cache_inputs with it first")
     device = next(model.parameters()).device
     width = model.config.intermediate_size
+    skip = prompts.free_of(kind) if prompts.header is not None else 0  # header tokens not run again
     pairs = [(a, n) for a in range(len(ablations)) for n in range(len(prompts))]  # row r = (ablation, prompt)
     out = torch.empty(len(ablations), len(prompts))
     for lo in range(0, len(pairs), batch_size):
@@ -183,13 +212,39 @@ def ablated_logprobs(model: nn.Module, tokenizer, prompts: EncodedPrompts, ablat
         batch, where = _collate(prompts, [n for _, n in chunk], _pad_id(tokenizer), start, kind, device)
         units = {l: torch.stack([ablations[a].get(l, torch.zeros(width, dtype=torch.bool)) for a, _ in chunk])
                  for l in layers}  # layer -> (B, I)
-        with mean_ablation(model, units, where, means):
-            lp = token_logprobs(model, batch).sum(-1).float().cpu()  # (B,)
+        with mean_ablation(model, units, where[:, skip:], means):
+            lp = _answer_logprobs_after(model, batch, prompts.header, skip).float().cpu()  # (B,)
         for (a, n), v in zip(chunk, lp):
             out[a, n] = v
         if advance:
             advance(len(chunk))
     return out
+
+
+def _answer_logprobs_after(model: nn.Module, batch: AnswerBatch, header, skip: int) -> torch.Tensor:
+    """(B,) summed answer log-prob; the first `skip` tokens (shared by every row) come from `header`'s
+    keys and values instead of being run, and the forward starts at `batch.start_layer`."""
+    if skip == 0:
+        return token_logprobs(model, batch).sum(-1)
+    from transformers import DynamicCache
+
+    body, head = decoder_and_head(model)
+    rows = batch.input_ids.shape[0]
+    cache = DynamicCache(ddp_cache_data=[(k[:, :, :skip].expand(rows, -1, -1, -1), v[:, :, :skip].expand(rows, -1, -1, -1))
+                                         for k, v in header], config=base_causal_lm(model).config)
+    kwargs = dict(attention_mask=batch.attention_mask, position_ids=position_ids_from_mask(batch.attention_mask)[:, skip:],
+                  past_key_values=cache, use_cache=True)
+    if batch.start_hidden is None or batch.start_layer == 0:
+        hidden = body(input_ids=batch.input_ids[:, skip:], **kwargs).last_hidden_state  # (B, T - skip, H)
+    else:
+        with skip_layers(model, batch.start_layer):
+            hidden = body(inputs_embeds=batch.start_hidden[:, skip:], **kwargs).last_hidden_state
+    where = (batch.target_mask.bool() & batch.attention_mask.bool())[:, skip:]  # (B, T - skip)
+    logits = head(hidden[where]).float()  # (N, V): answer-predicting positions only
+    lp = logits.log_softmax(-1).gather(-1, batch.targets[:, skip:][where].unsqueeze(-1)).squeeze(-1)  # (N,)
+    out = torch.zeros(where.shape, dtype=lp.dtype, device=lp.device)
+    out[where] = lp
+    return out.sum(-1)
 
 
 @dataclass(frozen=True)
