@@ -34,7 +34,8 @@ def _expected_positions(tok, spec, item, kind: str) -> tuple[list[int], list[int
     assert ids[:answer_start] == tokens(tok, prefix)  # no merge at the prefix/answer boundary
     return ids, {"all": list(range(len(ids))),
                  "answer": list(range(answer_start - 1, len(ids) - 1)),  # t predicts t + 1
-                 "subject": list(range(len(header), len(header) + len(own)))}[kind]
+                 "subject": list(range(len(header), len(header) + len(own))),
+                 "prompt": list(range(len(header), len(ids)))}[kind]
 
 
 def test_subject_tokens_spell_the_prompt_and_nothing_of_the_template(tiny, spec):
@@ -98,8 +99,9 @@ def test_all_positions_fisher_bounds_the_answer_and_subject_fisher(tiny, spec):
     model, tok, _ = tiny
     stats = {k: neuron_stats(model, tok, spec, "forget_train", spec.forget_train, positions=k).mean("fisher")
              for k in POSITIONS}
-    # Fisher sums non-negative terms, and answer and subject positions are subsets of all positions
-    assert (stats["all"] >= stats["answer"] - 1e-7).all() and (stats["all"] >= stats["subject"] - 1e-7).all()
+    # Fisher sums non-negative terms; answer and subject positions are subsets of prompt, prompt of all
+    assert (stats["all"] >= stats["prompt"] - 1e-7).all() and (stats["prompt"] >= stats["answer"] - 1e-7).all()
+    assert (stats["prompt"] >= stats["subject"] - 1e-7).all()
     assert (stats["all"] > stats["answer"] + 1e-7).any()  # the prompt's tokens add gradient mass
     assert stats["subject"].sum() > 0  # the answer loss reaches the prompt's tokens through attention
 
@@ -118,5 +120,5 @@ def test_attribute_stage_option_is_checked():
     assert resolve_stage_config(attribute, cfg).positions == "all"
     assert resolve_stage_config(attribute, RunConfig(model="tiny:llama", concepts=["inception"])).positions == "answer"
     bad = RunConfig(model="tiny:llama", concepts=["inception"], overrides={"attribute": {"positions": "tokens"}})
-    with pytest.raises(AgmaskError, match="positions must be one of answer, all, subject"):
+    with pytest.raises(AgmaskError, match="positions must be one of answer, all, subject, prompt"):
         resolve_stage_config(attribute, bad)

@@ -124,7 +124,7 @@ def test_mask_stage_with_causal_selection_writes_the_measurements(tmp_path, tiny
 
 
 @pytest.mark.parametrize("option,value,message", [("selection", "best", "selection must be one of score, causal"),
-                                                  ("causal_positions", "x", "must be one of answer, all, subject"),
+                                                  ("causal_positions", "x", "must be one of answer, all, subject, prompt"),
                                                   ("group_size", 0, "must be >= 1")])
 def test_mask_options_are_checked(option, value, message):
     from agmask.config import RunConfig, resolve_stage_config

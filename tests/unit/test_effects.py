@@ -25,7 +25,7 @@ def _as_mask(units: list[int], width: int) -> torch.Tensor:
     return m
 
 
-@pytest.mark.parametrize("kind", ["all", "subject"])
+@pytest.mark.parametrize("kind", ["all", "subject", "prompt"])
 def test_mean_ablation_effect_equals_a_direct_forward_with_units_replaced(tiny, spec, kind):
     model, tok, info = tiny
     width = info.intermediate_size
@@ -36,7 +36,7 @@ def test_mean_ablation_effect_equals_a_direct_forward_with_units_replaced(tiny, 
     cache_inputs(model, tok, prompts, [1, 2])
     header = len(tokens(tok, "<|im_start|>user\n"))
     # subject ablations leave the shared chat header clean: its keys and values are reused, not recomputed
-    assert prompts.shared == header and prompts.free_of(kind) == (header if kind == "subject" else 0)
+    assert prompts.shared == header and prompts.free_of(kind) == (0 if kind == "all" else header)
     assert len(prompts.header) == info.num_layers and prompts.header[0][0].shape[2] == header
     groups = {1: [[3, 7, 11], [0, 79]], 2: [[5], list(range(40))]}
     mixed = {1: [2, 4], 2: [60, 61, 62]}  # two layers at once, starting from layer 1's cached input
@@ -65,7 +65,7 @@ def test_clean_log_probs_and_an_empty_ablation_match_the_plain_forward(tiny, spe
 
 def test_activation_means_are_the_mean_over_the_kind_positions(tiny, spec):
     model, tok, info = tiny
-    prompts = encode_prompts(tok, spec, "retain_train", spec.retain_train, kinds=("all", "subject", "answer"))
+    prompts = encode_prompts(tok, spec, "retain_train", spec.retain_train, kinds=("all", "subject", "answer", "prompt"))
     means = activation_means(model, tok, prompts, batch_size=2)
     for kind, got in means.items():
         rows = []

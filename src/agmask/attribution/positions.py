@@ -8,6 +8,8 @@ summed, or where an activation is replaced:
   all      every real token (attention mask): chat header, prompt, lead, answer
   subject  the user message's own tokens, i.e. the prompt text inside the chat template (not the
            template's header or footer): where the subject is recalled
+  prompt   every real token from the user message on: `all` without the chat header (system prompt,
+           `<|im_start|>user`), which is the same for every prompt
 
 Subject tokens are found from the tokenizer's character offsets: a token is a subject token when its
 character span overlaps the prompt text's span in the rendered template (a fast tokenizer is needed).
@@ -20,7 +22,7 @@ from agmask.errors import StageError
 from agmask.scoring import render_prompt
 from agmask.scoring.encode import AnswerBatch, tokens
 
-POSITIONS = ("answer", "all", "subject")
+POSITIONS = ("answer", "all", "subject", "prompt")
 
 
 def check_positions(kind: str) -> str:
@@ -67,5 +69,7 @@ def position_mask(tokenizer, kind: str, batch: AnswerBatch, prompts: list[str], 
         row = subject_token_mask(tokenizer, prompt, text)
         if len(row) != int(real[i].sum()):
             raise StageError(f"subject tokens of {prompt!r} do not line up with the batch; use positions=all or answer")
+        if kind == "prompt":  # from the first subject token to the end
+            row = (row.cumsum(0) > 0).float()
         out[i, : len(row)] = row.to(out.device)
     return out

@@ -30,7 +30,8 @@ class Config:
     top_k: int = 100  # neurons listed in layers.json
     positions: str = field(default="answer", metadata={
         "help": "where activation x gradient and Fisher are summed: answer (the answer-predicting positions), "
-                "all (every real token) or subject (the prompt's own tokens); the loss is on the answer either way"})
+                "all (every real token), subject (the prompt's own tokens) or prompt (every token from the user "
+                "message on: all without the chat header); the loss is on the answer either way"})
 
     def __post_init__(self) -> None:
         if self.positions not in POSITIONS:

@@ -48,8 +48,9 @@ class Config:
     causal_items: int = field(default=16, metadata={
         "help": "causal: prompts measured per side (forget_train; neighbour-type retain_train), spread over "
                 "the set; 0 = all"})
-    causal_positions: str = field(default="all", metadata={
-        "help": "causal: where a candidate group is mean-ablated: all, subject or answer positions"})
+    causal_positions: str = field(default="prompt", metadata={
+        "help": "causal: where a candidate group is mean-ablated: prompt (every token from the user message on), "
+                "all, subject or answer"})
     sweep_positions: str = field(default="subject", metadata={
         "help": "causal: where each layer's whole MLP is mean-ablated in the layer sweep"})
     neighbour_floor: float = field(default=0.05, metadata={
