@@ -4,4 +4,5 @@ from agmask.attribution.positions import POSITIONS
 from agmask.attribution.registry import SCORES
 from agmask.attribution.ranking import combined_score, contrastive, rank_normalise, top_neurons
 
-__all__ = ["NeuronStats", "neuron_stats", "POSITIONS", "SCORES", "combined_score", "contrastive", "rank_normalise", "top_neurons"]
+__all__ = ["NeuronStats", "neuron_stats", "POSITIONS", "SCORES", "combined_score", "contrastive", "rank_normalise",
+           "top_neurons"]

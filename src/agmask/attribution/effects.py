@@ -47,7 +47,8 @@ class EncodedPrompts:
     target: list[torch.Tensor]  # per prompt (T_n,) 1 where the position predicts an answer token
     where: dict[str, list[torch.Tensor]]  # positions kind -> per prompt (T_n,) 1 on those positions
     base: torch.Tensor | None = None  # (N,) clean answer log-prob, set by cache_inputs
-    inputs: dict[int, list[torch.Tensor]] = field(default_factory=dict)  # layer -> per prompt (T_n, H) stream entering it
+    # layer -> per prompt (T_n, H): the residual stream entering that layer, set by cache_inputs
+    inputs: dict[int, list[torch.Tensor]] = field(default_factory=dict)
     header: list[tuple[torch.Tensor, torch.Tensor]] | None = None  # per layer (keys, values) of the shared tokens,
     # each (1, kv_heads, shared, head_dim), set by cache_inputs
 
@@ -230,10 +231,10 @@ def _answer_logprobs_after(model: nn.Module, batch: AnswerBatch, header, skip: i
 
     body, head = decoder_and_head(model)
     rows = batch.input_ids.shape[0]
-    cache = DynamicCache(ddp_cache_data=[(k[:, :, :skip].expand(rows, -1, -1, -1), v[:, :, :skip].expand(rows, -1, -1, -1))
-                                         for k, v in header], config=base_causal_lm(model).config)
-    kwargs = dict(attention_mask=batch.attention_mask, position_ids=position_ids_from_mask(batch.attention_mask)[:, skip:],
-                  past_key_values=cache, use_cache=True)
+    shared = [(k[:, :, :skip].expand(rows, -1, -1, -1), v[:, :, :skip].expand(rows, -1, -1, -1)) for k, v in header]
+    cache = DynamicCache(ddp_cache_data=shared, config=base_causal_lm(model).config)  # copied on update, never mutated
+    positions = position_ids_from_mask(batch.attention_mask)[:, skip:]
+    kwargs = dict(attention_mask=batch.attention_mask, position_ids=positions, past_key_values=cache, use_cache=True)
     if batch.start_hidden is None or batch.start_layer == 0:
         hidden = body(input_ids=batch.input_ids[:, skip:], **kwargs).last_hidden_state  # (B, T - skip, H)
     else:

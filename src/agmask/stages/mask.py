@@ -83,10 +83,10 @@ def run(cfg, run_dir: Path, session) -> None:
     extra, unit_effects = {}, {}
     if conf.selection == "causal":
         model, tokenizer, _ = session.model()
-        opts = CausalOptions(k=conf.k, num_layers=conf.num_layers, layers=tuple(conf.layers), candidates=conf.candidates,
-                             group_size=conf.group_size, items=conf.causal_items, positions=conf.causal_positions,
-                             sweep_positions=conf.sweep_positions, neighbour_floor=conf.neighbour_floor,
-                             batch_size=conf.causal_batch_size, seed=cfg.seed)
+        opts = CausalOptions(k=conf.k, num_layers=conf.num_layers, layers=tuple(conf.layers),
+                             candidates=conf.candidates, group_size=conf.group_size, items=conf.causal_items,
+                             positions=conf.causal_positions, sweep_positions=conf.sweep_positions,
+                             neighbour_floor=conf.neighbour_floor, batch_size=conf.causal_batch_size, seed=cfg.seed)
         chosen = causal_selection(model, tokenizer, session.spec, score, opts, session.reporter)
         mask, layers = chosen.mask, sorted(torch.nonzero(chosen.mask.any(1)).flatten().tolist())
         extra = {"candidates": chosen.candidates}
@@ -100,7 +100,8 @@ def run(cfg, run_dir: Path, session) -> None:
         header = {"method": conf.method, "selection": "score", "score": conf.score}
     random = random_mask_like(mask, torch.Generator().manual_seed(cfg.seed))
     out = Path(run_dir) / DIR
-    save_tensors(out / "mask.safetensors", {"mask": mask, "random": random, "full_layers": full_layer_mask(mask), **extra})
+    save_tensors(out / "mask.safetensors",
+                 {"mask": mask, "random": random, "full_layers": full_layer_mask(mask), **extra})
     per_layer = {}
     for layer in torch.nonzero(mask.any(1)).flatten().tolist():
         units = torch.nonzero(mask[layer]).flatten()
