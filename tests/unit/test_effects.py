@@ -109,3 +109,25 @@ def test_effects_are_the_concept_drop_and_the_neighbour_movement():
     assert out[0].concept == pytest.approx(2.0) and out[0].neighbour == pytest.approx(1 / 3)
     assert out[1].concept == pytest.approx(-0.5) and out[1].neighbour == 0.0
     assert out[0].ratio(0.05) == pytest.approx(6.0) and out[1].ratio(0.05) == pytest.approx(-10.0)
+
+
+def test_mean_neurons_at_every_position_equals_the_batched_measurement(tiny, spec):
+    from agmask.attribution.ablation import mean_neurons, zero_neurons
+    from agmask.scoring import item_logprobs
+
+    model, tok, info = tiny
+    retain = encode_prompts(tok, spec, "retain_train", spec.retain_train)
+    means = activation_means(model, tok, retain)["all"]
+    prompts = encode_prompts(tok, spec, "forget_train", spec.forget_train)
+    cache_inputs(model, tok, prompts, [1])
+    neurons = [(1, 3), (1, 50), (2, 7)]
+    batched = ablated_logprobs(model, tok, prompts, [{1: _as_mask([3, 50], info.intermediate_size),
+                                                     2: _as_mask([7], info.intermediate_size)}], "all", means)[0]
+    one_alias = spec.model_copy(update={"answers": spec.answers[:1]})  # the batched path scores the first alias
+    with mean_neurons(model, neurons, means):
+        hooked = item_logprobs(model, tok, one_alias, "forget_train", spec.forget_train)
+    with zero_neurons(model, neurons):
+        zeroed = item_logprobs(model, tok, one_alias, "forget_train", spec.forget_train)
+    assert torch.allclose(hooked, batched, atol=1e-4)
+    assert not torch.allclose(hooked, zeroed, atol=1e-3)  # the mean is not zero
+    assert all(not m._forward_pre_hooks for m in model.modules())

@@ -71,6 +71,14 @@ class Config:
 PRESETS = {"demo": {}, "full": {}}
 
 
+def causal_options(conf: Config, seed: int) -> CausalOptions:
+    """The causal selection's options from the stage's."""
+    return CausalOptions(k=conf.k, num_layers=conf.num_layers, layers=tuple(conf.layers), candidates=conf.candidates,
+                         group_size=conf.group_size, items=conf.causal_items, positions=conf.causal_positions,
+                         sweep_positions=conf.sweep_positions, neighbour_floor=conf.neighbour_floor,
+                         batch_size=conf.causal_batch_size, seed=seed)
+
+
 def run(cfg, run_dir: Path, session) -> None:
     conf: Config = session.stage_config(NAME)
     attribute = Path(run_dir) / "attribute"
@@ -83,11 +91,8 @@ def run(cfg, run_dir: Path, session) -> None:
     extra, unit_effects = {}, {}
     if conf.selection == "causal":
         model, tokenizer, _ = session.model()
-        opts = CausalOptions(k=conf.k, num_layers=conf.num_layers, layers=tuple(conf.layers),
-                             candidates=conf.candidates, group_size=conf.group_size, items=conf.causal_items,
-                             positions=conf.causal_positions, sweep_positions=conf.sweep_positions,
-                             neighbour_floor=conf.neighbour_floor, batch_size=conf.causal_batch_size, seed=cfg.seed)
-        chosen = causal_selection(model, tokenizer, session.spec, score, opts, session.reporter)
+        chosen = causal_selection(model, tokenizer, session.spec, score, causal_options(conf, cfg.seed),
+                                  session.reporter)
         mask, layers = chosen.mask, sorted(torch.nonzero(chosen.mask.any(1)).flatten().tolist())
         extra = {"candidates": chosen.candidates}
         unit_effects = {key: chosen.groups[i] for key, i in chosen.unit_groups.items()}
