@@ -210,7 +210,7 @@ def causal_selection(model: nn.Module, tokenizer, spec, score: torch.Tensor, opt
     floor = opts.neighbour_floor
     record = {
         "positions": opts.positions, "sweep_positions": opts.sweep_positions if sweep else None,
-        "candidates_per_layer": opts.candidates, "group_size": opts.group_size, "neighbour_floor": floor,
+        "candidates_per_layer": min(opts.candidates, width), "group_size": opts.group_size, "neighbour_floor": floor,
         "means_over": f"retain_train ({len(retain)} prompts, at the same kind of positions)",
         "items": {"forget_train": len(forget), "neighbours": len(neighbours), "neighbour_set": neighbour_note},
         "effects": "concept_effect: mean fall of forget_train answer log-probs (nats, > 0 = lowered); "
@@ -220,6 +220,8 @@ def causal_selection(model: nn.Module, tokenizer, spec, score: torch.Tensor, opt
         "layers_by_effect": order,
         "groups": [{"layer": g.layer, "rank": g.rank, "units": g.units, **g.effect.to_dict(floor),
                     "taken": next((len(u) for i, u in taken if groups[i] is g), 0)} for g in groups],
+        "check": "the whole mask and the same-size random mask, each mean-ablated at once on the prompts the groups "
+                 "were chosen on (in-sample: held-out effects need bench/ablation.py --mean --use-mask)",
         "mask_effect": chosen.to_dict(floor),
         "random_effect": rand.to_dict(floor),  # the same random mask as mask.safetensors' `random` (same seed)
     }
