@@ -2,6 +2,10 @@
 
     python bench/tune.py --concept inception --configs '[{"lr": 2e-3}, {"lr": 2e-3, "retain_weight": 5}]'
                          [--mask '{"k": 256, "num_layers": 4}'] [--attribution-retain-weight 1.0]
+                         [--positions answer|all|subject|prompt]
+
+--mask takes any mask stage option (`{"selection": "causal", "candidates": 128}` for the causal
+selection, run on half A like the attribution); --positions is `attribute.positions`.
 
 forget_train and retain_train are split in two halves (A: fit, B: validation). Attribution, the
 mask and training use half A; the table reports, on half B: forgetting (the concept's multiple-choice
@@ -25,8 +29,10 @@ from agmask.attribution import SCORES, combined_score, neuron_stats
 from agmask.concepts import load_concept, training_halves
 from agmask.lora import attach_lora
 from agmask.masking import choose_layers, mask_from_scores
+from agmask.masking.causal import causal_selection
 from agmask.models import load
 from agmask.scoring import BASE_KNOWN_RANK, score_items
+from agmask.stages.mask import Config as MaskConfig, causal_options
 from agmask.stages.unlearn import Config as UnlearnConfig
 from agmask.unlearn import get_method
 from agmask.unlearn.data import training_leads
@@ -79,7 +85,9 @@ def main() -> None:
     ap.add_argument("--model", default="embedded:qwen2.5-coder-0.5b-instruct")
     ap.add_argument("--concept", default="inception")
     ap.add_argument("--configs", required=True, help="JSON list of unlearn option overrides")
-    ap.add_argument("--mask", default='{"k": 256, "num_layers": 4}', help="JSON: k, num_layers, method, layers")
+    ap.add_argument("--mask", default='{"k": 256, "num_layers": 4}',
+                    help="JSON: mask stage options (k, num_layers, method, layers, selection, candidates, ...)")
+    ap.add_argument("--positions", default="answer", help="attribute.positions on half A")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--attribution-retain-weight", type=float, default=1.0,
                     help="lambda of the combined score the mask is built from (attribute.retain_weight)")
@@ -96,17 +104,21 @@ def main() -> None:
     base = measure(model, tok, spec, forget_b, retain_b, other_lead)
     print(f"base measured in {time.perf_counter() - t0:.0f} s", flush=True)
     t0 = time.perf_counter()
-    fs = neuron_stats(model, tok, fit_spec, "forget_train", forget_a)
-    rs = neuron_stats(model, tok, fit_spec, "retain_train", retain_a)
+    fs = neuron_stats(model, tok, fit_spec, "forget_train", forget_a, positions=args.positions)
+    rs = neuron_stats(model, tok, fit_spec, "retain_train", retain_a, positions=args.positions)
     combined = combined_score({s: fs.mean(s) for s in SCORES}, {s: rs.mean(s) for s in SCORES},
                               args.attribution_retain_weight)
     top_counts = torch.zeros(info.num_layers)
     for idx in torch.topk(combined.flatten(), 100).indices:
         top_counts[idx // info.intermediate_size] += 1
     ranking = torch.argsort(top_counts, descending=True, stable=True).tolist()
-    mask_opts = json.loads(args.mask)
-    layers = choose_layers(ranking, mask_opts.get("num_layers", 4), mask_opts.get("layers"), info.num_layers)
-    mask = mask_from_scores(combined, layers, mask_opts.get("method", "topk"), mask_opts.get("k", 256))
+    mask_conf = MaskConfig(**json.loads(args.mask))
+    if mask_conf.selection == "causal":  # measured on half A only (forget_a, retain_a)
+        mask = causal_selection(model, tok, fit_spec, combined, causal_options(mask_conf, args.seed)).mask
+        layers = sorted(torch.nonzero(mask.any(1)).flatten().tolist())
+    else:
+        layers = choose_layers(ranking, mask_conf.num_layers, mask_conf.layers, info.num_layers)
+        mask = mask_from_scores(combined, layers, mask_conf.method, mask_conf.k, mask_conf.threshold)
     print(f"attribution on half A in {time.perf_counter() - t0:.0f} s; mask {int(mask.sum())} neurons in {layers}", flush=True)
     print(f"config | known | top1 | share | med rank | med rank after {other_lead!r} | dlogp forget | |d| neighbour | "
           "neigh top1 after/base | |d| general | s")

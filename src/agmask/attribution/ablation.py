@@ -1,4 +1,4 @@
-"""Causal checks of an attribution: zero the top neurons and see what the model forgets.
+"""Causal checks of an attribution: zero (or mean-ablate) the top neurons and see what the model forgets.
 
 The top-k neurons must lower the concept's answer log-prob on held-out prompts far more than k
 random neurons drawn from the same layers (same count per layer), and move neighbours much less.
@@ -19,6 +19,20 @@ from agmask.models.arch import mlp_module
 @contextmanager
 def zero_neurons(model: nn.Module, neurons: list[tuple[int, int]]) -> Iterator[None]:
     """Zero the given (layer, unit) MLP activations (input of down_proj) inside the block."""
+    with _replaced(model, neurons, None):
+        yield
+
+
+@contextmanager
+def mean_neurons(model: nn.Module, neurons: list[tuple[int, int]], means: torch.Tensor) -> Iterator[None]:
+    """Replace the given (layer, unit) MLP activations by `means[layer, unit]` ((L, I), e.g. their mean
+    over retain_train: `attribution.effects.activation_means`) at every position, inside the block."""
+    with _replaced(model, neurons, means):
+        yield
+
+
+@contextmanager
+def _replaced(model: nn.Module, neurons: list[tuple[int, int]], means: torch.Tensor | None) -> Iterator[None]:
     by_layer: dict[int, list[int]] = {}
     for layer, unit in neurons:
         by_layer.setdefault(layer, []).append(unit)
@@ -26,10 +40,12 @@ def zero_neurons(model: nn.Module, neurons: list[tuple[int, int]]) -> Iterator[N
     try:
         for layer, units in by_layer.items():
             idx = torch.tensor(sorted(set(units)))
+            value = 0 if means is None else means[layer, idx]  # (units,)
 
-            def hook(module, args, _idx=idx):
+            def hook(module, args, _idx=idx, _value=value):
                 act = args[0].clone()  # (B, T, I)
-                act[..., _idx.to(act.device)] = 0
+                fill = _value if isinstance(_value, int) else _value.to(act.device, act.dtype)
+                act[..., _idx.to(act.device)] = fill
                 return (act, *args[1:])
 
             handles.append(mlp_module(model, layer, "down").register_forward_pre_hook(hook))

@@ -5,6 +5,10 @@ over tokens): samples do not interact, so d(sum)/d(a_n) = d(L_n)/d(a_n). The mod
 mode, without gradient checkpointing; base weights are frozen, so the backward computes activation
 gradients only (no weight gradients) and starts at the first requested layer.
 
+The loss always sits on the answer; `positions` chooses where a*g and g^2 are summed (and the layer
+gradient norm and the mean activation taken): `answer` (the answer-predicting positions), `all`
+(every real token) or `subject` (the prompt's own tokens); see `attribution.positions`.
+
 Data parallel (`parallel=True` under a multi-process launch): each process attributes its own block
 of the prompts and the sums (scores, gradient norms, activations, sample count) are all-reduced, so
 every process ends with the statistics of the whole set; per-sample chunks are gathered in order.
@@ -17,6 +21,7 @@ import torch
 import torch.nn as nn
 
 from agmask import distributed
+from agmask.attribution.positions import check_positions, position_mask
 from agmask.attribution.registry import SCORES
 from agmask.errors import StageError
 from agmask.models.checkpointing import is_active as checkpointing_active
@@ -33,7 +38,7 @@ class NeuronStats:
     n: int = 0
     sums: dict[str, torch.Tensor] = field(default_factory=dict)  # score name -> (L, I)
     grad_norm: torch.Tensor | None = None  # (L,) sum over samples of ||dL_n/da||
-    act_mean: torch.Tensor | None = None  # (L, I) sum over samples of the mean answer-position activation
+    act_mean: torch.Tensor | None = None  # (L, I) sum over samples of the mean activation over the positions
     per_sample: dict[str, list[torch.Tensor]] = field(default_factory=dict)  # optional (B, L, I) chunks
 
     def add(self, name: str, value: torch.Tensor) -> None:
@@ -53,9 +58,10 @@ class NeuronStats:
 
 def neuron_stats(model: nn.Module, tokenizer, spec, set_name: str, items: list, batch_size: int = 8,
                  layers: list[int] | None = None, keep_per_sample: bool = False,
-                 advance: Advance | None = None, parallel: bool = False) -> NeuronStats:
+                 advance: Advance | None = None, parallel: bool = False, positions: str = "answer") -> NeuronStats:
     """Scores of every neuron of `layers` (default all) on a prompt set; shapes (L, intermediate).
 
+    positions: where the scores are summed (answer | all | subject); the loss is on the answer either way.
     parallel: split the items over the processes of a multi-process launch and all-reduce the sums
     (every process must call it); a no-op with one process.
     """
@@ -63,15 +69,17 @@ def neuron_stats(model: nn.Module, tokenizer, spec, set_name: str, items: list, 
         raise StageError(f"prompt set {set_name} is empty: nothing to attribute (add items to the concept file)")
     if checkpointing_active(model):
         raise StageError("attribution needs exact activation gradients: turn gradient checkpointing off first")
+    check_positions(positions)
     n_layers = model.config.num_hidden_layers
     layers = list(range(n_layers)) if layers is None else layers
     names = [mlp_hook_name(i) for i in layers]
     device = next(model.parameters()).device
     if parallel and distributed.world_size() > 1:
         local = _local_stats(model, tokenizer, spec, set_name, distributed.shard(items), batch_size, names,
-                             keep_per_sample, advance, device)
+                             keep_per_sample, advance, device, positions)
         return _all_reduced(local, len(layers), model.config.intermediate_size, keep_per_sample)
-    return _local_stats(model, tokenizer, spec, set_name, items, batch_size, names, keep_per_sample, advance, device)
+    return _local_stats(model, tokenizer, spec, set_name, items, batch_size, names, keep_per_sample, advance, device,
+                        positions)
 
 
 def _all_reduced(local: NeuronStats, n_layers: int, width: int, keep_per_sample: bool) -> NeuronStats:
@@ -90,13 +98,16 @@ def _all_reduced(local: NeuronStats, n_layers: int, width: int, keep_per_sample:
 
 
 def _local_stats(model: nn.Module, tokenizer, spec, set_name: str, items: list, batch_size: int, names: list[str],
-                 keep_per_sample: bool, advance: Advance | None, device) -> NeuronStats:
+                 keep_per_sample: bool, advance: Advance | None, device, positions: str) -> NeuronStats:
     stats = NeuronStats()
     for lo in range(0, len(items), batch_size):
         chunk = items[lo : lo + batch_size]
-        batch = collate_answers(tokenizer, [prefix_for(tokenizer, spec, set_name, it) for it in chunk],
-                                [spec.answers_for(it)[0] for it in chunk]).to(device)
-        mask = (batch.target_mask * batch.attention_mask).float()  # (B, T) real answer-predicting positions
+        prefixes = [prefix_for(tokenizer, spec, set_name, it) for it in chunk]
+        answers = [spec.answers_for(it)[0] for it in chunk]
+        batch = collate_answers(tokenizer, prefixes, answers)
+        mask = position_mask(tokenizer, positions, batch, [it.prompt for it in chunk],
+                             [p + a for p, a in zip(prefixes, answers)]).to(device)  # (B, T) summed positions
+        batch = batch.to(device)
         with torch.enable_grad(), capture(model, names, keep_grad=True) as cache:
             loss = -token_logprobs(model, batch).sum()  # SUM over samples and answer tokens
             loss.backward()

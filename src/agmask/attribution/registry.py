@@ -1,7 +1,8 @@
 """Per-sample neuron scores, one function each: (activation, gradient, mask) -> (B, I).
 
-a, g: (B, T, I) activation and d(L_n)/d(activation) of one layer; m: (B, T) 1 on the real
-answer-predicting positions. Every score is then averaged over samples.
+a, g: (B, T, I) activation and d(L_n)/d(activation) of one layer; m: (B, T) 1 on the positions summed
+over (the answer-predicting ones, every real token, or the subject's; `attribution.positions`).
+Every score is then averaged over samples.
 """
 from __future__ import annotations
 

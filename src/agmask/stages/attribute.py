@@ -6,13 +6,13 @@ activation similarity, the global top neurons) and the figures.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from agmask.attribution import SCORES, combined_score, contrastive, neuron_stats, top_neurons
+from agmask.attribution import POSITIONS, SCORES, combined_score, contrastive, neuron_stats, top_neurons
 from agmask.attribution import figures
 from agmask.files import save_tensors, write_json
 
@@ -28,6 +28,14 @@ class Config:
     max_items: int = 0  # per set; 0 = all
     retain_weight: float = 1.0  # lambda in rank(forget) - lambda * rank(retain)
     top_k: int = 100  # neurons listed in layers.json
+    positions: str = field(default="answer", metadata={
+        "help": "where activation x gradient and Fisher are summed: answer (the answer-predicting positions), "
+                "all (every real token), subject (the prompt's own tokens) or prompt (every token from the user "
+                "message on: all without the chat header); the loss is on the answer either way"})
+
+    def __post_init__(self) -> None:
+        if self.positions not in POSITIONS:
+            raise ValueError(f"positions must be one of {', '.join(POSITIONS)}")
 
 
 PRESETS = {"demo": {"max_items": 24}, "full": {}}
@@ -42,9 +50,9 @@ def run(cfg, run_dir: Path, session) -> None:
     with session.reporter.task("attributing (forward + backward)", len(forget_items) + len(retain_items)) as adv:
         # several processes: each attributes its block of the prompts, the sums are all-reduced
         forget = neuron_stats(model, tokenizer, spec, "forget_train", forget_items, conf.batch_size, advance=adv,
-                              parallel=True)
+                              parallel=True, positions=conf.positions)
         retain = neuron_stats(model, tokenizer, spec, "retain_train", retain_items, conf.batch_size, advance=adv,
-                              parallel=True)
+                              parallel=True, positions=conf.positions)
     tensors = {f"{which}.{s}": stats.mean(s) for which, stats in (("forget", forget), ("retain", retain))
                for s in SCORES}
     for s in SCORES:
@@ -61,7 +69,7 @@ def run(cfg, run_dir: Path, session) -> None:
     top = top_neurons(combined, conf.top_k)
     top_per_layer = np.bincount([l for l, _, _ in top], minlength=info.num_layers)
     layers = {
-        "num_layers": info.num_layers, "intermediate_size": info.intermediate_size,
+        "num_layers": info.num_layers, "intermediate_size": info.intermediate_size, "positions": conf.positions,
         "samples": {"forget_train": forget.n, "retain_train": retain.n},
         "forget_sensitivity": forget.layer_sensitivity.tolist(),
         "retain_sensitivity": retain.layer_sensitivity.tolist(),
