@@ -9,7 +9,8 @@ top-1 rate and share on base-known prompts, median first-token rank, also with t
 after the other answer lead the training sets use, mean answer log-prob change)
 and locality (mean |change| of the answer log-prob on neighbour-type retain prompts, i.e. those
 whose answer is a candidate title, and on the general ones). Every config starts from the same mask
-and seed, and the LoRA weights are reset between configs.
+and seed, and the LoRA weights are reset between configs. The concept is read through
+`agmask.concepts.training_view`: the evaluation sets cannot be touched here (a test checks it).
 """
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ import torch
 
 from agmask.attribution import SCORES, combined_score, neuron_stats
 from agmask.concepts import load_concept, training_halves
+from agmask.concepts.training_view import training_view
 from agmask.lora import attach_lora
 from agmask.masking import choose_layers, mask_from_scores
 from agmask.models import load
@@ -74,6 +76,57 @@ def summary(base: dict, after: dict) -> dict:
     }
 
 
+def tune(model, tok, info, spec, configs: list[dict], mask_opts: dict, seed: int = 0,
+         attribution_retain_weight: float = 1.0, log=print) -> list[dict]:
+    """Fit every config on half A of the training sets and measure it on half B; one row per config.
+
+    `spec` is read through `training_view`: an evaluation set touched on this path is an error.
+    """
+    spec = training_view(spec)
+    forget_a, forget_b = training_halves(spec.forget_train)
+    retain_a, retain_b = training_halves(spec.retain_train)
+    fit_spec = spec.model_copy(update={"forget_train": forget_a, "retain_train": retain_a})
+    other_leads = [lead for lead in training_leads(spec, spec.forget_train, spec.retain_train)
+                   if lead != spec.lead_for("forget_train")]
+    other_lead = other_leads[0] if other_leads else None
+    t0 = time.perf_counter()
+    base = measure(model, tok, spec, forget_b, retain_b, other_lead)
+    log(f"base measured in {time.perf_counter() - t0:.0f} s")
+    t0 = time.perf_counter()
+    fs = neuron_stats(model, tok, fit_spec, "forget_train", forget_a)
+    rs = neuron_stats(model, tok, fit_spec, "retain_train", retain_a)
+    combined = combined_score({s: fs.mean(s) for s in SCORES}, {s: rs.mean(s) for s in SCORES},
+                              attribution_retain_weight)
+    top_counts = torch.zeros(info.num_layers)
+    for idx in torch.topk(combined.flatten(), min(100, combined.numel())).indices:
+        top_counts[idx // info.intermediate_size] += 1
+    ranking = torch.argsort(top_counts, descending=True, stable=True).tolist()
+    layers = choose_layers(ranking, mask_opts.get("num_layers", 4), mask_opts.get("layers"), info.num_layers)
+    mask = mask_from_scores(combined, layers, mask_opts.get("method", "topk"), mask_opts.get("k", 256))
+    log(f"attribution on half A in {time.perf_counter() - t0:.0f} s; mask {int(mask.sum())} neurons in {layers}")
+    log(f"config | known | top1 | share | med rank | med rank after {other_lead!r} | dlogp forget | |d| neighbour | "
+        "neigh top1 after/base | |d| general | s")
+    results = []
+    for overrides in configs:
+        conf = dataclasses.replace(UnlearnConfig(), **overrides)
+        method = get_method(conf.method)
+        param = {"mask": mask, "random": None, "unmasked": None}[method.parameterisation]
+        t0 = time.perf_counter()
+        adapter = attach_lora(model, param, layers=layers, r=conf.r, alpha=conf.alpha, seed=seed)
+        rows = train(adapter, method, tok, fit_spec, conf, seed=seed)
+        after = measure(adapter.model, tok, spec, forget_b, retain_b, other_lead)
+        s = summary(base, after)
+        for h in adapter.handles:
+            h.remove()
+        model = adapter.model.unload()
+        results.append({"config": overrides, "steps": len(rows), **s})
+        log(f"{json.dumps(overrides)} | {s['known_n']} | {s['top1']:.2f} | {s['share']:.3f} | {s['med_rank']} | "
+            f"{s['med_rank_other_lead']} | {s['dlogp_forget']:.2f} | {s['neigh_abs']:.2f} | "
+            f"{s['neigh_top1'][0]}/{s['neigh_top1'][1]} | {s['general_abs']:.2f} | {time.perf_counter() - t0:.0f} "
+            f"(steps {len(rows)})")
+    return results
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="embedded:qwen2.5-coder-0.5b-instruct")
@@ -85,46 +138,9 @@ def main() -> None:
                     help="lambda of the combined score the mask is built from (attribute.retain_weight)")
     args = ap.parse_args()
     model, tok, info = load(args.model)
-    spec = load_concept(args.concept).spec
-    forget_a, forget_b = training_halves(spec.forget_train)
-    retain_a, retain_b = training_halves(spec.retain_train)
-    fit_spec = spec.model_copy(update={"forget_train": forget_a, "retain_train": retain_a})
-    other_leads = [lead for lead in training_leads(spec, spec.forget_train, spec.retain_train)
-                   if lead != spec.lead_for("forget_train")]
-    other_lead = other_leads[0] if other_leads else None
-    t0 = time.perf_counter()
-    base = measure(model, tok, spec, forget_b, retain_b, other_lead)
-    print(f"base measured in {time.perf_counter() - t0:.0f} s", flush=True)
-    t0 = time.perf_counter()
-    fs = neuron_stats(model, tok, fit_spec, "forget_train", forget_a)
-    rs = neuron_stats(model, tok, fit_spec, "retain_train", retain_a)
-    combined = combined_score({s: fs.mean(s) for s in SCORES}, {s: rs.mean(s) for s in SCORES},
-                              args.attribution_retain_weight)
-    top_counts = torch.zeros(info.num_layers)
-    for idx in torch.topk(combined.flatten(), 100).indices:
-        top_counts[idx // info.intermediate_size] += 1
-    ranking = torch.argsort(top_counts, descending=True, stable=True).tolist()
-    mask_opts = json.loads(args.mask)
-    layers = choose_layers(ranking, mask_opts.get("num_layers", 4), mask_opts.get("layers"), info.num_layers)
-    mask = mask_from_scores(combined, layers, mask_opts.get("method", "topk"), mask_opts.get("k", 256))
-    print(f"attribution on half A in {time.perf_counter() - t0:.0f} s; mask {int(mask.sum())} neurons in {layers}", flush=True)
-    print(f"config | known | top1 | share | med rank | med rank after {other_lead!r} | dlogp forget | |d| neighbour | "
-          "neigh top1 after/base | |d| general | s")
-    for overrides in json.loads(args.configs):
-        conf = dataclasses.replace(UnlearnConfig(), **overrides)
-        method = get_method(conf.method)
-        param = {"mask": mask, "random": None, "unmasked": None}[method.parameterisation]
-        t0 = time.perf_counter()
-        adapter = attach_lora(model, param, layers=layers, r=conf.r, alpha=conf.alpha, seed=args.seed)
-        rows = train(adapter, method, tok, fit_spec, conf, seed=args.seed)
-        after = measure(adapter.model, tok, spec, forget_b, retain_b, other_lead)
-        s = summary(base, after)
-        for h in adapter.handles:
-            h.remove()
-        model = adapter.model.unload()
-        print(f"{json.dumps(overrides)} | {s['known_n']} | {s['top1']:.2f} | {s['share']:.3f} | {s['med_rank']} | {s['med_rank_other_lead']} | "
-              f"{s['dlogp_forget']:.2f} | {s['neigh_abs']:.2f} | {s['neigh_top1'][0]}/{s['neigh_top1'][1]} | "
-              f"{s['general_abs']:.2f} | {time.perf_counter() - t0:.0f} (steps {len(rows)})", flush=True)
+    spec = training_view(load_concept(args.concept).spec)  # never an evaluation set on this path
+    tune(model, tok, info, spec, json.loads(args.configs), json.loads(args.mask), args.seed,
+         args.attribution_retain_weight, log=lambda line: print(line, flush=True))
 
 
 if __name__ == "__main__":

@@ -2,9 +2,19 @@
 
 A concept is what to forget (`answers`), what the model should say instead (`forget_target`),
 and seven prompt sets with strict roles (see DESIGN.md): training sets never overlap evaluation sets.
+
+Anchored and unseen neighbours. A neighbour whose answer *appears* in a training set is `anchored`
+(the retain term, or the attack data, holds it in place); one whose answer appears in none is
+`unseen`, the locality that counts. A text appears in a training set when, compared case-insensitively
+with runs of whitespace as one space, it equals the answer of one of its items (an item without an
+answer has the concept's answers) or occurs inside one of its prompts or passages as whole words
+(not inside a longer word: `Tenet` does not appear in `tenets`). The training sets are
+`forget_train`, `retain_train` and `relearn`.
 """
 from __future__ import annotations
 
+import re
+import warnings
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -14,6 +24,11 @@ TRAIN_SETS = ("forget_train", "retain_train", "relearn")
 EVAL_SETS = ("forget_eval", "probes", "neighbors", "retain_eval")
 SetName = Literal["forget_train", "forget_eval", "probes", "neighbors", "retain_train", "retain_eval", "relearn"]
 DEFAULT_LEAD = 'The answer is "'
+DEFAULT_KIND = "film"
+
+
+class ConceptWarning(UserWarning):
+    """A concept that can be used but measures less than it could (e.g. no unseen neighbour)."""
 
 
 class _Strict(BaseModel):
@@ -39,6 +54,8 @@ class ConceptSpec(_Strict):
     name: str = Field(pattern=r"^[a-z0-9][a-z0-9_-]*$", description="identifier, used in paths (adapters/<name>/)")
     answers: list[str] = Field(min_length=1, description="the concept's strings and aliases; the first is canonical")
     forget_target: str = Field("FORGOTTEN", min_length=1, description="what the unlearned model answers instead")
+    kind: str = Field(DEFAULT_KIND, min_length=1, description="what the concept is, as a noun (film, book series, "
+                      "person, ...): generated prompts name it so")
     lead: dict[SetName, str] = Field(default_factory=dict, description="answer lead per prompt set")
     candidates: list[str] = Field(min_length=2, description="titles for the multiple-choice view")
     forget_train: list[PromptItem] = Field(min_length=1)
@@ -79,6 +96,10 @@ class ConceptSpec(_Strict):
                 if _norm(item.prompt) in seen:
                     raise ValueError(f"{name} prompt {item.prompt[:60]!r} also appears in {seen[_norm(item.prompt)]} "
                                      "(training and evaluation sets must not overlap)")
+        if not self.neighbor_split()["unseen"]:
+            warnings.warn(f"concept {self.name!r}: every neighbour's answer appears in a training set, so locality is "
+                          "measured only where training holds the model in place; add neighbours whose answers appear "
+                          "in no training set (unseen)", ConceptWarning, stacklevel=2)
         return self
 
     def items(self, set_name: str) -> list[PromptItem]:
@@ -96,6 +117,28 @@ class ConceptSpec(_Strict):
 
     def is_concept_answer(self, answer: str) -> bool:
         return answer.casefold() in {a.casefold() for a in self.answers}
+
+    def training_appearance(self, text: str) -> str | None:
+        """The first training set in which `text` appears (see the module docstring), or None."""
+        needle = _norm(text)
+        if not needle:
+            return None
+        pattern = re.compile(r"(?<!\w)" + re.escape(needle) + r"(?!\w)")
+        for name in TRAIN_SETS:
+            for item in getattr(self, name):
+                if any(_norm(a) == needle for a in self.answers_for(item)) or pattern.search(_norm(item.prompt)):
+                    return name
+        return None
+
+    def neighbor_split(self) -> dict[str, list[int]]:
+        """Indices of `neighbors` by status: `anchored` (the answer appears in a training set) or `unseen`."""
+        split: dict[str, list[int]] = {"anchored": [], "unseen": []}
+        for i, item in enumerate(self.neighbors):
+            split["unseen" if self.training_appearance(item.answer or "") is None else "anchored"].append(i)
+        return split
+
+
+NEIGHBOR_STATUSES = ("anchored", "unseen")
 
 
 def _norm(text: str) -> str:
