@@ -22,6 +22,7 @@ from agmask.distributed import map_sharded
 from agmask.errors import StageError
 from agmask.evaluate.config import EVAL_QA_SETS, EvalConfig
 from agmask.evaluate.internals import last_token_resid
+from agmask.evaluate.intervals import interval, ratio_interval
 from agmask.progress import SILENT, Reporter
 from agmask.scoring import BASE_KNOWN_RANK, PrefixKV, generate, prefix_for, render_prompt, score_items, select_items
 
@@ -148,6 +149,14 @@ class EvalContext:
             n = len(self.items(set_name))
             self._memo[("gen", set_name, which, mode)] = [g[0] for g in gens[lo : lo + n]]
             lo += n
+
+    def interval(self, values: list[float], statistic: str = "mean") -> dict:
+        """Bootstrap 95% interval over prompts with this evaluation's resamples and seed (intervals.py)."""
+        return interval(values, statistic, resamples=self.config.bootstrap_resamples, seed=self.config.bootstrap_seed)
+
+    def ratio_interval(self, numerators: list[float], denominators: list[float]) -> dict:
+        return ratio_interval(numerators, denominators, resamples=self.config.bootstrap_resamples,
+                              seed=self.config.bootstrap_seed)
 
     def last_resid(self, which: Which, ids: list[list[int]]) -> torch.Tensor:
         """(N, L, H) residual after every layer at each sequence's last token; memoised, so metrics that
