@@ -191,3 +191,25 @@ def test_concept_wins_leaves_out_the_items_the_base_answered_with_the_concept():
     assert out["mc_top_is_concept"] == {"base": 2, "adapted": 0}
     # the first item's gain comes from forgetting alone: only items 3 and 4 count
     assert out["mc_top1_count_base_not_concept"] == {"n": 2, "base": 1, "adapted": 1}
+
+
+def test_a_resumed_evaluation_reuses_the_replies_it_already_has(tiny, spec, tmp_path, monkeypatch):
+    """Issue 19: resuming `evaluate` (same inputs, a metric failed or the process died) must not generate
+    the greedy replies of generations.jsonl again."""
+    import agmask.evaluate.context as context
+
+    model, tok, _ = tiny
+    adapted = add_adapter(model, [0], std=0.2)
+    cfg = dataclasses.replace(CFG, metrics=("generations", "forget_efficacy", "retain_utility", "fluency"))
+    real = METRICS["forget_efficacy"]
+    monkeypatch.setitem(METRICS, "forget_efficacy", dataclasses.replace(real, fn=lambda ctx: 1 / 0))
+    with pytest.raises(ZeroDivisionError):
+        evaluate_model(adapted, tok, spec, cfg, tmp_path)  # dies after `generations`
+    monkeypatch.setitem(METRICS, "forget_efficacy", real)
+    monkeypatch.setattr(context, "generate", lambda *a, **k: pytest.fail("a reply was generated again"))
+    resumed = evaluate_model(adapted, tok, spec, cfg, tmp_path)["metrics"]
+    monkeypatch.undo()
+    fresh = evaluate_model(adapted, tok, spec, cfg, tmp_path / "fresh")["metrics"]  # replies generated anew
+    assert list(resumed) == list(fresh) == list(cfg.metrics)
+    strip = lambda v: {k: x for k, x in v.items() if k != "seconds"}  # noqa: E731
+    assert all(strip(resumed[n]) == strip(fresh[n]) for n in cfg.metrics)

@@ -132,6 +132,25 @@ class EvalContext:
         self._memo[("gen", set_name, which, mode)] = [r["generation"] for r in rows]
         return True
 
+    def reuse_generations(self, rows: list[dict]) -> int:
+        """Take the greedy replies of an earlier run with the same inputs (its eval/generations.jsonl rows), so a
+        resumed evaluation does not generate them again. A (set, mode) whose rows are not exactly this run's
+        selected items, in order, is left to be generated. Returns how many reply lists were taken."""
+        groups: dict[tuple[str, str], list[dict]] = {}
+        for row in rows:
+            groups.setdefault((row["set"], row["mode"]), []).append(row)
+        taken = 0
+        for (set_name, mode), group in groups.items():
+            if set_name not in EVAL_QA_SETS or mode not in ("lead", "free"):
+                continue
+            if [(r["index"], r["prompt"]) for r in group] != [(i, it.prompt) for i, it in self.items(set_name)]:
+                continue
+            for which in ("base", "adapted"):
+                if ("gen", set_name, which, mode) not in self._memo:
+                    self._memo[("gen", set_name, which, mode)] = [r[which] for r in group]
+                    taken += 1
+        return taken
+
     def _generate(self, sets: list[str], which: Which, mode: Mode) -> None:
         kv = PrefixKV() if mode == "lead" else None
         for set_name in sets:
