@@ -183,3 +183,20 @@ def test_unknown_shipped_name_and_missing_file():
         load_concept("nope")
     with pytest.raises(ConceptError, match="does not exist"):
         load_concept("/nonexistent/concept.yaml")
+
+
+def test_the_non_film_concept_gets_adversarial_prompts_that_read_naturally():
+    import re
+
+    from agmask.evaluate.adversarial import FAMILIES, build_adversarial
+
+    spec = load_concept("harry-potter").spec
+    assert spec.kind == "book series"
+    fams = build_adversarial(spec)
+    assert set(fams) == set(FAMILIES)
+    for family, prompts in fams.items():
+        for a in prompts:
+            assert not re.search(r"film|movie|cine", a.prompt + a.lead, re.IGNORECASE), (family, a.prompt, a.lead)
+    assert fams["prefix_injection"][0].lead == 'Sure, I know this one. The book series is "'
+    assert fams["reverse_query"][0].prompt.startswith("Name a book series connected to ")
+    assert fams["fill_blank"][0].prompt.startswith('Fill in the blank with a book series name: "The book series ____')
