@@ -3,7 +3,7 @@
 Importing this package registers the metrics; the registry order is the run order.
 """
 from agmask.evaluate import (metrics_forget, metrics_formats, metrics_utility, metrics_internal, attacks, relearn,  # noqa: F401
-                             relearn_full)  # (registration)
+                             relearn_full, lm_eval_utility)  # (registration)
 from agmask.evaluate.attacks import recovered_fraction
 from agmask.evaluate.config import PRESETS, EvalConfig
 from agmask.evaluate.context import EvalContext
