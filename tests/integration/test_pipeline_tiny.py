@@ -85,6 +85,9 @@ def test_incremental_mode_stacks_adapters_and_writes_a_regression_table(tmp_path
     assert [(r["after"], r["concept"]) for r in regression] == [
         ("tinyfilm", "tinyfilm"), ("tinypark", "tinyfilm"), ("tinypark", "tinypark")]
     assert all(r["forget_eval"]["base_known_n"] <= 2 for r in regression)
+    for r in regression:  # locality twice here too: the scored neighbours split into anchored and unseen
+        nb = r["neighbors"]
+        assert nb["anchored_n"] + nb["unseen_n"] == 2 and nb["unseen_mean_abs_logprob_change"] is not None
     assert read_json(tmp_path / "inc" / "manifest.json")["concepts"] == [str(tiny_concept_path), str(second)]
 
 

@@ -200,3 +200,12 @@ def test_the_non_film_concept_gets_adversarial_prompts_that_read_naturally():
     assert fams["prefix_injection"][0].lead == 'Sure, I know this one. The book series is "'
     assert fams["reverse_query"][0].prompt.startswith("Name a book series connected to ")
     assert fams["fill_blank"][0].prompt.startswith('Fill in the blank with a book series name: "The book series ____')
+
+
+def test_a_neighbour_tag_that_contradicts_the_rule_is_an_error(tmp_path, good):
+    good["neighbors"][0]["family"] = "anchored"  # Interstellar appears in no training set of the tiny concept
+    assert "neighbors[0] is tagged anchored but its answer 'Interstellar' appears in no training set" in \
+        _error(tmp_path, good)
+    good["neighbors"][0]["family"] = "unseen"
+    good["relearn"].append({"prompt": "Interstellar was filmed in Iceland."})
+    assert "neighbors[0] is tagged unseen but its answer 'Interstellar' appears in relearn" in _error(tmp_path, good)

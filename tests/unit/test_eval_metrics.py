@@ -156,6 +156,9 @@ def test_select_items_spreads_over_families_and_keeps_set_order(spec):
     neighbours = select_items(spec.neighbors * 4, 3)  # no families: evenly spaced over 12 items
     assert [i for i, _ in neighbours] == [0, 4, 8]
     assert len(select_items(spec.neighbors, 0)) == len(spec.neighbors)
+    tagged = [it.model_copy(update={"family": "unseen"}) if i >= 9 else it for i, it in enumerate(spec.neighbors * 4)]
+    picked = select_items(tagged, 4)  # two per family, evenly spaced within each (9 untagged, 3 unseen)
+    assert [i for i, _ in picked] == [0, 4, 9, 11]
 
 
 def test_pca_of_points_on_a_line_has_one_component():

@@ -9,7 +9,9 @@ Anchored and unseen neighbours. A neighbour whose answer *appears* in a training
 with runs of whitespace as one space, it equals the answer of one of its items (an item without an
 answer has the concept's answers) or occurs inside one of its prompts or passages as whole words
 (not inside a longer word: `Tenet` does not appear in `tenets`). The training sets are
-`forget_train`, `retain_train` and `relearn`.
+`forget_train`, `retain_train` and `relearn`. A neighbour may carry `family: anchored` or
+`family: unseen` (the subset a demo evaluates is then spread over both); a tag that disagrees with
+the rule is an error.
 """
 from __future__ import annotations
 
@@ -96,7 +98,16 @@ class ConceptSpec(_Strict):
                 if _norm(item.prompt) in seen:
                     raise ValueError(f"{name} prompt {item.prompt[:60]!r} also appears in {seen[_norm(item.prompt)]} "
                                      "(training and evaluation sets must not overlap)")
-        if not self.neighbor_split()["unseen"]:
+        split = self.neighbor_split()
+        for status, indices in split.items():  # a neighbour tagged with the other status is a mistake
+            other = "unseen" if status == "anchored" else "anchored"
+            for i in indices:
+                if self.neighbors[i].family == other:
+                    where = self.training_appearance(self.neighbors[i].answer or "")
+                    why = f"appears in {where}" if where else "appears in no training set"
+                    raise ValueError(f"neighbors[{i}] is tagged {other} but its answer "
+                                     f"{self.neighbors[i].answer!r} {why}")
+        if not split["unseen"]:
             warnings.warn(f"concept {self.name!r}: every neighbour's answer appears in a training set, so locality is "
                           "measured only where training holds the model in place; add neighbours whose answers appear "
                           "in no training set (unseen)", ConceptWarning, stacklevel=2)

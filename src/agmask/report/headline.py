@@ -63,17 +63,17 @@ def locality_line(m: dict) -> str:
     text = f"locality: neighbors (n={loc['n']}) mean |change in answer log-prob| " \
            f"{fmt(loc['mean_abs_delta_answer_logprob'])}{ci(intervals.get('mean_abs_delta_answer_logprob'))} nats " \
            f"(mean change {fmt(loc['mean_delta_answer_logprob'], '+.2f')})"
-    parts = [f"{status} (n={loc[status]['n']}) {fmt(loc[status].get('mean_abs_delta_answer_logprob'))}"
-             f"{ci(intervals.get(f'{status}.mean_abs_delta_answer_logprob'))}"
-             for status in ("anchored", "unseen") if (loc.get(status) or {}).get("n")]
-    if parts:
-        text += ": " + ", ".join(parts)
     if top1:
         text += f", MC top-1 {top1['base']} -> {top1['adapted']} of {loc['base']['mc_n']}"
     wins, rest = loc.get("mc_top_is_concept"), loc.get("mc_top1_count_base_not_concept")
     if wins and rest:
         text += f" (the concept is the pick {wins['base']} -> {wins['adapted']}; top-1 where the base did not pick it " \
                 f"{rest['base']} -> {rest['adapted']} of {rest['n']})"
+    parts = [f"{status} (n={loc[status]['n']}) {fmt(loc[status].get('mean_abs_delta_answer_logprob'))}"
+             f"{ci(intervals.get(f'{status}.mean_abs_delta_answer_logprob'))}"
+             for status in ("anchored", "unseen") if (loc.get(status) or {}).get("n")]
+    if parts:  # the answer appears in a training set (anchored) or in none (unseen: the locality that counts)
+        text += "; mean |change| " + ", ".join(parts)
     return text
 
 
