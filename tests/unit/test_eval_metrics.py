@@ -65,6 +65,15 @@ def test_forced_model_with_a_zero_adapter_gives_the_known_answers(tiny, spec, tm
     assert m["logit_lens"]["sets"]["forget_eval"]["base"]["share_best_rank_le_5"] == 1.0
     for v in m["attack_quantization"]["variants"].values():
         assert v["recovered_fraction"] is None and v["flag"] == NEAR_ZERO
+    for v in m["attack_quantization_full"]["variants"].values():  # nf4: not run without bitsandbytes
+        assert v["recovered_fraction"] is None and v["flag"] in (NEAR_ZERO, "not_run")
+    for v in m["attack_relearn_full"]["variants"].values():
+        assert v["flag"] == NEAR_ZERO and v["base_known"]["base"] == v["base_known"]["unlearned"]
+    assert list(m["attack_relearn_full"]["variants"]) == [f"{d} k={k}" for d in ("relearn", "control") for k in (10, 20, 50)]
+    for fmt in m["answer_formats"]["formats"].values():
+        assert fmt["concept"]["base"] == fmt["concept"]["adapted"]
+    assert m["lm_eval"]["tasks"] == {}
+    assert m["locality"]["unseen"]["n"] == 3 and m["locality"]["anchored"] == {"set": "neighbors", "n": 0}
     flu = m["fluency"]["overall"]
     assert flu["base"] == flu["adapted"]
 
