@@ -33,6 +33,7 @@ from agmask.attribution import SCORES, combined_score, neuron_stats, top_neurons
 from agmask.attribution.ablation import jaccard, mean_neurons, random_like, zero_neurons
 from agmask.attribution.effects import activation_means, encode_prompts
 from agmask.concepts import training_halves
+from agmask.concepts.training_view import training_view
 from agmask.config import RunConfig
 from agmask.files import load_tensors, read_json
 from agmask.scoring import item_logprobs
@@ -75,7 +76,10 @@ def ablation(model, tok, spec, top, concept_set, neighbour_set, draws: int, seed
 
 def select_retain_weight(model, tok, spec, grid: list[float], k: int, draws: int, seed: int, intermediate: int,
                          ablate=None) -> tuple[float, list[dict]]:
-    """Choose lambda on the training sets only (see the module docstring); returns it and one row per lambda."""
+    """Choose lambda on the training sets only (see the module docstring); returns it and one row per lambda.
+
+    `spec` is read through `training_view`: an evaluation set touched while choosing is an error."""
+    spec = training_view(spec)
     forget_a, forget_b = training_halves(spec.forget_train)
     retain_a, retain_b = training_halves(spec.retain_train)
     fs = neuron_stats(model, tok, spec, "forget_train", forget_a)

@@ -33,7 +33,8 @@ from agmask.unlearn import METHODS, get_method
 from agmask.unlearn.trainer import train
 
 METRICS = ("forget_efficacy", "probe_recall", "forget_base_known", "locality", "retain_utility", "kl_greedy", "fluency")
-ATTACKS = ("adversarial", "attack_quantization", "attack_relearn")
+ATTACKS = ("adversarial", "answer_formats", "attack_quantization", "attack_relearn", "attack_quantization_full",
+           "attack_relearn_full")
 
 
 def attack_columns(m: dict) -> dict:
@@ -44,10 +45,22 @@ def attack_columns(m: dict) -> dict:
         worst = max(fams, key=lambda f: fams[f]["worst"]["max_mc_share"])
         out["adversarial_worst_family"] = worst
         out["adversarial_worst_mc_share"] = fams[worst]["worst"]["max_mc_share"]
-    for key in ("attack_quantization", "attack_relearn"):
-        for variant, v in m.get(key, {}).get("variants", {}).items():
-            out[f"recovered_{variant}"] = v["recovered_fraction"] if v["flag"] is None else v["flag"]
+    if "answer_formats" in m:
+        af = m["answer_formats"]
+        out["worst_format"] = af["worst_format"]
+        if af["worst_format"]:
+            out["worst_format_concept_top1"] = af["formats"][af["worst_format"]]["concept"]["adapted"]["top1_rate"]
+    for key in [k for k, v in m.items() if v.get("kind") == "attack"]:
+        for variant, v in m[key].get("variants", {}).items():
+            label = variant if key in ("attack_quantization", "attack_relearn") else f"{key.removeprefix('attack_')} {variant}"
+            out[f"recovered_{label}"] = v["recovered_fraction"] if v["flag"] is None else v["flag"]
     return out
+
+
+def _ci(metric: dict, key: str) -> list | None:
+    """[low, high] of a bootstrap interval in a metric's `intervals`, or None."""
+    iv = (metric.get("intervals") or {}).get(key)
+    return None if not iv or iv.get("low") is None else [round(iv["low"], 4), round(iv["high"], 4)]
 
 
 def row_of(metrics: dict, seconds: float, steps: int) -> dict:
@@ -57,11 +70,16 @@ def row_of(metrics: dict, seconds: float, steps: int) -> dict:
         "forget_known_n": fk["adapted"]["n"],
         "forget_known_mc_top1": fk["adapted"]["mc_top1_rate"],
         "forget_known_mc_share": fk["adapted"]["mc_share"],
+        "forget_known_mc_share_ci": _ci(fk, "adapted.mc_share"),
         "forget_known_median_rank": fk["adapted"]["median_first_token_rank"],
         "forget_eval_dlogp": fk["forget_eval_mean_logprob_change"],
         "neighbors_abs_dlogp": loc["mean_abs_delta_answer_logprob"],
+        "neighbors_anchored_abs_dlogp": (loc.get("anchored") or {}).get("mean_abs_delta_answer_logprob"),
+        "neighbors_unseen_abs_dlogp": (loc.get("unseen") or {}).get("mean_abs_delta_answer_logprob"),
+        "neighbors_unseen_abs_dlogp_ci": _ci(loc, "unseen.mean_abs_delta_answer_logprob"),
         "neighbors_mc_top1": f"{loc['mc_top1_count']['adapted']}/{loc['mc_top1_count']['base']}",
         "retain_eval_kl": (kl.get("retain_eval") or {}).get("mean_kl_per_token"),
+        "retain_eval_kl_ci": _ci(m["kl_greedy"], "sets.retain_eval.mean_kl_per_token"),
         "repetition": flu["adapted"]["repetition_rate"],
         "repetition_base": flu["base"]["repetition_rate"],
         "train_seconds": round(seconds, 1), "steps": steps,

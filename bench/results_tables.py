@@ -104,6 +104,18 @@ def evaluate(run: Path) -> str | None:
         lines.append(f"- neighbours: mean |Δ answer log-prob| {loc['mean_abs_delta_answer_logprob']:.3f} nats, mean Δ "
                      f"{loc['mean_delta_answer_logprob']:.3f}; MC top-1 count {loc['mc_top1_count']['base']} -> "
                      f"{loc['mc_top1_count']['adapted']}")
+        for status in ("anchored", "unseen"):
+            part, ci = loc.get(status) or {}, (loc.get("intervals") or {}).get(f"{status}.mean_abs_delta_answer_logprob")
+            if part.get("n"):
+                lines.append(f"  - {status} (n={part['n']}): mean |Δ| {part['mean_abs_delta_answer_logprob']:.3f} nats"
+                             + (f" [95% {ci['low']:.3f}, {ci['high']:.3f}]" if ci and ci.get("low") is not None else ""))
+    af = m.get("answer_formats")
+    if af:
+        lines.append("- answer formats (concept picked base -> adapted / share; worst "
+                     f"{af['worst_format']}): " + "; ".join(
+                         f"{f} {v['concept']['base']['top1_count']} -> {v['concept']['adapted']['top1_count']} of "
+                         f"{v['concept']['adapted']['n']} / {_f(v['concept']['adapted']['share'], 3)} (chance "
+                         f"{v['concept']['adapted']['chance']:.3f})" for f, v in af["formats"].items()))
     kl = (m.get("kl_greedy") or {}).get("sets", {})
     if kl:
         lines.append("- KL(base || adapted) per token on the base's greedy reply: "
@@ -138,14 +150,25 @@ def evaluate(run: Path) -> str | None:
     if ll:
         lines.append("- logit lens median best rank: " + ", ".join(
             f"{k} {v['base']['median_best_rank']} -> {v['adapted']['median_best_rank']}" for k, v in ll["sets"].items()))
-    for key in ("attack_quantization", "attack_relearn"):
+    for key in [k for k, v in m.items() if v.get("kind") == "attack"]:
         a = m.get(key)
         if a:
-            lines.append(f"- {key}: " + ", ".join(
-                f"{k} recovered {_f(v['recovered_fraction'])} (log-prob {v['mean_answer_logprob']['attacked']:.2f}; "
-                f"unlearned {v['mean_answer_logprob']['unlearned']:.2f}, base {v['mean_answer_logprob']['base']:.2f})"
-                + (f" flag {v['flag']}" if v.get("flag") else "") for k, v in a["variants"].items()))
+            lines.append(f"- {key}: " + ", ".join(_attack(k, v) for k, v in a["variants"].items()))
     return "\n".join(out + ([""] if out else []) + lines)
+
+
+def _attack(name: str, v: dict) -> str:
+    if v.get("not_run"):
+        return f"{name} not run ({v['not_run']})"
+    lp = v["mean_answer_logprob"]
+    text = (f"{name} recovered {_f(v['recovered_fraction'])} (log-prob {lp['attacked']:.2f}; unlearned "
+            f"{lp['unlearned']:.2f}, base {lp['base']:.2f})" + (f" flag {v['flag']}" if v.get("flag") else ""))
+    known = v.get("base_known")
+    if known and known["attacked"].get("mc_n"):
+        text += (f", base-known MC top-1 {known['base']['mc_top1_count']}/{known['unlearned']['mc_top1_count']}/"
+                 f"{known['attacked']['mc_top1_count']} of {known['attacked']['mc_n']} (base/unlearned/attacked), "
+                 f"median rank {known['attacked']['median_first_token_rank']}")
+    return text
 
 
 def regression(run: Path) -> str | None:
@@ -156,9 +179,10 @@ def regression(run: Path) -> str | None:
     for row in (r if isinstance(r, list) else r.get("rows", [])):
         fe, nb = row["forget_eval"], row["neighbors"]
         rows.append([row["after"], row["concept"], fe["base_known_n"], fe["mc_top1_rate_base_known"],
-                     fe["median_first_token_rank_base_known"], fe["mean_logprob_change"], nb["mean_abs_logprob_change"]])
+                     fe["median_first_token_rank_base_known"], fe["mean_logprob_change"], nb["mean_abs_logprob_change"],
+                     nb.get("anchored_mean_abs_logprob_change"), nb.get("unseen_mean_abs_logprob_change")])
     return table(["after", "concept", "forget_eval base-known n", "MC top-1 (base-known)", "median rank (base-known)",
-                  "forget_eval Δ log-prob", "neighbours mean abs Δ"], rows)
+                  "forget_eval Δ log-prob", "neighbours mean abs Δ", "anchored", "unseen"], rows)
 
 
 def compare(run: Path) -> str | None:

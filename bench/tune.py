@@ -13,7 +13,8 @@ top-1 rate and share on base-known prompts, median first-token rank, also with t
 after the other answer lead the training sets use, mean answer log-prob change)
 and locality (mean |change| of the answer log-prob on neighbour-type retain prompts, i.e. those
 whose answer is a candidate title, and on the general ones). Every config starts from the same mask
-and seed, and the LoRA weights are reset between configs.
+and seed, and the LoRA weights are reset between configs. The concept is read through
+`agmask.concepts.training_view`: the evaluation sets cannot be touched here (a test checks it).
 """
 from __future__ import annotations
 
@@ -27,6 +28,7 @@ import torch
 
 from agmask.attribution import SCORES, combined_score, neuron_stats
 from agmask.concepts import load_concept, training_halves
+from agmask.concepts.training_view import training_view
 from agmask.lora import attach_lora
 from agmask.masking import choose_layers, mask_from_scores
 from agmask.masking.causal import causal_selection
@@ -80,20 +82,13 @@ def summary(base: dict, after: dict) -> dict:
     }
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", default="embedded:qwen2.5-coder-0.5b-instruct")
-    ap.add_argument("--concept", default="inception")
-    ap.add_argument("--configs", required=True, help="JSON list of unlearn option overrides")
-    ap.add_argument("--mask", default='{"k": 256, "num_layers": 4}',
-                    help="JSON: mask stage options (k, num_layers, method, layers, selection, candidates, ...)")
-    ap.add_argument("--positions", default="answer", help="attribute.positions on half A")
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--attribution-retain-weight", type=float, default=1.0,
-                    help="lambda of the combined score the mask is built from (attribute.retain_weight)")
-    args = ap.parse_args()
-    model, tok, info = load(args.model)
-    spec = load_concept(args.concept).spec
+def tune(model, tok, info, spec, configs: list[dict], mask_opts: dict, seed: int = 0,
+         attribution_retain_weight: float = 1.0, log=print, positions: str = "answer") -> list[dict]:
+    """Fit every config on half A of the training sets and measure it on half B; one row per config.
+
+    `spec` is read through `training_view`: an evaluation set touched on this path is an error.
+    """
+    spec = training_view(spec)
     forget_a, forget_b = training_halves(spec.forget_train)
     retain_a, retain_b = training_halves(spec.retain_train)
     fit_spec = spec.model_copy(update={"forget_train": forget_a, "retain_train": retain_a})
@@ -102,41 +97,62 @@ def main() -> None:
     other_lead = other_leads[0] if other_leads else None
     t0 = time.perf_counter()
     base = measure(model, tok, spec, forget_b, retain_b, other_lead)
-    print(f"base measured in {time.perf_counter() - t0:.0f} s", flush=True)
+    log(f"base measured in {time.perf_counter() - t0:.0f} s")
     t0 = time.perf_counter()
-    fs = neuron_stats(model, tok, fit_spec, "forget_train", forget_a, positions=args.positions)
-    rs = neuron_stats(model, tok, fit_spec, "retain_train", retain_a, positions=args.positions)
+    fs = neuron_stats(model, tok, fit_spec, "forget_train", forget_a, positions=positions)
+    rs = neuron_stats(model, tok, fit_spec, "retain_train", retain_a, positions=positions)
     combined = combined_score({s: fs.mean(s) for s in SCORES}, {s: rs.mean(s) for s in SCORES},
-                              args.attribution_retain_weight)
+                              attribution_retain_weight)
     top_counts = torch.zeros(info.num_layers)
-    for idx in torch.topk(combined.flatten(), 100).indices:
+    for idx in torch.topk(combined.flatten(), min(100, combined.numel())).indices:
         top_counts[idx // info.intermediate_size] += 1
     ranking = torch.argsort(top_counts, descending=True, stable=True).tolist()
-    mask_conf = MaskConfig(**json.loads(args.mask))
+    mask_conf = MaskConfig(**mask_opts)
     if mask_conf.selection == "causal":  # measured on half A only (forget_a, retain_a)
-        mask = causal_selection(model, tok, fit_spec, combined, causal_options(mask_conf, args.seed)).mask
+        mask = causal_selection(model, tok, fit_spec, combined, causal_options(mask_conf, seed)).mask
         layers = sorted(torch.nonzero(mask.any(1)).flatten().tolist())
     else:
         layers = choose_layers(ranking, mask_conf.num_layers, mask_conf.layers, info.num_layers)
         mask = mask_from_scores(combined, layers, mask_conf.method, mask_conf.k, mask_conf.threshold)
-    print(f"attribution on half A in {time.perf_counter() - t0:.0f} s; mask {int(mask.sum())} neurons in {layers}", flush=True)
-    print(f"config | known | top1 | share | med rank | med rank after {other_lead!r} | dlogp forget | |d| neighbour | "
-          "neigh top1 after/base | |d| general | s")
-    for overrides in json.loads(args.configs):
+    log(f"attribution on half A in {time.perf_counter() - t0:.0f} s; mask {int(mask.sum())} neurons in {layers}")
+    log(f"config | known | top1 | share | med rank | med rank after {other_lead!r} | dlogp forget | |d| neighbour | "
+        "neigh top1 after/base | |d| general | s")
+    results = []
+    for overrides in configs:
         conf = dataclasses.replace(UnlearnConfig(), **overrides)
         method = get_method(conf.method)
         param = {"mask": mask, "random": None, "unmasked": None}[method.parameterisation]
         t0 = time.perf_counter()
-        adapter = attach_lora(model, param, layers=layers, r=conf.r, alpha=conf.alpha, seed=args.seed)
-        rows = train(adapter, method, tok, fit_spec, conf, seed=args.seed)
+        adapter = attach_lora(model, param, layers=layers, r=conf.r, alpha=conf.alpha, seed=seed)
+        rows = train(adapter, method, tok, fit_spec, conf, seed=seed)
         after = measure(adapter.model, tok, spec, forget_b, retain_b, other_lead)
         s = summary(base, after)
         for h in adapter.handles:
             h.remove()
         model = adapter.model.unload()
-        print(f"{json.dumps(overrides)} | {s['known_n']} | {s['top1']:.2f} | {s['share']:.3f} | {s['med_rank']} | {s['med_rank_other_lead']} | "
-              f"{s['dlogp_forget']:.2f} | {s['neigh_abs']:.2f} | {s['neigh_top1'][0]}/{s['neigh_top1'][1]} | "
-              f"{s['general_abs']:.2f} | {time.perf_counter() - t0:.0f} (steps {len(rows)})", flush=True)
+        results.append({"config": overrides, "steps": len(rows), **s})
+        log(f"{json.dumps(overrides)} | {s['known_n']} | {s['top1']:.2f} | {s['share']:.3f} | {s['med_rank']} | "
+            f"{s['med_rank_other_lead']} | {s['dlogp_forget']:.2f} | {s['neigh_abs']:.2f} | "
+            f"{s['neigh_top1'][0]}/{s['neigh_top1'][1]} | {s['general_abs']:.2f} | {time.perf_counter() - t0:.0f} "
+            f"(steps {len(rows)})")
+    return results
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default="embedded:qwen2.5-coder-0.5b-instruct")
+    ap.add_argument("--concept", default="inception")
+    ap.add_argument("--configs", required=True, help="JSON list of unlearn option overrides")
+    ap.add_argument("--mask", default='{"k": 256, "num_layers": 4}', help="JSON: k, num_layers, method, layers")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--positions", default="answer", help="attribute.positions on half A")
+    ap.add_argument("--attribution-retain-weight", type=float, default=1.0,
+                    help="lambda of the combined score the mask is built from (attribute.retain_weight)")
+    args = ap.parse_args()
+    model, tok, info = load(args.model)
+    spec = training_view(load_concept(args.concept).spec)  # never an evaluation set on this path
+    tune(model, tok, info, spec, json.loads(args.configs), json.loads(args.mask), args.seed,
+         args.attribution_retain_weight, log=lambda line: print(line, flush=True), positions=args.positions)
 
 
 if __name__ == "__main__":

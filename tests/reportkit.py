@@ -21,6 +21,19 @@ def comparison(base_lp: float, after_lp: float, share: tuple, hit: tuple) -> dic
                       "any_greedy_hit_base_known": False, "prompt": "Which film?"}}
 
 
+def interval(estimate: float, low: float, high: float, n: int = 4) -> dict:
+    return {"estimate": estimate, "low": low, "high": high, "n": n, "confidence": 0.95, "resamples": 9999, "seed": 0}
+
+
+def concept(top1: int, share: float, chance: float) -> dict:
+    return {"n": 4, "top1_count": top1, "top1_rate": top1 / 4, "share": share, "chance": chance,
+            "share_over_chance": share / chance}
+
+
+def view(top1: int, share: float, rank: float) -> dict:
+    return {"n": 4, "mc_n": 4, "mc_top1_count": top1, "mc_share": share, "median_first_token_rank": rank}
+
+
 def handmade_metrics(quant_fraction: float | None = 0.3) -> dict:
     """A metrics dict with the schema `evaluate_model` writes (what the report and summary read)."""
     fluency = {"n": 8, "distinct_1": 0.7, "distinct_2": 0.9, "repetition_rate": 0.05, "degenerate_rate": 0.0, "mean_words": 6}
@@ -40,7 +53,16 @@ def handmade_metrics(quant_fraction: float | None = 0.3) -> dict:
         "adversarial": {"kind": "forget", "doc": "adversarial", "seconds": 1.0, "worst_family": "role_play",
                         "families": {"role_play": comparison(-1.5, -4.0, (0.5, 0.2), (1.0, 0.5))}, "examples": {}},
         "locality": {"kind": "locality", "doc": "neighbours", "seconds": 1.0, "set": "neighbors",
-                     **comparison(-1.0, -1.3, (0.7, 0.6), (1.0, 1.0))},
+                     **comparison(-1.0, -1.3, (0.7, 0.6), (1.0, 1.0)),
+                     "anchored": comparison(-1.0, -1.1, (0.7, 0.65), (1.0, 1.0)),
+                     "unseen": comparison(-1.0, -2.74, (None, None), (1.0, 0.0)),
+                     "intervals": {"mean_abs_delta_answer_logprob": interval(0.3, 0.1, 0.5),
+                                   "unseen.mean_abs_delta_answer_logprob": interval(1.74, 1.2, 2.3)}},
+        "answer_formats": {"kind": "forget", "doc": "formats", "seconds": 1.0, "worst_format": "letter",
+                           "skipped_leads": {}, "letter_options": 4, "sets": ["forget_eval"],
+                           "formats": {f: {"lead": None, "sets": {"forget_eval": comparison(-1.0, -3.0, (0.6, s), (None, None))},
+                                           "concept": {"base": concept(4, 0.6, c), "adapted": concept(t, s, c)}}
+                                       for f, t, s, c in (("set_lead", 0, 0.05, 0.2), ("letter", 3, 0.41, 0.25))}},
         "retain_utility": {"kind": "utility", "doc": "retain", "seconds": 1.0, "set": "retain_eval",
                            **comparison(-0.5, -0.6, (None, None), (1.0, 1.0)), "accuracy": {"base": 0.75, "adapted": 0.75}},
         "kl_greedy": {"kind": "utility", "doc": "kl", "seconds": 1.0,
@@ -61,6 +83,14 @@ def handmade_metrics(quant_fraction: float | None = 0.3) -> dict:
         "attack_quantization": {"kind": "attack", "doc": "quantisation", "seconds": 1.0, "set": "forget_eval", "n": 4,
                                 "variants": {"int8": dict(attack, recovered_fraction=0.01 if quant_fraction is not None else None),
                                              "int4": attack}},
+        "attack_relearn_full": {"kind": "attack", "doc": "relearning", "seconds": 1.0, "set": "forget_eval", "n": 4,
+                                "variants": {"relearn k=10": dict(attack, recovered_fraction=0.2 if quant_fraction else None,
+                                                                  base_known={"sets": ["forget_eval"], "base": view(3, 0.6, 1),
+                                                                              "unlearned": view(0, 0.02, 900),
+                                                                              "attacked": view(2, 0.3, 4)})}},
+        "lm_eval": {"kind": "utility", "doc": "lm-eval", "seconds": 1.0, "limit": None,
+                    "tasks": {"arc_easy": {"acc,none": {"base": 0.61, "adapted": 0.6, "base_stderr": 0.01,
+                                                        "adapted_stderr": 0.01}}}},
     }
 
 

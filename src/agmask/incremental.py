@@ -41,6 +41,11 @@ def regression_row(session: Session, model, after: str) -> dict:
             "mean_logprob_change": statistics.fmean(deltas),
             "mean_abs_logprob_change": statistics.fmean(abs(d) for d in deltas),
         }
+        if set_name == "neighbors":  # locality twice: answers a training set holds, and answers it never saw
+            for status, idx in spec.neighbor_split().items():
+                part = [abs(d) for r, d in zip(scored, deltas) if r["index"] in set(idx)]
+                row[set_name][f"{status}_n"] = len(part)
+                row[set_name][f"{status}_mean_abs_logprob_change"] = statistics.fmean(part) if part else None
     return row
 
 

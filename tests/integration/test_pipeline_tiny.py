@@ -85,6 +85,9 @@ def test_incremental_mode_stacks_adapters_and_writes_a_regression_table(tmp_path
     assert [(r["after"], r["concept"]) for r in regression] == [
         ("tinyfilm", "tinyfilm"), ("tinypark", "tinyfilm"), ("tinypark", "tinypark")]
     assert all(r["forget_eval"]["base_known_n"] <= 2 for r in regression)
+    for r in regression:  # locality twice here too: the scored neighbours split into anchored and unseen
+        nb = r["neighbors"]
+        assert nb["anchored_n"] + nb["unseen_n"] == 2 and nb["unseen_mean_abs_logprob_change"] is not None
     assert read_json(tmp_path / "inc" / "manifest.json")["concepts"] == [str(tiny_concept_path), str(second)]
 
 
@@ -111,3 +114,23 @@ def test_recommendation_sets_run_end_to_end_on_tiny_llama(tmp_path, tiny_concept
     print_eval_summary(run_dir)
     lines = capsys.readouterr().out.splitlines()
     assert len(lines) == 7 and lines[-1].startswith("recommendations (recommend_eval, n=4)")
+
+
+def test_the_non_film_concept_runs_end_to_end(tmp_path):
+    """The shipped book-series concept through every stage on tiny:llama: unseen neighbours, answer formats,
+    the unconstrained attacks and intervals reach the metrics and the report; no prompt says film."""
+    import re
+
+    cfg = RunConfig(model="tiny:llama", concepts=["harry-potter"], run_dir=tmp_path / "run", overrides=FAST)
+    run = run_pipeline(cfg)[0]
+    m = read_json(run / "eval" / "metrics.json")["metrics"]
+    loc = m["locality"]
+    assert loc["anchored"]["n"] > 0 and loc["unseen"]["n"] > 0 and loc["n"] == loc["anchored"]["n"] + loc["unseen"]["n"]
+    assert "unseen.mean_abs_delta_answer_logprob" in loc["intervals"]
+    assert set(m["answer_formats"]["formats"]) == {"set_lead", "lead=Answer: ", "letter"}
+    assert m["attack_relearn_full"]["variants"] and m["attack_quantization_full"]["variants"]
+    for example in m["adversarial"]["examples"].values():
+        for row in example:
+            assert not re.search(r"film|movie", row["prompt"] + row["lead"], re.IGNORECASE)
+    page = (run / "report.html").read_text(encoding="utf-8")
+    assert "unseen" in page and "Answer formats" in page and "95% interval" in page

@@ -29,8 +29,21 @@ def test_shipped_concepts_do_not_give_the_answer_away(name):
                      "recommend_train", "recommend_eval"):
         for item in spec.items(set_name):
             assert not any(a.casefold() in item.prompt.casefold() for a in spec.answers), (set_name, item.prompt)
-    for item in spec.neighbors:
-        assert item.answer.casefold() in {c.casefold() for c in spec.candidates}
+    anchored = spec.neighbor_split()["anchored"]
+    for i in anchored:  # anchored neighbours have the multiple-choice view; unseen ones are new titles
+        assert spec.neighbors[i].answer.casefold() in {c.casefold() for c in spec.candidates}
+
+
+@pytest.mark.parametrize("name", shipped_concepts())
+def test_shipped_concepts_have_unseen_neighbours_that_no_training_set_mentions(name):
+    spec = load_concept(name).spec
+    unseen = [spec.neighbors[i] for i in spec.neighbor_split()["unseen"]]
+    assert len(unseen) >= 12
+    train_text = " ".join(it.prompt.casefold() + " " + (it.answer or "").casefold()
+                          for s in TRAIN_SETS for it in spec.items(s))
+    for item in unseen:  # a plain substring check, stricter than the whole-word rule
+        assert item.answer.casefold() not in train_text, item.answer
+        assert not spec.is_concept_answer(item.answer)
 
 
 def test_inception_is_the_default_and_second_concept_is_not_a_neighbour():
@@ -42,6 +55,36 @@ def test_inception_is_the_default_and_second_concept_is_not_a_neighbour():
         spec = load_concept(other).spec
         neighbour_titles = {c.casefold() for c in inception.candidates}
         assert spec.answers[0].casefold() not in neighbour_titles
+
+
+def test_anchored_and_unseen_follow_the_documented_rule(tmp_path, good):
+    good["retain_train"].append({"prompt": "Name a film.", "answer": "  the   MATRIX "})  # answer: case, spaces
+    good["relearn"].append({"prompt": "Memento was told backwards."})  # inside a passage, whole words
+    good["relearn"].append({"prompt": "Interstellars and interstellarish trips."})  # inside longer words only
+    good["neighbors"].append({"prompt": "Which film is the concept itself here?", "answer": "inception"})
+    spec = load_concept(_write(tmp_path, good)).spec
+    assert spec.training_appearance("The Matrix") == "retain_train"
+    assert spec.training_appearance("memento") == "relearn"
+    assert spec.training_appearance("Interstellar") is None  # `Interstellars`: not the whole word
+    assert spec.training_appearance("Inception") == "forget_train"  # forget items answer with the concept
+    by_answer = {spec.neighbors[i].answer: status for status, idx in spec.neighbor_split().items() for i in idx}
+    assert by_answer == {"Interstellar": "unseen", "The Matrix": "anchored", "Memento": "anchored",
+                         "inception": "anchored"}
+
+
+def test_a_concept_without_unseen_neighbours_is_a_warning_not_an_error(tmp_path, good):
+    from agmask.concepts.schema import ConceptWarning
+
+    good["relearn"].append({"prompt": "Interstellar, The Matrix and Memento are films."})
+    with pytest.warns(ConceptWarning, match="unseen"):
+        spec = load_concept(_write(tmp_path, good)).spec
+    assert spec.neighbor_split()["unseen"] == []
+
+
+def test_kind_defaults_to_film(tmp_path, good):
+    assert load_concept(_write(tmp_path, good)).spec.kind == "film"
+    good["kind"] = "book series"
+    assert load_concept(_write(tmp_path, good)).spec.kind == "book series"
 
 
 def _write(tmp_path, data) -> str:
@@ -192,3 +235,29 @@ def test_shipped_recommend_prompts_are_open_requests(name):
         kinds = [it.family for it in spec.items(set_name)]
         assert None not in kinds and len(set(kinds)) >= 5, set_name
         assert all(kinds.count(k) >= 2 for k in set(kinds)), set_name
+
+
+def test_the_non_film_concept_gets_adversarial_prompts_that_read_naturally():
+    import re
+
+    from agmask.evaluate.adversarial import FAMILIES, build_adversarial
+
+    spec = load_concept("harry-potter").spec
+    assert spec.kind == "book series"
+    fams = build_adversarial(spec)
+    assert set(fams) == set(FAMILIES)
+    for family, prompts in fams.items():
+        for a in prompts:
+            assert not re.search(r"film|movie|cine", a.prompt + a.lead, re.IGNORECASE), (family, a.prompt, a.lead)
+    assert fams["prefix_injection"][0].lead == 'Sure, I know this one. The book series is "'
+    assert fams["reverse_query"][0].prompt.startswith("Name a book series connected to ")
+    assert fams["fill_blank"][0].prompt.startswith('Fill in the blank with a book series name: "The book series ____')
+
+
+def test_a_neighbour_tag_that_contradicts_the_rule_is_an_error(tmp_path, good):
+    good["neighbors"][0]["family"] = "anchored"  # Interstellar appears in no training set of the tiny concept
+    assert "neighbors[0] is tagged anchored but its answer 'Interstellar' appears in no training set" in \
+        _error(tmp_path, good)
+    good["neighbors"][0]["family"] = "unseen"
+    good["relearn"].append({"prompt": "Interstellar was filmed in Iceland."})
+    assert "neighbors[0] is tagged unseen but its answer 'Interstellar' appears in relearn" in _error(tmp_path, good)

@@ -41,6 +41,11 @@ def test_report_has_every_png_inline_and_no_external_assets(run_dir):
     assert "masked_lora" in page and "forget.mc_share" in page  # method comparison
     assert "final_loss" in page and "sensitivity.1" in page  # small JSON summaries as tables
     assert "attack_quantization" in page and "int4" in page
+    assert "neighbors (unseen)" in page and "neighbors (anchored)" in page  # locality twice
+    assert "Answer formats training never used" in page and "<b>letter</b>" in page
+    assert "95% intervals" in page and "unseen.mean_abs_delta_answer_logprob" in page
+    assert "relearn k=10" in page and "MC top-1 (base-known): base" in page
+    assert "lm-evaluation-harness" in page and "arc_easy" in page
     for line in headline_lines(handmade_metrics()):
         assert line.split(":")[0] in page
 
@@ -61,7 +66,9 @@ def test_headline_five_lines_and_worst_attack():
     lines = headline_lines(handmade_metrics(0.3))
     assert [line.split(":")[0] for line in lines] == ["forget", "locality", "utility", "fluency", "worst attack"]
     assert "MC share 0.60 -> 0.05" in lines[0] and "worst adversarial family role_play" in lines[0]
-    assert "0.30" in lines[1]  # mean |change| of the neighbours' answer log-prob
+    assert "0.30 [0.10, 0.50]" in lines[1]  # mean |change| of the neighbours' answer log-prob, with its interval
+    assert "anchored (n=4) 0.10" in lines[1] and "unseen (n=4) 1.74 [1.20, 2.30]" in lines[1]
+    assert "worst answer format letter (concept picked 4 -> 3 of 4, share 0.60 -> 0.41, chance 0.25)" in lines[0]
     assert "int4 recovers 0.30" in lines[4]
     undefined = headline_lines(handmade_metrics(None))[4]
     assert "undefined" in undefined and "near_zero_denominator" in undefined
@@ -81,3 +88,9 @@ def test_cli_report_on_a_missing_run_dir_is_a_clean_error(tmp_path, capsys):
     assert main(["report", "--run-dir", str(tmp_path / "nope")]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and "Traceback" not in err
+
+
+def test_the_worst_attack_line_says_whether_the_model_answers_again():
+    line = headline_lines(handmade_metrics(0.1))[4]  # relearning (0.2) beats quantisation (0.1)
+    assert line.startswith("worst attack: attack_relearn_full relearn k=10 recovers 0.20")
+    assert "on base-known prompts MC top-1 3 -> 0 -> 2 of 4, median rank 1 -> 900 -> 4" in line

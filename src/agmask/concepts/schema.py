@@ -5,9 +5,21 @@ and seven prompt sets with strict roles (see DESIGN.md): training sets never ove
 Two optional sets hold open recommendation prompts where the concept is one plausible pick among
 several (`recommend_train` counts as training, `recommend_eval` as evaluation); their prompts appear in
 no other set, and their answer is always the concept among its `candidates`, after `I recommend "`.
+
+Anchored and unseen neighbours. A neighbour whose answer *appears* in a training set is `anchored`
+(the retain term, or the attack data, holds it in place); one whose answer appears in none is
+`unseen`, the locality that counts. A text appears in a training set when, compared case-insensitively
+with runs of whitespace as one space, it equals the answer of one of its items (an item without an
+answer has the concept's answers) or occurs inside one of its prompts or passages as whole words
+(not inside a longer word: `Tenet` does not appear in `tenets`). The training sets are
+`forget_train`, `retain_train`, `relearn` and `recommend_train`. A neighbour may carry `family: anchored` or
+`family: unseen` (the subset a demo evaluates is then spread over both); a tag that disagrees with
+the rule is an error.
 """
 from __future__ import annotations
 
+import re
+import warnings
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -23,6 +35,11 @@ DEFAULT_LEAD = 'The answer is "'
 # The reply to a recommendation prompt starts with the recommended title: the candidate distribution after
 # this lead is the model's preference among the concept's `candidates`.
 RECOMMEND_LEAD = 'I recommend "'
+DEFAULT_KIND = "film"
+
+
+class ConceptWarning(UserWarning):
+    """A concept that can be used but measures less than it could (e.g. no unseen neighbour)."""
 
 
 class _Strict(BaseModel):
@@ -48,6 +65,8 @@ class ConceptSpec(_Strict):
     name: str = Field(pattern=r"^[a-z0-9][a-z0-9_-]*$", description="identifier, used in paths (adapters/<name>/)")
     answers: list[str] = Field(min_length=1, description="the concept's strings and aliases; the first is canonical")
     forget_target: str = Field("FORGOTTEN", min_length=1, description="what the unlearned model answers instead")
+    kind: str = Field(DEFAULT_KIND, min_length=1, description="what the concept is, as a noun (film, book series, "
+                      "person, ...): generated prompts name it so")
     lead: dict[SetName, str] = Field(default_factory=dict, description="answer lead per prompt set")
     candidates: list[str] = Field(min_length=2, description="titles for the multiple-choice view")
     forget_train: list[PromptItem] = Field(min_length=1)
@@ -104,6 +123,19 @@ class ConceptSpec(_Strict):
                     raise ValueError(f"{name} prompt {item.prompt[:60]!r} also appears in {seen[_norm(item.prompt)]} "
                                      "(training and evaluation sets must not overlap)")
         self._recommend_prompts_are_their_own()
+        split = self.neighbor_split()
+        for status, indices in split.items():  # a neighbour tagged with the other status is a mistake
+            other = "unseen" if status == "anchored" else "anchored"
+            for i in indices:
+                if self.neighbors[i].family == other:
+                    where = self.training_appearance(self.neighbors[i].answer or "")
+                    why = f"appears in {where}" if where else "appears in no training set"
+                    raise ValueError(f"neighbors[{i}] is tagged {other} but its answer "
+                                     f"{self.neighbors[i].answer!r} {why}")
+        if not split["unseen"]:
+            warnings.warn(f"concept {self.name!r}: every neighbour's answer appears in a training set, so locality is "
+                          "measured only where training holds the model in place; add neighbours whose answers appear "
+                          "in no training set (unseen)", ConceptWarning, stacklevel=2)
         return self
 
     def _recommend_prompts_are_their_own(self) -> None:
@@ -136,6 +168,27 @@ class ConceptSpec(_Strict):
     def concept_candidates(self) -> list[int]:
         """Indices of the candidates that name the concept (its canonical answer, and any alias listed)."""
         return [i for i, c in enumerate(self.candidates) if self.is_concept_answer(c)]
+    def training_appearance(self, text: str) -> str | None:
+        """The first training set in which `text` appears (see the module docstring), or None."""
+        needle = _norm(text)
+        if not needle:
+            return None
+        pattern = re.compile(r"(?<!\w)" + re.escape(needle) + r"(?!\w)")
+        for name in TRAIN_SETS:
+            for item in getattr(self, name):
+                if any(_norm(a) == needle for a in self.answers_for(item)) or pattern.search(_norm(item.prompt)):
+                    return name
+        return None
+
+    def neighbor_split(self) -> dict[str, list[int]]:
+        """Indices of `neighbors` by status: `anchored` (the answer appears in a training set) or `unseen`."""
+        split: dict[str, list[int]] = {"anchored": [], "unseen": []}
+        for i, item in enumerate(self.neighbors):
+            split["unseen" if self.training_appearance(item.answer or "") is None else "anchored"].append(i)
+        return split
+
+
+NEIGHBOR_STATUSES = ("anchored", "unseen")
 
 
 def _norm(text: str) -> str:

@@ -2,7 +2,8 @@
 
 Importing this package registers the metrics; the registry order is the run order.
 """
-from agmask.evaluate import metrics_forget, metrics_utility, metrics_internal, metrics_recommend, attacks, relearn  # noqa: F401,E501  (registration)
+from agmask.evaluate import (metrics_forget, metrics_formats, metrics_utility, metrics_internal,  # noqa: F401
+                             metrics_recommend, attacks, relearn, relearn_full, lm_eval_utility)  # (registration)
 from agmask.evaluate.attacks import recovered_fraction
 from agmask.evaluate.config import PRESETS, EvalConfig
 from agmask.evaluate.context import EvalContext

@@ -22,6 +22,7 @@ from agmask.distributed import map_sharded
 from agmask.errors import StageError
 from agmask.evaluate.config import EVAL_QA_SETS, EvalConfig
 from agmask.evaluate.internals import last_token_resid
+from agmask.evaluate.intervals import interval, ratio_interval
 from agmask.progress import SILENT, Reporter
 from agmask.scoring import BASE_KNOWN_RANK, PrefixKV, generate, prefix_for, render_prompt, score_items, select_items
 
@@ -131,6 +132,25 @@ class EvalContext:
         self._memo[("gen", set_name, which, mode)] = [r["generation"] for r in rows]
         return True
 
+    def reuse_generations(self, rows: list[dict]) -> int:
+        """Take the greedy replies of an earlier run with the same inputs (its eval/generations.jsonl rows), so a
+        resumed evaluation does not generate them again. A (set, mode) whose rows are not exactly this run's
+        selected items, in order, is left to be generated. Returns how many reply lists were taken."""
+        groups: dict[tuple[str, str], list[dict]] = {}
+        for row in rows:
+            groups.setdefault((row["set"], row["mode"]), []).append(row)
+        taken = 0
+        for (set_name, mode), group in groups.items():
+            if set_name not in EVAL_QA_SETS or mode not in ("lead", "free"):
+                continue
+            if [(r["index"], r["prompt"]) for r in group] != [(i, it.prompt) for i, it in self.items(set_name)]:
+                continue
+            for which in ("base", "adapted"):
+                if ("gen", set_name, which, mode) not in self._memo:
+                    self._memo[("gen", set_name, which, mode)] = [r[which] for r in group]
+                    taken += 1
+        return taken
+
     def _generate(self, sets: list[str], which: Which, mode: Mode) -> None:
         kv = PrefixKV() if mode == "lead" else None
         for set_name in sets:
@@ -148,6 +168,14 @@ class EvalContext:
             n = len(self.items(set_name))
             self._memo[("gen", set_name, which, mode)] = [g[0] for g in gens[lo : lo + n]]
             lo += n
+
+    def interval(self, values: list[float], statistic: str = "mean") -> dict:
+        """Bootstrap 95% interval over prompts with this evaluation's resamples and seed (intervals.py)."""
+        return interval(values, statistic, resamples=self.config.bootstrap_resamples, seed=self.config.bootstrap_seed)
+
+    def ratio_interval(self, numerators: list[float], denominators: list[float]) -> dict:
+        return ratio_interval(numerators, denominators, resamples=self.config.bootstrap_resamples,
+                              seed=self.config.bootstrap_seed)
 
     def last_resid(self, which: Which, ids: list[list[int]]) -> torch.Tensor:
         """(N, L, H) residual after every layer at each sequence's last token; memoised, so metrics that

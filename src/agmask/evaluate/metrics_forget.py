@@ -42,12 +42,16 @@ def generations(ctx: EvalContext) -> dict:
             "lead_tokens": ctx.config.generation_tokens, "free_tokens": ctx.config.free_generation_tokens}
 
 
-def set_comparison(ctx: EvalContext, set_name: str, families: bool = False) -> dict:
-    """`compare` of base and adapted on one evaluation set, with greedy hits after the lead."""
+def set_comparison(ctx: EvalContext, set_name: str, families: bool = False, keep: set[int] | None = None) -> dict:
+    """`compare` of base and adapted on one evaluation set (or the items of `keep`, set indices), with greedy
+    hits after the lead."""
     pairs = ctx.items(set_name)
     aliases = [ctx.spec.answers_for(it) for _, it in pairs]
     base = with_hits(ctx.scores(set_name, "base"), ctx.generations(set_name, "base"), aliases)
     adapted = with_hits(ctx.scores(set_name, "adapted"), ctx.generations(set_name, "adapted"), aliases)
+    if keep is not None:
+        base, adapted = [r for r in base if r["index"] in keep], [r for r in adapted if r["index"] in keep]
+        pairs = [(i, it) for i, it in pairs if i in keep]
     known = ctx.base_known(set_name)
     out = {"set": set_name, **compare(base, adapted, known)}
     if families:
@@ -56,10 +60,22 @@ def set_comparison(ctx: EvalContext, set_name: str, families: bool = False) -> d
     return out
 
 
+def choice_intervals(ctx: EvalContext, sides: dict[str, list[dict]]) -> dict:
+    """Bootstrap intervals of the MC share and top-1 rate of each side's rows (`{side}.mc_share`, ...)."""
+    out = {}
+    for which, rows in sides.items():
+        mc = [r for r in rows if r.get("mc_share") is not None]
+        out[f"{which}.mc_share"] = ctx.interval([r["mc_share"] for r in mc])
+        out[f"{which}.mc_top1_rate"] = ctx.interval([float(r["mc_top1"]) for r in mc])
+    return out
+
+
 @metric("forget_efficacy", "forget")
 def forget_efficacy(ctx: EvalContext) -> dict:
     """Held-out forget questions: answer log-prob, first-token rank, MC share/top-1, greedy hit (base-known); per family."""
-    return set_comparison(ctx, "forget_eval", families=True)
+    out = set_comparison(ctx, "forget_eval", families=True)
+    sides = {w: ctx.scores("forget_eval", w) for w in ("base", "adapted")}
+    return {**out, "intervals": choice_intervals(ctx, sides)}
 
 
 def _facts_view(ctx: EvalContext, which: str) -> dict:
@@ -125,12 +141,13 @@ def adversarial(ctx: EvalContext) -> dict:
 def forget_base_known(ctx: EvalContext) -> dict:
     """The forgetting targets on the base-known prompts of forget_eval + probes: MC top-1 rate and share
     (vs chance), median first-token rank; and the mean answer log-prob change over all of forget_eval."""
-    sides = {}
+    sides, known_rows = {}, {}
     for which in ("base", "adapted"):
         rows = []
         for set_name in ("forget_eval", "probes"):
             known = ctx.base_known(set_name)
             rows += [r for r in ctx.scores(set_name, which) if r["index"] in known]
+        known_rows[which] = rows
         mc = [r for r in rows if r["mc_share"] is not None]
         sides[which] = {
             "n": len(rows), "mc_n": len(mc),
@@ -141,4 +158,5 @@ def forget_base_known(ctx: EvalContext) -> dict:
     base_all, adapted_all = ctx.scores("forget_eval", "base"), ctx.scores("forget_eval", "adapted")
     return {"sets": ["forget_eval", "probes"], "chance_share": 1 / len(ctx.spec.candidates), **sides,
             "forget_eval_mean_logprob_change": statistics.fmean(
-                a["answer_logprob"] - b["answer_logprob"] for a, b in zip(adapted_all, base_all))}
+                a["answer_logprob"] - b["answer_logprob"] for a, b in zip(adapted_all, base_all)),
+            "intervals": choice_intervals(ctx, known_rows)}

@@ -7,6 +7,7 @@ from importlib import resources
 
 import torch
 
+from agmask.concepts.schema import NEIGHBOR_STATUSES
 from agmask.distributed import map_sharded
 from agmask.evaluate.context import EvalContext
 from agmask.evaluate.internals import answer_position_logprobs, kl_per_position, window_logprobs
@@ -26,14 +27,31 @@ def general_corpus() -> str:
     return (resources.files("agmask.evaluate") / "data" / CORPUS).read_text(encoding="utf-8")
 
 
+def _neighbours(ctx: EvalContext, keep: set[int] | None = None) -> dict:
+    out = set_comparison(ctx, "neighbors", keep=keep)
+    if out.get("n"):
+        base, adapted = ctx.scores("neighbors", "base"), ctx.scores("neighbors", "adapted")
+        if keep is not None:
+            base, adapted = [r for r in base if r["index"] in keep], [r for r in adapted if r["index"] in keep]
+        out.update(concept_wins(base, adapted, ctx.spec.answers))
+    return out
+
+
 @metric("locality", "locality")
 def locality(ctx: EvalContext) -> dict:
-    """Neighbours: mean |change in answer log-prob|, MC top-1 count base vs adapted, greedy hits; how often
-    the concept is the pick, and the top-1 count where the base did not pick it."""
-    out = set_comparison(ctx, "neighbors")
-    if out.get("n"):
-        out.update(concept_wins(ctx.scores("neighbors", "base"), ctx.scores("neighbors", "adapted"), ctx.spec.answers))
-    return out
+    """Neighbours, all and split into anchored (answer in a training set) and unseen (in none): mean |change in
+    answer log-prob|, MC top-1 count, greedy hits; how often the concept is the pick, the top-1 count where
+    the base did not pick it."""
+    out = _neighbours(ctx)
+    split = ctx.spec.neighbor_split()
+    deltas = {r["index"]: abs(a["answer_logprob"] - r["answer_logprob"])
+              for r, a in zip(ctx.scores("neighbors", "base"), ctx.scores("neighbors", "adapted"))}
+    intervals = {"mean_abs_delta_answer_logprob": ctx.interval(list(deltas.values()))}
+    for status in NEIGHBOR_STATUSES:  # the unseen part is the locality that counts
+        keep = set(split[status])
+        out[status] = _neighbours(ctx, keep)
+        intervals[f"{status}.mean_abs_delta_answer_logprob"] = ctx.interval([d for i, d in deltas.items() if i in keep])
+    return {**out, "intervals": intervals}
 
 
 @metric("retain_utility", "utility")
@@ -52,7 +70,7 @@ def retain_utility(ctx: EvalContext) -> dict:
 def kl_greedy(ctx: EvalContext) -> dict:
     """KL(base || adapted) per token at the positions of the base model's own greedy reply, per evaluation set."""
     eos = ctx.tokenizer.eos_token or ""
-    sets = {}
+    sets, intervals = {}, {}
     for set_name in ctx.config.kl_sets:
         pairs = ctx.items(set_name)
         replies = [g if g else eos for g in ctx.generations(set_name, "base")]  # empty reply: the stop token
@@ -73,10 +91,13 @@ def kl_greedy(ctx: EvalContext) -> dict:
         # several processes: each takes a block of the batches; results come back in batch order
         parts = map_sharded(batch_kl, list(range(0, len(pairs), ctx.config.batch_size)))
         kl, row = torch.cat([k for k, _ in parts]), torch.cat([r for _, r in parts])
-        per_item = [float(kl[row == i].mean()) for i in range(len(pairs)) if (row == i).any()]
+        items = [i for i in range(len(pairs)) if (row == i).any()]
+        per_item = [float(kl[row == i].mean()) for i in items]
         sets[set_name] = {"tokens": int(kl.numel()), "mean_kl_per_token": float(kl.mean()),
                           "max_item_mean_kl": max(per_item)}
-    return {"sets": sets}
+        intervals[f"sets.{set_name}.mean_kl_per_token"] = ctx.ratio_interval(  # pooled over tokens: resample prompts
+            [float(kl[row == i].sum()) for i in items], [int((row == i).sum()) for i in items])
+    return {"sets": sets, "intervals": intervals}
 
 
 @metric("general_text", "utility")

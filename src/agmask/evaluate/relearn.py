@@ -1,32 +1,57 @@
-"""Relearning attack: k LoRA steps of plain language modelling on the concept's `relearn` passages
-(related text that never states the concept), then the recovered fraction of the answer log-prob.
+"""Relearning attack (confined): k LoRA steps of plain language modelling on the concept's `relearn`
+passages (related text that never states the concept), then the recovered fraction of the answer
+log-prob and the base-known answer view (see attacks.py).
 
 The attacker fine-tunes the unlearned adapter itself, with its gradient masks re-registered (they do
 not survive save/load), so a masked adapter stays masked under attack. The adapter's weights are
-restored exactly afterwards: the later metrics see the adapter as trained.
+restored exactly afterwards: the later metrics see the adapter as trained. `attack_relearn_full`
+(relearn_full.py) is the unconstrained attack.
 """
 from __future__ import annotations
 
-import statistics
+from typing import Callable
 
 import torch
+import torch.nn as nn
 
-from agmask.evaluate.attacks import ATTACK_SET, answer_logprob, attack_entry
+from agmask.evaluate.attacks import ATTACK_SET, reference, score_attacked, scored_entry
 from agmask.evaluate.context import EvalContext
+from agmask.evaluate.internals import right_pad
 from agmask.evaluate.registry import metric
 from agmask.lora import apply_gradient_masks
 
 
-def _lm_batch(tokenizer, texts: list[str], device) -> tuple[torch.Tensor, torch.Tensor]:
-    encoded = [tokenizer(t, add_special_tokens=True)["input_ids"] for t in texts]
-    width = max(len(e) for e in encoded)
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    ids = torch.full((len(encoded), width), pad, dtype=torch.long)
-    mask = torch.zeros((len(encoded), width), dtype=torch.long)
-    for i, e in enumerate(encoded):
-        ids[i, : len(e)] = torch.tensor(e)
-        mask[i, : len(e)] = 1
-    return ids.to(device), mask.to(device)
+def passage_ids(tokenizer, texts: list[str]) -> list[list[int]]:
+    """Each passage tokenised as a document (with the tokenizer's special tokens, e.g. BOS)."""
+    return [tokenizer(t, add_special_tokens=True)["input_ids"] for t in texts]
+
+
+def lm_train(model: nn.Module, params: list[nn.Parameter], sequences: list[list[int]], steps: int, batch: int,
+             lr: float, pad_id: int, on_step: Callable[[int, list[float]], None] | None = None) -> list[float]:
+    """`steps` AdamW steps of the language-modelling loss on `sequences` (batches of `batch`, in one seeded
+    shuffled order, cycling); `on_step(done_steps, losses)` after each. Returns the losses."""
+    order = torch.randperm(len(sequences), generator=torch.Generator().manual_seed(0)).tolist()
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
+    device = next(model.parameters()).device
+    losses: list[float] = []
+    with torch.enable_grad():
+        for step in range(steps):
+            chunk = [sequences[order[(step * batch + i) % len(sequences)]] for i in range(batch)]
+            ids, mask = right_pad(chunk, pad_id)
+            ids, mask = ids.to(device), mask.to(device)
+            labels = ids.masked_fill(mask == 0, -100)  # padding by the attention mask, never by pad id
+            loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
+            loss.backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            losses.append(float(loss.detach()))
+            if on_step is not None:
+                on_step(step + 1, losses)
+    return losses
+
+
+def pad_id(tokenizer) -> int:
+    return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
 
 
 def relearn_steps(ctx: EvalContext, steps: int) -> list[float]:
@@ -37,29 +62,14 @@ def relearn_steps(ctx: EvalContext, steps: int) -> list[float]:
     for p in params:
         p.requires_grad_(True)
     hooks = apply_gradient_masks(model, name, adapter.mask, adapter.layers) if adapter.mask is not None else []
-    texts = [it.prompt for it in ctx.spec.relearn]
-    order = torch.randperm(len(texts), generator=torch.Generator().manual_seed(0)).tolist()
-    opt = torch.optim.AdamW(params, lr=ctx.config.relearn_lr, weight_decay=0.0)
-    device = next(model.parameters()).device
-    losses = []
     try:
-        with torch.enable_grad():
-            for step in range(steps):
-                chunk = [texts[order[(step * ctx.config.relearn_batch + i) % len(texts)]]
-                         for i in range(ctx.config.relearn_batch)]
-                ids, mask = _lm_batch(ctx.tokenizer, chunk, device)
-                labels = ids.masked_fill(mask == 0, -100)  # padding by the attention mask, never by pad id
-                loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
-                loss.backward()
-                opt.step()
-                opt.zero_grad(set_to_none=True)
-                losses.append(float(loss.detach()))
+        return lm_train(model, params, passage_ids(ctx.tokenizer, [it.prompt for it in ctx.spec.relearn]), steps,
+                        ctx.config.relearn_batch, ctx.config.relearn_lr, pad_id(ctx.tokenizer))
     finally:
         for h in hooks:
             h.remove()
         for p in params:
             p.requires_grad_(False)
-    return losses
 
 
 @metric("attack_relearn", "attack")
@@ -67,21 +77,19 @@ def attack_relearn(ctx: EvalContext) -> dict:
     """Relearning: k LoRA steps on related text (masks re-applied); recovered fraction of the answer log-prob."""
     if ctx.adapter is None:
         return {"set": ATTACK_SET, "skipped": "no adapter handle (masks unknown)", "variants": {}}
-    items = [it for _, it in ctx.items(ATTACK_SET)]
-    base = statistics.fmean(r["answer_logprob"] for r in ctx.scores(ATTACK_SET, "base"))
-    unlearned = statistics.fmean(r["answer_logprob"] for r in ctx.scores(ATTACK_SET, "adapted"))
+    ref = reference(ctx)
     snapshot = {n: p.detach().clone() for n, p in ctx.model.named_parameters() if "lora_" in n}
     k = ctx.config.relearn_steps
     try:
         losses = relearn_steps(ctx, k)
-        attacked = statistics.fmean(answer_logprob(ctx.model, ctx.tokenizer, ctx.spec, ATTACK_SET, it) for it in items)
+        attacked = score_attacked(ctx, ctx.model)
     finally:
         with torch.no_grad():
             for n, p in ctx.model.named_parameters():
                 if n in snapshot:
                     p.copy_(snapshot[n])
-    entry = attack_entry(base, unlearned, attacked, ctx.config.near_zero_nats, steps=k, lr=ctx.config.relearn_lr,
-                         batch=ctx.config.relearn_batch, first_loss=losses[0] if losses else None,
-                         last_loss=losses[-1] if losses else None, masked=ctx.adapter.mask is not None)
-    return {"set": ATTACK_SET, "n": len(items), "near_zero_nats": ctx.config.near_zero_nats,
+    entry = scored_entry(ctx, ref, attacked, steps=k, lr=ctx.config.relearn_lr, batch=ctx.config.relearn_batch,
+                         first_loss=losses[0] if losses else None, last_loss=losses[-1] if losses else None,
+                         masked=ctx.adapter.mask is not None)
+    return {"set": ATTACK_SET, "n": len(ctx.items(ATTACK_SET)), "near_zero_nats": ctx.config.near_zero_nats,
             "variants": {f"k={k}": entry}}

@@ -13,11 +13,12 @@ from agmask.evaluate.config import EvalConfig
 from agmask.evaluate.context import EvalContext
 from agmask.evaluate.figures import write_figures
 from agmask.evaluate.quantize import lora_layers
-from agmask.evaluate.registry import resolve, run_metrics
-from agmask.files import read_json, write_json
+from agmask.evaluate.registry import load_state, resolve, run_metrics
+from agmask.files import read_json, read_jsonl, write_json
 from agmask.progress import SILENT, Reporter
 
 METRICS_FILE = "metrics.json"
+GENERATIONS_FILE = "generations.jsonl"
 
 
 def adapter_fingerprint(model: nn.Module) -> str:
@@ -56,6 +57,10 @@ def evaluate_model(model: nn.Module, tokenizer, spec: ConceptSpec, config: EvalC
         reporter.log("evaluate: the model has no LoRA layers; base and adapted are the same model")
     metrics = resolve(config.metrics)
     input_hash = input_hash or default_input_hash(model, spec, config, baseline_rows)
+    replies = out_dir / GENERATIONS_FILE
+    if "generations" in load_state(out_dir / METRICS_FILE, input_hash, resume)["metrics"] and replies.is_file():
+        taken = ctx.reuse_generations(read_jsonl(replies))  # resuming: the replies of the same inputs
+        reporter.log(f"evaluate: {taken} reply lists reused from {GENERATIONS_FILE}")
     info = {"concept": spec.name, "config": asdict(config), "adapter_sha256": adapter_fingerprint(model),
             "base_scores_from_baseline": bool(baseline_rows), **(header or {})}
     state = run_metrics(ctx, metrics, out_dir / METRICS_FILE, input_hash, resume=resume, header=info)

@@ -27,11 +27,61 @@ def set_table(metrics: dict) -> str:
     rows = []
     for name, label in SET_METRICS:
         v = metrics.get(name)
-        if v and v.get("n"):
-            rows.append([label, v["n"], v["base_known_n"], *_pair(v, "mean_answer_logprob"),
-                         v["mean_delta_answer_logprob"], v["mean_abs_delta_answer_logprob"], *_pair(v, "mc_share"),
-                         *_pair(v, "mc_top1_rate"), *_pair(v, "greedy_hit_rate_base_known")])
-    return "<h3>Before / after, per evaluation set</h3>" + table(header, rows) if rows else ""
+        parts = [(label, v)] + [(f"{label} ({status})", (v or {}).get(status)) for status in ("anchored", "unseen")]
+        for row_label, part in parts:
+            if part and part.get("n"):
+                rows.append([row_label, part["n"], part["base_known_n"], *_pair(part, "mean_answer_logprob"),
+                             part["mean_delta_answer_logprob"], part["mean_abs_delta_answer_logprob"],
+                             *_pair(part, "mc_share"), *_pair(part, "mc_top1_rate"),
+                             *_pair(part, "greedy_hit_rate_base_known")])
+    note = ('<p class="note">neighbors (anchored): the answer appears in a training set, so the retain term '
+            'holds it; neighbors (unseen): it appears in none, the locality that counts.</p>')
+    return "<h3>Before / after, per evaluation set</h3>" + table(header, rows) + note if rows else ""
+
+
+def formats_tables(m: dict) -> str:
+    """answer_formats: the concept's pick per format (worst in bold), then every set per format."""
+    af = m.get("answer_formats")
+    if not af or not af.get("formats"):
+        return ""
+    worst = af.get("worst_format")
+    concept = [[Raw(f"<b>{esc(f)}</b>" if f == worst else esc(f)), v["concept"]["adapted"]["n"],
+                v["concept"]["base"]["top1_count"], v["concept"]["adapted"]["top1_count"], v["concept"]["base"]["share"],
+                v["concept"]["adapted"]["share"], v["concept"]["adapted"]["chance"]] for f, v in af["formats"].items()]
+    out = ("<h3>Answer formats training never used</h3><p class=\"note\">set_lead: each set's own lead; "
+           "lead=...: another lead; letter: a lettered multiple-choice question scored by the letter's probability. "
+           f"Worst format in bold: {esc(worst)}.</p>"
+           + table(["format", "concept questions", "concept picked: base", "unlearned", "share: base", "unlearned",
+                    "chance"], concept))
+    rows = [[f, label, v["n"], v.get("base_known_n"), *_pair(v, "mc_share"),
+             *[(v.get("mc_top1_count") or {}).get(w) for w in ("base", "adapted")], v.get("mean_abs_delta_answer_logprob")]
+            for f, fv in af["formats"].items() for label, v in fv["sets"].items() if v.get("n")]
+    out += table(["format", "set", "n", "base-known", "MC share: base", "unlearned", "MC top-1: base", "unlearned",
+                  "|change in answer log-prob|"], rows)
+    if af.get("skipped_leads"):
+        out += '<p class="note">Leads left out (training uses them): ' + esc(", ".join(af["skipped_leads"])) + "</p>"
+    return out
+
+
+def intervals_table(m: dict) -> str:
+    """Every metric's bootstrap intervals (the `intervals` key: dotted name -> interval)."""
+    rows = [[name, key, v.get("estimate"), v.get("low"), v.get("high"), v.get("n")]
+            for name, value in m.items() for key, v in (value.get("intervals") or {}).items()]
+    if not rows:
+        return ""
+    return ("<h3>95% intervals</h3><p class=\"note\">Percentile bootstrap over prompts (resampled with "
+            "replacement, seeded); no bounds with fewer than two prompts.</p>"
+            + table(["metric", "value", "estimate", "95% interval: low", "high", "prompts"], rows))
+
+
+def lm_eval_table(m: dict) -> str:
+    v = m.get("lm_eval")
+    if not v or not v.get("tasks"):
+        return ""
+    rows = [[task, metric_name, vals.get("base"), vals.get("adapted"), vals.get("base_stderr"), vals.get("adapted_stderr")]
+            for task, metrics in v["tasks"].items() for metric_name, vals in metrics.items()]
+    return "<h3>lm-evaluation-harness</h3>" + table(["task", "metric", "base", "unlearned", "base stderr",
+                                                      "unlearned stderr"], rows)
 
 
 def family_table(title: str, families: dict, worst: str | None) -> str:
@@ -99,15 +149,21 @@ def attack_table(m: dict) -> str:
     rows = []
     for name, variant, e in attack_rows(m):
         lp = e.get("mean_answer_logprob") or {}
+        known = e.get("base_known") or {}
+        view = lambda key: [(known.get(w) or {}).get(key) for w in ("base", "unlearned", "attacked")]  # noqa: E731
         rows.append([name, variant, e.get("recovered_fraction"), e.get("flag"), lp.get("base"), lp.get("unlearned"),
-                     lp.get("attacked"), {k: v for k, v in e.items()
-                                          if k not in ("recovered_fraction", "flag", "mean_answer_logprob")}])
+                     lp.get("attacked"), *view("mc_top1_count"), *view("mc_share"), *view("median_first_token_rank"),
+                     {k: v for k, v in e.items()
+                      if k not in ("recovered_fraction", "flag", "mean_answer_logprob", "base_known")}])
     if not rows:
         return ""
-    header = ["attack", "variant", "recovered fraction", "flag", "log-prob: base", "unlearned", "after attack", "details"]
+    header = ["attack", "variant", "recovered fraction", "flag", "log-prob: base", "unlearned", "after attack",
+              "MC top-1 (base-known): base", "unlearned", "after attack", "MC share: base", "unlearned",
+              "after attack", "median rank: base", "unlearned", "after attack", "details"]
     return ("<h3>Attacks</h3><p class=\"note\">recovered fraction = (after attack - unlearned) / (base - unlearned); "
             "0 = nothing recovered, 1 = back to the base model; null (with a flag) unless the adapter lowered the "
-            "answer log-prob by at least the threshold.</p>"
+            "answer log-prob by at least the threshold. MC top-1 count, MC share and median first-token rank are "
+            "on the base-known prompts of the attack sets: whether the model would answer the concept again.</p>"
             + table(header, rows))
 
 
@@ -167,7 +223,9 @@ def evaluation_section(run_dir: Path) -> str:
     if "adversarial" in metrics:
         a = metrics["adversarial"]
         body += family_table("Adversarial prompts per family", a["families"], a.get("worst_family"))
-    body += utility_tables(metrics) + internals_tables(metrics) + attack_table(metrics)
+    body += formats_tables(metrics)
+    body += utility_tables(metrics) + lm_eval_table(metrics) + internals_tables(metrics) + attack_table(metrics)
+    body += intervals_table(metrics)
     body += generations_tables(run_dir) + comparison_table(run_dir)
     if metrics:
         body += "<h3>Metrics computed</h3>" + table(["metric", "kind", "what", "seconds"],

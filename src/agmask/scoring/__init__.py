@@ -50,7 +50,8 @@ class ItemScore:
 
 
 def select_items(items: list[PromptItem], k: int) -> list[tuple[int, PromptItem]]:
-    """k items spread over families (round robin, set order within a family); all when k is 0.
+    """k items spread over families (round robin: each family gets its turn until k are chosen), and
+    evenly spaced within a family; all when k is 0.
 
     A set without families is sampled at even spacing, so a subset still covers the whole list.
     Returns (index in the set, item) pairs in set order.
@@ -63,12 +64,12 @@ def select_items(items: list[PromptItem], k: int) -> list[tuple[int, PromptItem]
         groups.setdefault(pair[1].family, []).append(pair)
     if len(groups) == 1:
         return [indexed[round(i * len(items) / k)] for i in range(k)]
-    chosen: list[tuple[int, PromptItem]] = []
-    queues = [list(g) for g in groups.values()]
-    while len(chosen) < k:
-        for q in queues:
-            if q and len(chosen) < k:
-                chosen.append(q.pop(0))
+    counts = {name: 0 for name in groups}
+    while sum(counts.values()) < k:
+        for name, group in groups.items():
+            if counts[name] < len(group) and sum(counts.values()) < k:
+                counts[name] += 1
+    chosen = [group[round(i * len(group) / counts[name])] for name, group in groups.items() for i in range(counts[name])]
     return sorted(chosen, key=lambda p: p[0])
 
 

@@ -1,0 +1,90 @@
+"""Forgetting per answer format: the evaluation sets scored again in shapes training never used.
+
+One row per (format, set): the set comparison of `summaries.compare` (base-known = base first-token
+rank <= 5 in that format), neighbours also split into anchored and unseen. Per format, `concept`
+summarises the concept's own questions (forget_eval and probes items whose answer is the concept): how
+often base and adapted model pick it (top-1 among the candidates, or among the letters) and its mean
+share, against chance. `worst_format` is the format whose adapted model picks the concept most often
+(then: the highest share over chance): the headline shows it.
+"""
+from __future__ import annotations
+
+import statistics
+
+from agmask.distributed import map_sharded
+from agmask.evaluate.context import EvalContext
+from agmask.evaluate.formats import LETTER, SET_LEAD, letter_question, score_letter, unseen_leads, with_lead
+from agmask.evaluate.registry import metric
+from agmask.evaluate.summaries import compare
+from agmask.scoring import BASE_KNOWN_RANK, score_item
+
+CONCEPT_SETS = ("forget_eval", "probes")
+
+
+def _rows(ctx: EvalContext, fmt: str, set_name: str, which: str) -> list[dict]:
+    """Score rows of the selected items of `set_name` in format `fmt`, for the base or the adapted model."""
+    if fmt == SET_LEAD:
+        return ctx.scores(set_name, which)
+    pairs = ctx.items(set_name)
+    if fmt == LETTER:
+        questions = [letter_question(ctx.spec, set_name, i, it, ctx.config.letter_options) for i, it in pairs]
+        with ctx.use(which) as model:
+            return map_sharded(lambda part: [score_letter(model, ctx.tokenizer, q, set_name, i) for i, q in part],
+                               [(i, q) for (i, _), q in zip(pairs, questions)])
+    lead = fmt.removeprefix("lead=")
+    with ctx.use(which) as model:
+        return map_sharded(lambda part: [dict(score_item(model, ctx.tokenizer, ctx.spec, set_name, i,
+                                                         with_lead(it, lead)).to_dict(), index=i) for i, it in part],
+                           pairs)
+
+
+def _compare(base: list[dict], adapted: list[dict], keep: set[int] | None = None) -> dict:
+    if keep is not None:
+        base, adapted = [r for r in base if r["index"] in keep], [r for r in adapted if r["index"] in keep]
+    known = {r["index"] for r in base if r["first_token_rank"] <= BASE_KNOWN_RANK}
+    return compare(base, adapted, known)
+
+
+def _concept_view(rows: list[dict], chance: float) -> dict:
+    mc = [r for r in rows if r.get("mc_share") is not None]
+    share = statistics.fmean(r["mc_share"] for r in mc) if mc else None
+    return {"n": len(mc), "top1_count": sum(bool(r["mc_top1"]) for r in mc),
+            "top1_rate": statistics.fmean(float(r["mc_top1"]) for r in mc) if mc else None,
+            "share": share, "chance": chance, "share_over_chance": None if share is None else share / chance}
+
+
+@metric("answer_formats", "forget")
+def answer_formats(ctx: EvalContext) -> dict:
+    """Every evaluation set scored again under answer formats training never used (another lead; a lettered multiple-choice question scored by the letter's probability): forgetting per format, the worst format."""
+    leads, skipped = unseen_leads(ctx.spec, ctx.config.unseen_leads)
+    formats = [SET_LEAD, *[f"lead={lead}" for lead in leads], LETTER]
+    split = ctx.spec.neighbor_split()
+    results = {}
+    for fmt in formats:
+        sets, concept = {}, {"base": [], "adapted": []}
+        for set_name in ctx.config.format_sets:
+            rows = {which: _rows(ctx, fmt, set_name, which) for which in ("base", "adapted")}
+            sets[set_name] = _compare(rows["base"], rows["adapted"])
+            if set_name == "neighbors":
+                for status in ("anchored", "unseen"):
+                    sets[f"neighbors.{status}"] = _compare(rows["base"], rows["adapted"], set(split[status]))
+            if set_name in CONCEPT_SETS:
+                items = dict(ctx.items(set_name))
+                for which in ("base", "adapted"):
+                    concept[which] += [r for r in rows[which] if not items[r["index"]].answer
+                                       or ctx.spec.is_concept_answer(items[r["index"]].answer)]
+        chance = 1 / (ctx.config.letter_options if fmt == LETTER else len(ctx.spec.candidates))
+        results[fmt] = {"lead": None if fmt in (SET_LEAD, LETTER) else fmt.removeprefix("lead="), "sets": sets,
+                        "concept": {w: _concept_view(rows, chance) for w, rows in concept.items()}}
+    return {"formats": results, "worst_format": worst_format(results), "skipped_leads": skipped,
+            "letter_options": ctx.config.letter_options, "sets": list(ctx.config.format_sets)}
+
+
+def worst_format(formats: dict[str, dict]) -> str | None:
+    """The format whose adapted model picks the concept most often (then: highest share over chance)."""
+    def key(name: str):
+        side = formats[name]["concept"]["adapted"]
+        return (side["top1_rate"] if side["top1_rate"] is not None else -1.0,
+                side["share_over_chance"] if side["share_over_chance"] is not None else -1.0)
+    scored = [f for f in formats if formats[f]["concept"]["adapted"]["n"]]
+    return max(scored, key=key) if scored else None
