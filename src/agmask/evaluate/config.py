@@ -1,12 +1,14 @@
 """Options of the evaluation (the `evaluate` stage's Config) and its budget presets."""
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import field
+
+from agmask.config import stage_options
 
 EVAL_QA_SETS = ("forget_eval", "probes", "neighbors", "retain_eval")  # the evaluation sets; never the train sets
 
 
-@dataclass(frozen=True)
+@stage_options
 class EvalConfig:
     max_items: int = field(default=0, metadata={"help": "items per evaluation set (spread over families); 0 = all"})
     adversarial_per_family: int = field(default=0, metadata={"help": "adversarial prompts per family; 0 = all"})

@@ -6,7 +6,7 @@ activation similarity, the global top neurons) and the figures.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import field
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +14,7 @@ import torch
 
 from agmask.attribution import SCORES, combined_score, contrastive, neuron_stats, top_neurons
 from agmask.attribution import figures
+from agmask.config import NonNegativeFloat, NonNegativeInt, PositiveInt, stage_options
 from agmask.files import save_tensors, write_json
 
 NAME = "attribute"
@@ -22,12 +23,14 @@ DEPENDS: tuple[str, ...] = ()
 PARALLEL = True  # every process of a multi-process launch runs it on its share of the prompts
 
 
-@dataclass(frozen=True)
+@stage_options
 class Config:
-    batch_size: int = 8
-    max_items: int = 0  # per set; 0 = all
-    retain_weight: float = 1.0  # lambda in rank(forget) - lambda * rank(retain)
-    top_k: int = 100  # neurons listed in layers.json
+    batch_size: PositiveInt = field(default=8, metadata={"help": "prompts per forward + backward pass"})
+    max_items: NonNegativeInt = field(default=0, metadata={
+        "help": "forget_train and retain_train prompts used (the first ones); 0 = all"})
+    retain_weight: NonNegativeFloat = field(default=1.0, metadata={
+        "help": "lambda in the contrastive score rank(forget) - lambda * rank(retain)"})
+    top_k: PositiveInt = field(default=100, metadata={"help": "neurons listed in layers.json (and counted per layer)"})
 
 
 PRESETS = {"demo": {"max_items": 24}, "full": {}}

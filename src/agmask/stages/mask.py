@@ -6,11 +6,14 @@ and `mask/mask.json` (per layer: neuron ids and scores; totals).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import field
 from pathlib import Path
+from typing import Literal
 
 import torch
+from pydantic import field_validator
 
+from agmask.config import NonNegativeInt, PositiveInt, nearest, stage_options
 from agmask.errors import StageError
 from agmask.files import load_tensors, read_json, save_tensors, write_json
 from agmask.masking import choose_layers, full_layer_mask, mask_from_scores, random_mask_like
@@ -19,17 +22,59 @@ NAME = "mask"
 DIR = "mask"
 DEPENDS: tuple[str, ...] = ("attribute",)
 LAYER_CRITERIA = {"top_neurons": "layers_by_top_neurons", "sensitivity": "layers_by_sensitivity"}
+DEFAULT_K = 256
+# Without an explicit k, at most this share of the selected layers' neurons: a tiny test model (240 neurons)
+# then still gets a strict subset, so its runs exercise the mask; real models (>= 6144) keep DEFAULT_K.
+DEFAULT_K_MAX_SHARE = 0.25
 
 
-@dataclass(frozen=True)
+def score_names() -> list[str]:
+    """The keys of attribute/scores.safetensors."""
+    from agmask.attribution import SCORES
+
+    return [f"{which}.{s}" for which in ("forget", "retain", "contrastive") for s in SCORES] + ["combined"]
+
+
+@stage_options
 class Config:
-    method: str = "topk"  # topk | per_layer | threshold
-    k: int = 256
-    threshold: float | None = None
-    score: str = "combined"  # a key of attribute/scores.safetensors
-    num_layers: int = 4  # the most concept-relevant layers; 0 = all
-    layer_criterion: str = "top_neurons"  # top_neurons (where the top-k combined neurons sit) | sensitivity
-    layers: list[int] = field(default_factory=list)  # explicit layers override the criterion
+    method: Literal["topk", "per_layer", "threshold"] = field(default="topk", metadata={
+        "help": "topk: the k best neurons of the selected layers; per_layer: k / layers in each; threshold: "
+                "every neuron scoring above mask.threshold"})
+    k: PositiveInt | None = field(default=None, metadata={
+        "help": f"neurons to select; default {DEFAULT_K}, at most {DEFAULT_K_MAX_SHARE:g} of the selected layers' "
+                "neurons (logged when that caps it)"})
+    threshold: float | None = field(default=None, metadata={"help": "score threshold of method=threshold"})
+    score: str = field(default="combined", metadata={"help": "the attribution score ranked: combined, "
+                                                             "contrastive.saliency, forget.fisher, ..."})
+    num_layers: NonNegativeInt = field(default=4, metadata={"help": "the most concept-relevant layers; 0 = all"})
+    layer_criterion: Literal["top_neurons", "sensitivity"] = field(default="top_neurons", metadata={
+        "help": "how layers are ranked: top_neurons (where the top-k combined neurons sit) or sensitivity "
+                "(forget gradient norm)"})
+    layers: list[NonNegativeInt] = field(default_factory=list, metadata={
+        "help": "explicit layers, e.g. [10, 11]; they override num_layers and layer_criterion"})
+
+    @field_validator("score")
+    @classmethod
+    def _known_score(cls, v: str) -> str:
+        names = score_names()
+        if v not in names:
+            raise ValueError(f"unknown score {v!r}{nearest(v, names)} (choose {', '.join(names)})")
+        return v
+
+    def __post_init__(self) -> None:
+        if self.method == "threshold" and self.threshold is None:
+            raise ValueError("method=threshold needs mask.threshold")
+
+
+def effective_k(conf: Config, layers: list[int], intermediate_size: int, log) -> int:
+    """mask.k, or the default capped at DEFAULT_K_MAX_SHARE of the selected layers' neurons."""
+    if conf.k is not None:
+        return conf.k
+    cap = max(1, int(DEFAULT_K_MAX_SHARE * len(layers) * intermediate_size))
+    if cap < DEFAULT_K:
+        log(f"mask: k {cap} (the default {DEFAULT_K} capped at {DEFAULT_K_MAX_SHARE:g} of the "
+            f"{len(layers) * intermediate_size} neurons of layers {layers}; set mask.k to choose)")
+    return min(DEFAULT_K, cap)
 
 
 PRESETS = {"demo": {}, "full": {}}
@@ -41,12 +86,11 @@ def run(cfg, run_dir: Path, session) -> None:
     scores = load_tensors(attribute / "scores.safetensors")
     if conf.score not in scores:
         raise StageError(f"mask.score={conf.score!r} is not an attribution score (have: {', '.join(sorted(scores))})")
-    if conf.layer_criterion not in LAYER_CRITERIA:
-        raise StageError(f"unknown mask.layer_criterion {conf.layer_criterion!r} (choose {', '.join(LAYER_CRITERIA)})")
     score = scores[conf.score]  # (L, I)
     ranking = read_json(attribute / "layers.json")[LAYER_CRITERIA[conf.layer_criterion]]
     layers = choose_layers(ranking, conf.num_layers, conf.layers, score.shape[0])
-    mask = mask_from_scores(score, layers, conf.method, conf.k, conf.threshold)
+    k = effective_k(conf, layers, score.shape[1], session.reporter.log)
+    mask = mask_from_scores(score, layers, conf.method, k, conf.threshold)
     random = random_mask_like(mask, torch.Generator().manual_seed(cfg.seed))
     out = Path(run_dir) / DIR
     save_tensors(out / "mask.safetensors", {"mask": mask, "random": random, "full_layers": full_layer_mask(mask)})
@@ -57,6 +101,6 @@ def run(cfg, run_dir: Path, session) -> None:
         per_layer[str(layer)] = {"units": units[order].tolist(), "scores": score[layer, units[order]].tolist()}
     total = mask.numel()
     write_json(out / "mask.json", {
-        "method": conf.method, "score": conf.score, "layers": layers, "selected": int(mask.sum()),
+        "method": conf.method, "score": conf.score, "k": k, "layers": layers, "selected": int(mask.sum()),
         "total_mlp_neurons": total, "fraction": int(mask.sum()) / total, "per_layer": per_layer,
     })
