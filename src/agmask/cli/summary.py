@@ -24,17 +24,27 @@ def baseline_table(summary: dict, title: str) -> Table:
 
 
 def eval_summary(run_dir: Path) -> list[str]:
-    """The five-line summary (forget, locality, utility, fluency, worst attack) from eval/metrics.json."""
+    """The five-line summary (forget, locality, utility, fluency, worst attack) from eval/metrics.json, or
+    one line saying why there is none when the evaluation is not current (an upstream stage reran since)."""
+    from agmask.currency import current_stages
     from agmask.files import read_json
     from agmask.report.headline import headline_lines
+    from agmask.rundir import RunDir
 
-    path = Path(run_dir) / "eval" / "metrics.json"
-    return headline_lines(read_json(path)["metrics"]) if path.is_file() else []
+    path = RunDir(run_dir).eval_metrics
+    if not path.is_file():
+        return []
+    why = current_stages(Path(run_dir)).get("evaluate")
+    if why is not None:
+        return [f"evaluation not shown, it is not current: {why}"]
+    return headline_lines(read_json(path)["metrics"])
 
 
 def print_eval_summary(run_dir: Path, report: Path | None = None) -> None:
     """Print the report path (when there is one) and the five-line evaluation summary."""
-    report = report or Path(run_dir) / "report.html"
+    from agmask.rundir import RunDir
+
+    report = report or RunDir(run_dir).report
     if report.is_file():
         print(f"report: {report}")
     for line in eval_summary(run_dir):
