@@ -23,7 +23,7 @@ import torch
 
 from agmask.attribution import SCORES, combined_score, neuron_stats
 from agmask.concepts import load_concept, training_halves
-from agmask.lora import attach_lora
+from agmask.lora import masked_lora
 from agmask.masking import choose_layers, mask_from_scores
 from agmask.models import load
 from agmask.scoring import BASE_KNOWN_RANK, score_items
@@ -115,12 +115,10 @@ def main() -> None:
         method = get_method(conf.method)
         param = {"mask": mask, "random": None, "unmasked": None}[method.parameterisation]
         t0 = time.perf_counter()
-        adapter = attach_lora(model, param, layers=layers, r=conf.r, alpha=conf.alpha, seed=args.seed)
-        rows = train(adapter, method, tok, fit_spec, conf, seed=args.seed)
+        with masked_lora(model, param, layers=layers, r=conf.r, alpha=conf.alpha, seed=args.seed) as adapter:
+            rows = train(adapter, method, tok, fit_spec, conf, seed=args.seed)
         after = measure(adapter.model, tok, spec, forget_b, retain_b, other_lead)
         s = summary(base, after)
-        for h in adapter.handles:
-            h.remove()
         model = adapter.model.unload()
         print(f"{json.dumps(overrides)} | {s['known_n']} | {s['top1']:.2f} | {s['share']:.3f} | {s['med_rank']} | {s['med_rank_other_lead']} | "
               f"{s['dlogp_forget']:.2f} | {s['neigh_abs']:.2f} | {s['neigh_top1'][0]}/{s['neigh_top1'][1]} | "

@@ -14,7 +14,7 @@ import torch
 from agmask.evaluate.attacks import ATTACK_SET, answer_logprob, attack_entry
 from agmask.evaluate.context import EvalContext
 from agmask.evaluate.registry import metric
-from agmask.lora import apply_gradient_masks
+from agmask.lora import gradient_masks
 
 
 def _lm_batch(tokenizer, texts: list[str], device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -36,14 +36,13 @@ def relearn_steps(ctx: EvalContext, steps: int) -> list[float]:
     params = [p for n, p in model.named_parameters() if "lora_" in n and f".{name}." in n]
     for p in params:
         p.requires_grad_(True)
-    hooks = apply_gradient_masks(model, name, adapter.mask, adapter.layers) if adapter.mask is not None else []
     texts = [it.prompt for it in ctx.spec.relearn]
     order = torch.randperm(len(texts), generator=torch.Generator().manual_seed(0)).tolist()
     opt = torch.optim.AdamW(params, lr=ctx.config.relearn_lr, weight_decay=0.0)
     device = next(model.parameters()).device
     losses = []
     try:
-        with torch.enable_grad():
+        with gradient_masks(model, name, adapter.mask, adapter.layers), torch.enable_grad():
             for step in range(steps):
                 chunk = [texts[order[(step * ctx.config.relearn_batch + i) % len(texts)]]
                          for i in range(ctx.config.relearn_batch)]
@@ -55,8 +54,6 @@ def relearn_steps(ctx: EvalContext, steps: int) -> list[float]:
                 opt.zero_grad(set_to_none=True)
                 losses.append(float(loss.detach()))
     finally:
-        for h in hooks:
-            h.remove()
         for p in params:
             p.requires_grad_(False)
     return losses
