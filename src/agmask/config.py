@@ -141,6 +141,13 @@ def _describe(error: ValidationError, values: dict) -> str:
     got = f", got {values[option]!r}" if option in values else ""
     if err["type"] in _WANTED:
         return f"{where} must be {_WANTED[err['type']]}{got}"
+    ctx = err.get("ctx", {})
+    for kind, sign in (("greater_than_equal", ">="), ("greater_than", ">"), ("less_than_equal", "<="),
+                       ("less_than", "<")):
+        if err["type"] == kind:
+            return f"{where} must be {sign} {next(iter(ctx.values()))}{got}"
+    if err["type"] == "literal_error":
+        return f"{where} must be one of {ctx.get('expected', '')}{got}"
     if err["type"] == "value_error" and err["msg"].endswith("got true/false"):
         return f"{where} must be a number, not true/false{got}"
     return f"{where}: {err['msg'].removeprefix('Value error, ')}{got}"
@@ -201,7 +208,8 @@ def type_name(annotation, metadata=()) -> str:
         text = annotation.__name__
     else:
         text = str(annotation)
-    for m in metadata:
+    flat = [c for m in metadata for c in (getattr(m, "metadata", None) or [m])]  # a Field() holds its bounds
+    for m in flat:
         for attr, sign in (("ge", ">="), ("gt", ">"), ("le", "<="), ("lt", "<")):
             bound = getattr(m, attr, None)
             if bound is not None:

@@ -81,7 +81,7 @@ def input_parts(session, name: str) -> dict:
         "core": session.cfg.core(),
         "stage_config": config_json(resolve_stage_config(module, session.cfg)),
         "concept": sha256_text(session.concept.text),
-        "model_sha256": manifest(session.run_dir)["model"]["sha256"],
+        "model_sha256": session.model_sha256 or manifest(session.run_dir)["model"]["sha256"],
         "prior_adapters": [str(p) for p in session.prior_adapters],
         "upstream": upstream,
     }
@@ -117,6 +117,12 @@ def stale_reason(done: dict, parts: dict) -> str:
     if not old:
         return "its inputs changed"
     reasons = [text for key, text in _WHAT.items() if old.get(key) != new.get(key)]
+    if "stage_config" in done and done["stage_config"] != parts["stage_config"]:
+        was, now = json.loads(done["stage_config"]) or {}, json.loads(parts["stage_config"]) or {}
+        changes = ", ".join(f"{k} {json.dumps(was.get(k))} -> {json.dumps(now.get(k))}"
+                            for k in sorted(set(was) | set(now)) if was.get(k) != now.get(k))
+        reasons[reasons.index(_WHAT["stage_config"])] = (f"its options changed ({changes}; --set options are not "
+                                                         "remembered: give the ones it ran with)")
     for kind in ("upstream", "uses"):
         reasons += [f"stage {dep}'s results changed" for dep in new[kind] if old.get(kind, {}).get(dep) != new[kind][dep]]
     return "; ".join(reasons) or "its inputs changed"

@@ -50,7 +50,7 @@ def run_incremental(cfg: RunConfig, stages: list[str], reporter: Reporter,
                     concepts: list[LoadedConcept]) -> list[Path]:
     """`concepts` are loaded and validated (with everything else) before any work."""
     from agmask.lora import load_adapter
-    from agmask.pipeline import run_stage, write_manifest
+    from agmask.pipeline import check_manifest, run_stage
 
     top = RunDir(cfg.run_dir)
     sessions: list[Session] = []
@@ -66,7 +66,7 @@ def run_incremental(cfg: RunConfig, stages: list[str], reporter: Reporter,
         if is_main() and session.run_dir.is_dir():
             transaction.recover(session.run_dir)
         barrier()
-        write_manifest(session)
+        check_manifest(session)
         for stage in stages:
             run_stage(session, stage)
         loaded = session._loaded

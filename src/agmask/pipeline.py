@@ -78,11 +78,14 @@ def manifest(run_dir: Path) -> dict:
 
 
 def write_manifest(session: Session) -> dict:
-    """Record model and concept for the run dir; refuse to mix models or concepts in one dir."""
+    """Record model and concept for the run dir (only when they changed); refuse to mix models or concepts
+    in one dir. The driver calls it when a stage is about to run: a run that refuses, or finds everything up
+    to date, leaves the manifest as it was."""
     from agmask.models import identify
 
     cfg, path = session.cfg, session.paths.manifest
-    model_sha = identify(cfg.model, cfg.seed)
+    model_sha = session.model_sha256 or identify(cfg.model, cfg.seed)
+    session.model_sha256 = model_sha
     data = {
         "agmask": __version__,
         "model": {"spec": cfg.model, "sha256": model_sha},
@@ -102,6 +105,22 @@ def write_manifest(session: Session) -> dict:
         write_json(path, data)
     distributed.barrier()
     return data
+
+
+def check_manifest(session: Session) -> None:
+    """Refuse a run dir made for another model or concept (before any work), and fix the model's sha256."""
+    from agmask.models import identify
+
+    session.model_sha256 = identify(session.cfg.model, session.cfg.seed)
+    path = session.paths.manifest
+    old = read_json(path) if path.is_file() else None
+    if old and not session.cfg.force:
+        if old.get("model", {}).get("spec") != session.cfg.model:
+            raise AgmaskError(f"{session.run_dir} was made for model {old['model'].get('spec')!r}; use another "
+                              "--run-dir (or --force to start it over)")
+        if old.get("concept", {}).get("name") != session.spec.name:
+            raise AgmaskError(f"{session.run_dir} was made for concept {old['concept'].get('name')!r}; use another "
+                              "--run-dir (or --force to start it over)")
 
 
 @contextmanager
@@ -156,6 +175,7 @@ def run_stage(session: Session, name: str) -> bool:
     if distributed.broadcast(up_to_date):  # every process follows the main process's decision
         session.reporter.log(f"{name}: up to date, skipped")
         return False
+    write_manifest(session)  # the run dir records what this stage runs with (unchanged: not rewritten)
     parallel = getattr(module, "PARALLEL", False) and distributed.world_size() > 1
     main = distributed.is_main()
     view = RunDir(real).staging(name)
@@ -183,7 +203,8 @@ def run_stage(session: Session, name: str) -> bool:
     if main:
         outputs = output_hashes(view, module)
         transaction.commit(real, view, module, {
-            "stage": name, "input_hash": expected, "inputs": recorded_inputs(parts), "seconds": round(elapsed, 2),
+            "stage": name, "input_hash": expected, "inputs": recorded_inputs(parts),
+            "stage_config": parts["stage_config"], "seconds": round(elapsed, 2),
             "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S"), "outputs": outputs})
         if done is None or digest(done.get("outputs")) != digest(outputs):
             stale = invalidate_dependants(real, name)
@@ -223,7 +244,7 @@ def run_pipeline(cfg: RunConfig, stages: list[str] | None = None, reporter: Repo
             for finished in transaction.recover(session.run_dir):
                 reporter.log(f"{finished}: finished swapping in its outputs (interrupted last time)")
         distributed.barrier()
-        write_manifest(session)
+        check_manifest(session)
         for s in stages:
             run_stage(session, s)
         return [session.run_dir]

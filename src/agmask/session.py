@@ -17,6 +17,7 @@ class Session:
     run_dir: Path  # while a stage runs: its staging view (see agmask.transaction)
     reporter: Reporter = SILENT
     prior_adapters: list[Path] = field(default_factory=list)  # incremental mode: earlier concepts' adapters
+    model_sha256: str | None = None  # identifies the weights (set by the driver; else read from the manifest)
     _loaded: tuple | None = None
 
     @classmethod

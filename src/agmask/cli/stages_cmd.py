@@ -90,10 +90,15 @@ def _stage_summary(name: str) -> str:
     """First docstring line of a stage module, read without importing it (keeps `agmask --help` instant)."""
     import ast
     import importlib.util
+    import sys
 
-    spec = importlib.util.find_spec(f"agmask.stages.{name}")
-    with open(spec.origin, encoding="utf-8") as f:
-        doc = ast.get_docstring(ast.parse(f.read())) or name
+    loaded = sys.modules.get(f"agmask.stages.{name}")
+    if loaded is not None:  # already imported (or registered in memory)
+        doc = loaded.__doc__ or name
+    else:
+        spec = importlib.util.find_spec(f"agmask.stages.{name}")
+        with open(spec.origin, encoding="utf-8") as f:
+            doc = ast.get_docstring(ast.parse(f.read())) or name
     return doc.strip().splitlines()[0]
 
 
