@@ -140,3 +140,24 @@ def test_unknown_shipped_name_and_missing_file():
         load_concept("nope")
     with pytest.raises(ConceptError, match="does not exist"):
         load_concept("/nonexistent/concept.yaml")
+
+
+def test_a_trailing_question_mark_does_not_hide_an_overlap(tmp_path, good):
+    item = dict(good["forget_eval"][0])
+    item["prompt"] = item["prompt"].rstrip("?") + " ."  # "What movie has Cobb planting an idea ."
+    good["forget_train"].append(item)
+    assert "overlap" in _error(tmp_path, good)
+
+
+def test_a_blank_answer_is_refused_not_replaced_by_the_concept(tmp_path, good):
+    good["forget_eval"][0]["answer"] = ""
+    assert "field forget_eval[0].answer: answer is blank" in _error(tmp_path, good)
+
+
+def test_a_directory_or_a_non_utf8_file_is_one_clear_error(tmp_path):
+    with pytest.raises(ConceptError, match="is a directory; pass a concept YAML file"):
+        load_concept(str(tmp_path))
+    path = tmp_path / "latin1.yaml"
+    path.write_bytes("name: caf\xe9\n".encode("latin-1"))
+    with pytest.raises(ConceptError, match=r"not UTF-8 text \(byte 9\)"):
+        load_concept(str(path))
