@@ -41,11 +41,16 @@ def check_run_dir(run_dir: Path) -> None:
 
 def preflight(cfg: RunConfig, stage_modules: dict) -> list[LoadedConcept]:
     """Validate a run before any work; returns the loaded concepts."""
-    from agmask.models.check import check_model
+    from agmask.models.check import check_model, model_num_layers
 
-    validate_options(cfg, stage_modules)
+    resolved = validate_options(cfg, stage_modules)
     check_device(cfg.device)
     check_run_dir(cfg.run_dir)
     concepts = [load_concept(c) for c in cfg.concepts]
     check_model(cfg.model)
+    layers = getattr(resolved.get("mask"), "layers", None)
+    count = model_num_layers(cfg.model) if layers else None
+    if count is not None and any(layer >= count for layer in layers):
+        raise AgmaskError(f"bad option for stage mask: layers {sorted(l for l in layers if l >= count)} do not "
+                          f"exist, {cfg.model} has layers 0..{count - 1}")
     return concepts

@@ -74,3 +74,22 @@ def check_model_dir(path: Path) -> None:
                 pass
         except Exception as e:  # SafetensorError: truncated or not safetensors at all
             raise ModelError(f"cannot load a model from {path}: {w.name} is damaged ({str(e).splitlines()[0]})") from None
+
+
+def model_num_layers(spec: str) -> int | None:
+    """The number of decoder layers, when it is known without loading the weights (tiny models, local
+    directories, cached embedded models); else None."""
+    from agmask.models import embedded
+    from agmask.models.tiny import TINY_SHAPES
+
+    if spec.startswith("tiny:"):
+        return TINY_SHAPES["num_hidden_layers"]
+    if spec.startswith("embedded:"):
+        entry = embedded.lookup(spec.split(":", 1)[1])
+        config = embedded.cache_dir(entry) / "config.json" if embedded.is_cached(entry) else None
+    else:
+        config = Path(spec).expanduser() / "config.json"
+    try:
+        return int(json.loads(config.read_text(encoding="utf-8"))["num_hidden_layers"]) if config else None
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
