@@ -15,7 +15,6 @@ delta is not exactly zero outside its mask.
 from __future__ import annotations
 
 import contextlib
-import json
 import shutil
 import warnings
 from dataclasses import dataclass, field
