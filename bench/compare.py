@@ -24,7 +24,7 @@ from agmask.config import RunConfig, resolve_stage_config
 from agmask.errors import AgmaskError
 from agmask.evaluate import evaluate_model
 from agmask.files import load_tensors, read_json, read_jsonl, write_json
-from agmask.lora import attach_lora
+from agmask.lora import masked_lora
 from agmask.progress import Reporter
 from agmask.session import Session
 from agmask.stages import evaluate as evaluate_stage
@@ -128,12 +128,11 @@ def main() -> None:
         method = get_method(name)
         conf = dataclasses.replace(base_conf, method=name, steps=conf_steps, early_stop_nats=0.0)
         param = {"mask": masks["mask"], "random": masks["random"], "unmasked": None}[method.parameterisation]
-        adapter = attach_lora(model, param, layers=layers, r=conf.r, alpha=conf.alpha, name=spec.name, seed=cfg.seed)
-        t0 = time.perf_counter()
-        rows = train(adapter, method, tok, spec, conf, seed=cfg.seed, reporter=reporter)
-        seconds = time.perf_counter() - t0
-        for h in adapter.handles:
-            h.remove()
+        with masked_lora(model, param, layers=layers, r=conf.r, alpha=conf.alpha, name=spec.name,
+                         seed=cfg.seed) as adapter:
+            t0 = time.perf_counter()
+            rows = train(adapter, method, tok, spec, conf, seed=cfg.seed, reporter=reporter)
+            seconds = time.perf_counter() - t0
         for p in adapter.model.parameters():
             p.requires_grad_(False)
         metrics = evaluate_model(adapter.model, tok, spec, eval_conf, out / name, baseline_rows=baseline_rows,

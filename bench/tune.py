@@ -29,7 +29,7 @@ import torch
 from agmask.attribution import SCORES, combined_score, neuron_stats
 from agmask.concepts import load_concept, training_halves
 from agmask.concepts.training_view import training_view
-from agmask.lora import attach_lora
+from agmask.lora import masked_lora
 from agmask.masking import choose_layers, mask_from_scores
 from agmask.masking.causal import causal_selection
 from agmask.models import load
@@ -123,12 +123,10 @@ def tune(model, tok, info, spec, configs: list[dict], mask_opts: dict, seed: int
         method = get_method(conf.method)
         param = {"mask": mask, "random": None, "unmasked": None}[method.parameterisation]
         t0 = time.perf_counter()
-        adapter = attach_lora(model, param, layers=layers, r=conf.r, alpha=conf.alpha, seed=seed)
-        rows = train(adapter, method, tok, fit_spec, conf, seed=seed)
+        with masked_lora(model, param, layers=layers, r=conf.r, alpha=conf.alpha, seed=seed) as adapter:
+            rows = train(adapter, method, tok, fit_spec, conf, seed=seed)
         after = measure(adapter.model, tok, spec, forget_b, retain_b, other_lead)
         s = summary(base, after)
-        for h in adapter.handles:
-            h.remove()
         model = adapter.model.unload()
         results.append({"config": overrides, "steps": len(rows), **s})
         log(f"{json.dumps(overrides)} | {s['known_n']} | {s['top1']:.2f} | {s['share']:.3f} | {s['med_rank']} | "

@@ -10,12 +10,14 @@ from __future__ import annotations
 import statistics
 from pathlib import Path
 
-from agmask.concepts import load_concept
+from agmask import transaction
+from agmask.concepts import LoadedConcept
 from agmask.config import RunConfig
 from agmask.distributed import barrier, is_main
 from agmask.errors import AgmaskError
 from agmask.files import read_jsonl, write_json
 from agmask.progress import Reporter
+from agmask.rundir import RunDir
 from agmask.scoring import BASE_KNOWN_RANK, score_items
 from agmask.session import Session
 
@@ -24,7 +26,7 @@ def regression_row(session: Session, model, after: str) -> dict:
     """Forgetting of `session`'s concept under `model` (the stack so far), against its own baseline."""
     _, tokenizer, _ = session.model()
     spec = session.spec
-    base = {(r["set"], r["index"]): r for r in read_jsonl(session.run_dir / "baseline" / "answers.jsonl")}
+    base = {(r["set"], r["index"]): r for r in read_jsonl(session.paths.baseline_answers)}
     row = {"after": after, "concept": spec.name}
     for set_name in ("forget_eval", "neighbors"):
         # the items the baseline scored (a demo baseline scores a subset): their index in the set
@@ -49,33 +51,37 @@ def regression_row(session: Session, model, after: str) -> dict:
     return row
 
 
-def run_incremental(cfg: RunConfig, stages: list[str], reporter: Reporter) -> list[Path]:
+def run_incremental(cfg: RunConfig, stages: list[str], reporter: Reporter,
+                    concepts: list[LoadedConcept]) -> list[Path]:
+    """`concepts` are loaded and validated (with everything else) before any work."""
     from agmask.lora import load_adapter
-    from agmask.pipeline import run_stage, write_manifest
+    from agmask.pipeline import check_manifest, run_stage
 
-    top = Path(cfg.run_dir)
+    top = RunDir(cfg.run_dir)
     sessions: list[Session] = []
     loaded = None
     regression: list[dict] = []
-    concepts = [load_concept(c) for c in cfg.concepts]  # every file is validated before any work
     names = [c.spec.name for c in concepts]
     if len(set(names)) != len(names):
         raise AgmaskError(f"the same concept is given twice ({', '.join(names)})")
     for loaded_concept in concepts:
-        priors = [s.run_dir / "adapters" / s.spec.name for s in sessions]
-        session = Session(cfg, loaded_concept, top / loaded_concept.spec.name, reporter, priors)
+        priors = [s.adapter_dir for s in sessions]
+        session = Session(cfg, loaded_concept, top.root / loaded_concept.spec.name, reporter, priors)
         session._loaded = loaded  # one model load for the whole run
-        write_manifest(session)
+        if is_main() and session.run_dir.is_dir():
+            transaction.recover(session.run_dir)
+        barrier()
+        check_manifest(session)
         for stage in stages:
             run_stage(session, stage)
         loaded = session._loaded
         sessions.append(session)
-        if not (session.run_dir / "adapters" / session.spec.name).is_dir():
+        if not session.adapter_dir.is_dir():
             continue  # the unlearn stage was not part of this invocation
         model, _, _ = session.model()
         stack = model
         for s in sessions:
-            stack = load_adapter(stack, s.run_dir / "adapters" / s.spec.name, name=s.spec.name).model
+            stack = load_adapter(stack, s.adapter_dir, name=s.spec.name).model
         reporter.log(f"regression check after {session.spec.name}: re-scoring {len(sessions)} concept(s)")
         for s in sessions:
             s._loaded = session._loaded
@@ -83,10 +89,10 @@ def run_incremental(cfg: RunConfig, stages: list[str], reporter: Reporter) -> li
         session.drop_adapters(stack)
         loaded = session._loaded
     if is_main():  # several processes: each scored the regression rows; the main one writes them
-        write_json(top / "manifest.json", {
+        write_json(top.manifest, {
             "concepts": [s.concept.source.removeprefix("shipped:") for s in sessions], "model": {"spec": cfg.model},
             "runs": [str(s.run_dir) for s in sessions]})
         if regression:
-            write_json(top / "regression.json", regression)
+            write_json(top.regression, regression)
     barrier()
     return [s.run_dir for s in sessions]

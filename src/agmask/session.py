@@ -1,4 +1,4 @@
-"""What one run shares between stages: the config, the concept, and ONE lazily loaded model."""
+"""What one run shares between stages: the config, the concept, the run directory and ONE lazily loaded model."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -7,15 +7,17 @@ from pathlib import Path
 from agmask.concepts import LoadedConcept, load_concept
 from agmask.config import RunConfig
 from agmask.progress import SILENT, Reporter
+from agmask.rundir import RunDir
 
 
 @dataclass
 class Session:
     cfg: RunConfig
     concept: LoadedConcept
-    run_dir: Path
+    run_dir: Path  # while a stage runs: its staging view (see agmask.transaction)
     reporter: Reporter = SILENT
     prior_adapters: list[Path] = field(default_factory=list)  # incremental mode: earlier concepts' adapters
+    model_sha256: str | None = None  # identifies the weights (set by the driver; else read from the manifest)
     _loaded: tuple | None = None
 
     @classmethod
@@ -27,6 +29,16 @@ class Session:
     @property
     def spec(self):
         return self.concept.spec
+
+    @property
+    def paths(self) -> RunDir:
+        """Every artefact path of the run directory the session reads and writes now."""
+        return RunDir(self.run_dir)
+
+    @property
+    def adapter_dir(self) -> Path:
+        """This concept's adapter: `adapters/<concept>/`."""
+        return self.paths.adapter(self.spec.name)
 
     def model(self):
         """(model, tokenizer, info), loaded on first use and shared by every later stage of the run."""
@@ -54,8 +66,7 @@ class Session:
         from agmask.lora import load_adapter
 
         model, _, _ = self.model()
-        adapter_path = self.run_dir / "adapters" / self.spec.name
-        return load_adapter(self.with_prior_adapters(model), adapter_path, name=self.spec.name)
+        return load_adapter(self.with_prior_adapters(model), self.adapter_dir, name=self.spec.name)
 
     def drop_adapters(self, peft_model) -> None:
         """Remove every LoRA layer so the session's model is the plain base again."""
@@ -69,6 +80,3 @@ class Session:
         from agmask.pipeline import stage_module
 
         return resolve_stage_config(stage_module(name), self.cfg)
-
-    def release_model(self) -> None:
-        self._loaded = None

@@ -120,5 +120,5 @@ def test_attribute_stage_option_is_checked():
     assert resolve_stage_config(attribute, cfg).positions == "all"
     assert resolve_stage_config(attribute, RunConfig(model="tiny:llama", concepts=["inception"])).positions == "answer"
     bad = RunConfig(model="tiny:llama", concepts=["inception"], overrides={"attribute": {"positions": "tokens"}})
-    with pytest.raises(AgmaskError, match="positions must be one of answer, all, subject, prompt"):
+    with pytest.raises(AgmaskError, match="positions must be one of 'answer', 'all', 'subject' or 'prompt', got 'tokens'"):
         resolve_stage_config(attribute, bad)

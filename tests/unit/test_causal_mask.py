@@ -123,8 +123,8 @@ def test_mask_stage_with_causal_selection_writes_the_measurements(tmp_path, tiny
     assert read_json(tmp_path / "run" / "attribute" / "layers.json")["positions"] == "all"
 
 
-@pytest.mark.parametrize("option,value,message", [("selection", "best", "selection must be one of score, causal"),
-                                                  ("causal_positions", "x", "must be one of answer, all, subject, prompt"),
+@pytest.mark.parametrize("option,value,message", [("selection", "best", "selection must be one of 'score' or 'causal', got 'best'"),
+                                                  ("causal_positions", "x", "must be one of 'answer', 'all', 'subject' or 'prompt', got 'x'"),
                                                   ("group_size", 0, "must be >= 1")])
 def test_mask_options_are_checked(option, value, message):
     from agmask.config import RunConfig, resolve_stage_config

@@ -261,3 +261,24 @@ def test_a_neighbour_tag_that_contradicts_the_rule_is_an_error(tmp_path, good):
     good["neighbors"][0]["family"] = "unseen"
     good["relearn"].append({"prompt": "Interstellar was filmed in Iceland."})
     assert "neighbors[0] is tagged unseen but its answer 'Interstellar' appears in relearn" in _error(tmp_path, good)
+
+
+def test_a_trailing_question_mark_does_not_hide_an_overlap(tmp_path, good):
+    item = dict(good["forget_eval"][0])
+    item["prompt"] = item["prompt"].rstrip("?") + " ."  # "What movie has Cobb planting an idea ."
+    good["forget_train"].append(item)
+    assert "overlap" in _error(tmp_path, good)
+
+
+def test_a_blank_answer_is_refused_not_replaced_by_the_concept(tmp_path, good):
+    good["forget_eval"][0]["answer"] = ""
+    assert "field forget_eval[0].answer: answer is blank" in _error(tmp_path, good)
+
+
+def test_a_directory_or_a_non_utf8_file_is_one_clear_error(tmp_path):
+    with pytest.raises(ConceptError, match="is a directory; pass a concept YAML file"):
+        load_concept(str(tmp_path))
+    path = tmp_path / "latin1.yaml"
+    path.write_bytes("name: caf\xe9\n".encode("latin-1"))
+    with pytest.raises(ConceptError, match=r"not UTF-8 text \(byte 9\)"):
+        load_concept(str(path))

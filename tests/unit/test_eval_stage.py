@@ -40,10 +40,12 @@ def test_evaluate_and_report_stages_run_resume_and_restore_the_model(tmp_path, t
 
 
 def test_evaluate_without_an_adapter_is_a_clean_error(tmp_path, tiny_concept_path):
+    """A deleted adapter is caught by the integrity check (the file and the stage to rerun), before evaluate
+    starts. (It used to be caught by evaluate itself: "no adapter".)"""
     cfg = RunConfig(model="tiny:llama", concepts=[str(tiny_concept_path)], run_dir=tmp_path / "run", overrides=FAST)
     pipeline.run_pipeline(cfg, stages=["baseline", "probe", "attribute", "mask", "unlearn"])
     shutil.rmtree(tmp_path / "run" / "adapters")
-    with pytest.raises(pipeline.AgmaskError, match="no adapter"):
+    with pytest.raises(pipeline.AgmaskError, match=r"adapters/tinyfilm/\S+ is missing: rerun stage unlearn"):
         pipeline.run_pipeline(cfg, stages=["evaluate"])
 
 

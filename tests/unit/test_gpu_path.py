@@ -92,17 +92,20 @@ def test_attribution_refuses_to_run_under_checkpointing(tiny, spec):
     assert neuron_stats(model, tok, spec, "forget_train", spec.forget_train).n == len(spec.forget_train)
 
 
-def test_a_model_spread_over_devices_returns_outputs_on_the_embedding_device():
-    """device_map="auto" over several GPUs: the final norm's and lm_head's outputs come back to the inputs'
-    device (simulated on CPU: the hooks are the ones a two-device map gets; outputs are unchanged)."""
-    from agmask.models import _outputs_on_input_device
+def test_a_map_over_several_devices_puts_the_final_norm_and_lm_head_on_the_embedding_device():
+    """device_map over several GPUs: the final norm and lm_head are placed with the embeddings, so their
+    outputs land on the inputs' device without any hook (known answers; a one-device map is unchanged)."""
+    from agmask.models import ends_on_input_device
 
-    model, tok, _ = load("tiny:qwen2")
-    ids = torch.tensor([tok("which film")["input_ids"]])
-    before = model(input_ids=ids).logits
-    _outputs_on_input_device(model)  # one device: nothing to do
-    assert not model.lm_head._forward_hooks
-    model.hf_device_map = {"model.embed_tokens": 0, "model.layers": 0, "model.norm": 1, "lm_head": 1}
-    _outputs_on_input_device(model)
-    assert len(model.lm_head._forward_hooks) == 1 and len(model.model.norm._forward_hooks) == 1
-    assert torch.equal(model(input_ids=ids).logits, before)
+    split = {"model.embed_tokens": 0, "model.layers.0": 0, "model.layers.1": 1, "model.norm": 1, "lm_head": 1}
+    assert ends_on_input_device(split, "model") == {**split, "model.norm": 0, "lm_head": 0}
+    coarse = {"model.embed_tokens": "cuda:1", "model.layers": 0, "model.norm": 0, "lm_head": 0}
+    assert ends_on_input_device(coarse, "model") == {**coarse, "model.norm": "cuda:1", "lm_head": "cuda:1"}
+    assert ends_on_input_device({"": 0}, "model") == {"": 0}
+    whole_body = {"model": 0, "lm_head": 1}  # the norm is covered by `model`: only lm_head moves
+    assert ends_on_input_device(whole_body, "model") == {"model": 0, "lm_head": 0}
+
+
+def test_loading_a_model_registers_no_hooks():
+    model, _, _ = load("tiny:qwen2")
+    assert not any(m._forward_hooks or m._forward_pre_hooks for m in model.modules())

@@ -157,3 +157,85 @@ def test_stacked_adapters_freeze_the_earlier_one(tmp_path):
         if ".first." in n:
             assert torch.equal(p, snapshot[n])
     assert set(second.model.active_adapters) == {"first", "second"}
+
+
+def _lora_hooks(model) -> int:
+    """Gradient hooks registered on LoRA parameters."""
+    return sum(len(p._backward_hooks or {}) for n, p in model.named_parameters() if "lora_" in n)
+
+
+def test_masked_lora_removes_its_hooks_on_exit_even_after_an_exception():
+    from agmask.lora import gradient_masks, masked_lora
+
+    model, tok, info = load("tiny:llama")
+    with pytest.raises(RuntimeError), masked_lora(model, _mask(info), r=R) as adapter:
+        assert _lora_hooks(adapter.model) == 6  # gate/up/down of 2 layers
+        raise RuntimeError("training failed")
+    assert _lora_hooks(adapter.model) == 0 and adapter.handles == []
+    with gradient_masks(adapter.model, "default", adapter.mask, adapter.layers) as handles:
+        assert len(handles) == 6 and _lora_hooks(adapter.model) == 6
+    assert _lora_hooks(adapter.model) == 0
+
+
+def test_a_nan_gradient_outside_the_mask_does_not_leak_in():
+    model, tok, info = load("tiny:llama")
+    mask = _mask(info)
+    with attach_lora(model, mask, r=R) as adapter:
+        b = mlp_module(adapter.model, 0, "gate").lora_B["default"].weight  # (I, r): rows outside the mask
+        b.grad = None
+        grad = torch.full_like(b, float("nan"))
+        grad[mask[0]] = 1.0
+        b.backward(grad)
+        assert torch.equal(b.grad[~mask[0]], torch.zeros_like(b.grad[~mask[0]]))  # 0, not NaN
+        assert torch.equal(b.grad[mask[0]], torch.ones_like(b.grad[mask[0]]))
+
+
+def test_save_refuses_an_adapter_with_a_delta_outside_its_mask(tmp_path):
+    from agmask.lora import delta_outside_mask
+
+    model, tok, info = load("tiny:llama")
+    mask = _mask(info)
+    adapter = attach_lora(model, mask, r=R)
+    adapter.remove_hooks()  # trained without its gradient masks: the delta leaks
+    _train(adapter, tok, steps=2)
+    assert delta_outside_mask(adapter) > 0
+    with pytest.raises(StageError, match="merged delta outside the mask is"):
+        save_adapter(adapter, tmp_path / "a")
+    assert not (tmp_path / "a").exists()
+
+
+def test_saved_adapter_files_do_not_depend_on_the_process(tmp_path):
+    """adapter_config.json lists target_modules sorted: the same adapter saved in two processes (different
+    set orders) gives the same bytes, so its hash, and the evaluation's input hash, stay the same."""
+    script = textwrap.dedent(f"""
+        import torch
+        from agmask.lora import attach_lora, save_adapter
+        from agmask.models import load
+        model, tok, info = load("tiny:llama")
+        mask = torch.zeros(info.num_layers, info.intermediate_size, dtype=torch.bool)
+        mask[:, :5] = True
+        save_adapter(attach_lora(model, mask, r=4), r"{{out}}")
+    """)
+    for i, seed in enumerate(("1", "2")):
+        env = {**__import__("os").environ, "PYTHONHASHSEED": seed}
+        subprocess.run([sys.executable, "-c", script.replace("{out}", str(tmp_path / str(i)))], check=True, env=env,
+                       capture_output=True)
+    a, b = ((tmp_path / i / "adapter_config.json").read_bytes() for i in ("0", "1"))
+    assert a == b
+    modules = json.loads(a)["target_modules"]
+    assert modules == sorted(modules) and len(modules) == 9
+
+
+def test_load_takes_layers_from_the_mask_file_and_refuses_a_missing_mask(tmp_path):
+    model, tok, info = load("tiny:llama")
+    mask = _mask(info)
+    save_adapter(attach_lora(model, mask, r=R), tmp_path / "a")
+    config = json.loads((tmp_path / "a" / "adapter_config.json").read_text())
+    config["target_modules"] = r".*\.mlp\.(gate|up|down)_proj"  # a regex string, as other tools write it
+    (tmp_path / "a" / "adapter_config.json").write_text(json.dumps(config))
+    with load_adapter(load("tiny:llama")[0], tmp_path / "a", trainable=True) as reloaded:
+        assert reloaded.layers == [0, 2] and len(reloaded.handles) == 6  # masked, with hooks
+    assert reloaded.handles == []
+    (tmp_path / "a" / "mask.safetensors").unlink()
+    with pytest.raises(StageError, match="mask.safetensors is missing"):
+        load_adapter(load("tiny:llama")[0], tmp_path / "a")

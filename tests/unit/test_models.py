@@ -115,3 +115,42 @@ def test_missing_package_names_the_pip_command(monkeypatch):
 def test_embedded_registry_points_at_installed_packages():
     for entry in EMBEDDED.values():
         assert embedded.installed(entry), entry.install
+
+
+def test_check_model_refuses_before_loading(tmp_path):
+    import json
+
+    from agmask.models.check import check_model
+
+    check_model("tiny:llama")
+    for spec, needle in [("tiny:gpt2", "unknown tiny model"), ("./missing/dir", "model path ./missing/dir does not exist"),
+                         ("gpt-nothing", "unknown model 'gpt-nothing'"), ("embedded:nope", "unknown embedded model")]:
+        with pytest.raises(ModelError, match=needle):
+            check_model(spec)
+    bad = tmp_path / "x.gguf"
+    bad.write_bytes(b"nope")
+    with pytest.raises(ModelError, match="GGUF magic"):
+        check_model(str(bad))
+    model, tok, _ = load("tiny:llama")
+    model.save_pretrained(tmp_path / "m")
+    check_model(str(tmp_path / "m"))
+    config = json.loads((tmp_path / "m" / "config.json").read_text())
+    (tmp_path / "m" / "config.json").write_text(json.dumps({**config, "model_type": "gpt2"}))
+    with pytest.raises(ModelError, match="architecture 'gpt2' is not supported"):
+        check_model(str(tmp_path / "m"))
+
+
+def test_device_check(monkeypatch):
+    from agmask.errors import AgmaskError
+    from agmask.preflight import check_device
+
+    check_device("cpu")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    check_device("cuda:1")
+    with pytest.raises(AgmaskError, match=r"only 2 CUDA GPU\(s\) are visible"):
+        check_device("cuda:2")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    for device in ("cuda", "auto"):
+        with pytest.raises(AgmaskError, match="no CUDA GPU is visible"):
+            check_device(device)

@@ -52,10 +52,13 @@ def test_edited_concept_or_force_or_changed_option_reruns(tmp_path, concept_copy
     assert run_stage(Session.create(changed), "baseline") is True
 
 
-def test_a_failing_stage_keeps_earlier_artefacts_and_is_not_done(tmp_path, concept_copy, monkeypatch):
+def test_a_failing_stage_keeps_its_previous_results_whole(tmp_path, concept_copy, monkeypatch):
+    """A stage is a transaction: a failed (forced) rerun leaves the previous outputs and their DONE marker
+    as they were, so they stay valid and the next run skips the stage. (Before stage transactions, the
+    marker was deleted first and the stage redone.)"""
     cfg = _cfg(tmp_path, concept_copy)
     run_pipeline(cfg, stages=["baseline"])
-    answers = (cfg.run_dir / "baseline" / "answers.jsonl").read_bytes()
+    before = {p: p.read_bytes() for p in (cfg.run_dir / "baseline").iterdir()}
     import agmask.stages.baseline as baseline
 
     def explode(*args, **kwargs):
@@ -64,9 +67,10 @@ def test_a_failing_stage_keeps_earlier_artefacts_and_is_not_done(tmp_path, conce
     monkeypatch.setattr(baseline, "score_item", explode)
     with pytest.raises(RuntimeError):
         run_stage(Session.create(_cfg(tmp_path, concept_copy, force=True)), "baseline")
-    assert (cfg.run_dir / "baseline" / "answers.jsonl").read_bytes() == answers
-    assert read_done(cfg.run_dir, "baseline") is None  # so the next run redoes it
+    assert {p: p.read_bytes() for p in (cfg.run_dir / "baseline").iterdir()} == before
     assert not list(cfg.run_dir.rglob("*.tmp"))
+    monkeypatch.undo()
+    assert run_stage(Session.create(cfg), "baseline") is False  # the previous results are still current
 
 
 def test_input_hash_changes_with_model_and_seed(tmp_path, concept_copy):

@@ -42,6 +42,10 @@ def main(argv: list[str] | None = None) -> int:
     except MemoryError:
         click.echo("error: out of memory; try --budget demo, a smaller --set *.batch_size, or a smaller model", err=True)
         return 1
+    except OSError as e:  # permission denied, disk full, a path under a file: one line, never a traceback
+        where = f": {e.filename}" if e.filename else ""
+        click.echo(f"error: {e.strerror or e}{where}; finished stages are kept, fix this and rerun to resume", err=True)
+        return 1
     return 0
 
 

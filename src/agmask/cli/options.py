@@ -11,14 +11,17 @@ from agmask.errors import AgmaskError
 
 
 def _parse_set(values: tuple[str, ...]) -> dict[str, dict]:
-    """`--set unlearn.steps=20` -> {"unlearn": {"steps": 20}} (values parsed as YAML scalars)."""
+    """`--set unlearn.steps=20` -> {"unlearn": {"steps": 20}} (values parsed as YAML: 20, 1e-3, [1, 2], null)."""
     out: dict[str, dict] = {}
     for item in values:
         key, sep, raw = item.partition("=")
         stage, dot, option = key.partition(".")
         if not sep or not dot or not stage or not option:
             raise AgmaskError(f"--set {item!r}: expected STAGE.OPTION=VALUE, e.g. --set unlearn.steps=20")
-        out.setdefault(stage, {})[option] = yaml.safe_load(raw)
+        try:
+            out.setdefault(stage, {})[option] = yaml.safe_load(raw)
+        except yaml.YAMLError as e:
+            raise AgmaskError(f"--set {item!r}: the value is not valid YAML ({getattr(e, 'problem', e)})") from None
     return out
 
 
@@ -47,11 +50,10 @@ def run_options(fn):
 
 def build_config(model, concepts, run_dir, seed, device, dtype, budget, force, sets, gradient_checkpointing=False, **_):
     """Explicit options win; otherwise the run dir's manifest names the model and concept."""
-    from agmask.config import RunConfig
-    from agmask.files import read_json
+    from agmask.config import make_run_config
+    from agmask.rundir import RunDir
 
-    manifest_path = Path(run_dir) / "manifest.json"
-    recorded = read_json(manifest_path) if manifest_path.is_file() else {}
+    recorded = _recorded(RunDir(run_dir).manifest)
     if model is None:
         model = recorded.get("model", {}).get("spec")
     if not concepts and recorded.get("concept"):
@@ -65,4 +67,14 @@ def build_config(model, concepts, run_dir, seed, device, dtype, budget, force, s
         kwargs["model"] = model
     if concepts:
         kwargs["concepts"] = list(concepts)
-    return RunConfig(**kwargs)
+    return make_run_config(**kwargs)
+
+
+def _recorded(manifest_path: Path) -> dict:
+    """The run dir's manifest, or {} when there is none (a damaged one is an error naming it)."""
+    import json
+
+    try:
+        return json.loads(manifest_path.read_text(encoding="utf-8")) if manifest_path.is_file() else {}
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise AgmaskError(f"{manifest_path} cannot be read ({e}); move it away or use another --run-dir") from None

@@ -13,6 +13,9 @@ def report_command(run_dir: Path) -> None:
     """Stage 8, report: rebuild report.html from the run directory's JSON and PNG files (never loads a model)."""
     from agmask.cli.summary import print_eval_summary
     from agmask.report import build_report
+    from agmask.transaction import recover
 
+    if run_dir.is_dir():
+        recover(run_dir)  # finish a commit a crash interrupted, so the report sees whole stages
     path = build_report(run_dir)
     print_eval_summary(run_dir, path)

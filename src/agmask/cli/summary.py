@@ -24,15 +24,21 @@ def baseline_table(summary: dict, title: str) -> Table:
 
 
 def eval_summary(run_dir: Path) -> list[str]:
-    """The five-line summary (forget, locality, utility, fluency, worst attack) from eval/metrics.json, and a
-    sixth line on recommendations when they were measured."""
+    """The five-line summary (forget, locality, utility, fluency, worst attack) from eval/metrics.json and a
+    sixth line on recommendations when they were measured, or one line saying why there is none when the
+    evaluation is not current (an upstream stage reran since)."""
+    from agmask.currency import current_stages
     from agmask.files import read_json
     from agmask.report.headline import headline_lines
     from agmask.report.recommend import recommend_line
+    from agmask.rundir import RunDir
 
-    path = Path(run_dir) / "eval" / "metrics.json"
+    path = RunDir(run_dir).eval_metrics
     if not path.is_file():
         return []
+    why = current_stages(Path(run_dir)).get("evaluate")
+    if why is not None:
+        return [f"evaluation not shown, it is not current: {why}"]
     metrics = read_json(path)["metrics"]
     extra = recommend_line(metrics)
     return headline_lines(metrics) + ([extra] if extra else [])
@@ -40,7 +46,9 @@ def eval_summary(run_dir: Path) -> list[str]:
 
 def print_eval_summary(run_dir: Path, report: Path | None = None) -> None:
     """Print the report path (when there is one) and the five-line evaluation summary."""
-    report = report or Path(run_dir) / "report.html"
+    from agmask.rundir import RunDir
+
+    report = report or RunDir(run_dir).report
     if report.is_file():
         print(f"report: {report}")
     for line in eval_summary(run_dir):

@@ -36,10 +36,18 @@ def shipped_concepts() -> list[str]:
 
 def _read(name_or_path: str) -> tuple[str, str]:
     path = Path(name_or_path).expanduser()
+    if path.is_dir():
+        raise ConceptError(f"--concept {name_or_path} is a directory; pass a concept YAML file or a shipped name "
+                           f"({', '.join(shipped_concepts())})")
     if name_or_path.endswith((".yaml", ".yml")) or path.is_file():
         if not path.is_file():
             raise ConceptError(f"concept file {name_or_path} does not exist")
-        return str(path), path.read_text(encoding="utf-8")
+        try:
+            return str(path), path.read_text(encoding="utf-8")
+        except UnicodeDecodeError as e:
+            raise ConceptError(f"{path}: not UTF-8 text (byte {e.start}); save the file as UTF-8") from None
+        except OSError as e:
+            raise ConceptError(f"{path}: cannot be read ({e.strerror})") from None
     shipped = resources.files("agmask.concepts") / "data" / f"{name_or_path}.yaml"
     if not shipped.is_file():
         raise ConceptError(f"unknown concept {name_or_path!r}: use a shipped name ({', '.join(shipped_concepts())}) "

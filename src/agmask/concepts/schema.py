@@ -60,6 +60,13 @@ class PromptItem(_Strict):
             raise ValueError("prompt is blank")
         return v
 
+    @field_validator("answer")
+    @classmethod
+    def _answer_not_blank(cls, v: str | None) -> str | None:
+        if v is not None and not v.strip():
+            raise ValueError("answer is blank; leave it out to score the concept's own answers")
+        return v
+
 
 class ConceptSpec(_Strict):
     name: str = Field(pattern=r"^[a-z0-9][a-z0-9_-]*$", description="identifier, used in paths (adapters/<name>/)")
@@ -192,4 +199,5 @@ NEIGHBOR_STATUSES = ("anchored", "unseen")
 
 
 def _norm(text: str) -> str:
-    return " ".join(text.casefold().split())
+    """A prompt as the overlap check compares it: case, spacing and trailing punctuation ignored."""
+    return " ".join(text.casefold().split()).rstrip(" ?!.:;,")

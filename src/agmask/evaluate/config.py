@@ -1,13 +1,15 @@
 """Options of the evaluation (the `evaluate` stage's Config) and its budget presets."""
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import field
+
+from agmask.config import stage_options
 
 EVAL_QA_SETS = ("forget_eval", "probes", "neighbors", "retain_eval")  # the evaluation sets; never the train sets
 QUANT_SCHEMES = ("int8", "int4", "int4_g128", "nf4")  # every-linear-weight quantisation (attack_quantization_full)
 
 
-@dataclass(frozen=True)
+@stage_options
 class EvalConfig:
     max_items: int = field(default=0, metadata={"help": "items per evaluation set (spread over families); 0 = all"})
     adversarial_per_family: int = field(default=0, metadata={"help": "adversarial prompts per family; 0 = all"})

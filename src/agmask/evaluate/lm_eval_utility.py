@@ -44,7 +44,7 @@ def lm_eval_utility(ctx: EvalContext) -> dict:
         from lm_eval.models.huggingface import HFLM
         from lm_eval.tasks import TaskManager
     except ImportError as e:
-        raise StageError(f"evaluate.lm_eval_tasks needs lm-evaluation-harness ({e}): pip install lm_eval") from e
+        raise StageError(f"evaluate.lm_eval_tasks needs lm-evaluation-harness ({e}): pip install 'agmask[lmeval]'") from e
     logging.getLogger("lm-eval").setLevel(logging.WARNING)  # its per-request INFO lines would flood the run log
     manager = None
     if ctx.config.lm_eval_include_path:  # local tasks only when they are all there: indexing lm-eval's own is slow

@@ -18,7 +18,7 @@ from agmask.evaluate.attacks import ATTACK_SET, reference, score_attacked, score
 from agmask.evaluate.context import EvalContext
 from agmask.evaluate.internals import right_pad
 from agmask.evaluate.registry import metric
-from agmask.lora import apply_gradient_masks
+from agmask.lora import gradient_masks
 
 
 def passage_ids(tokenizer, texts: list[str]) -> list[list[int]]:
@@ -61,13 +61,11 @@ def relearn_steps(ctx: EvalContext, steps: int) -> list[float]:
     params = [p for n, p in model.named_parameters() if "lora_" in n and f".{name}." in n]
     for p in params:
         p.requires_grad_(True)
-    hooks = apply_gradient_masks(model, name, adapter.mask, adapter.layers) if adapter.mask is not None else []
     try:
-        return lm_train(model, params, passage_ids(ctx.tokenizer, [it.prompt for it in ctx.spec.relearn]), steps,
-                        ctx.config.relearn_batch, ctx.config.relearn_lr, pad_id(ctx.tokenizer))
+        with gradient_masks(model, name, adapter.mask, adapter.layers):
+            return lm_train(model, params, passage_ids(ctx.tokenizer, [it.prompt for it in ctx.spec.relearn]), steps,
+                            ctx.config.relearn_batch, ctx.config.relearn_lr, pad_id(ctx.tokenizer))
     finally:
-        for h in hooks:
-            h.remove()
         for p in params:
             p.requires_grad_(False)
 

@@ -114,7 +114,7 @@ def _from_dir(path: Path, device: str, dtype):
 
     kwargs = {"dtype": dtype}
     if device == "auto":
-        kwargs["device_map"] = "auto"  # shards a model that does not fit one GPU
+        kwargs["device_map"] = _auto_device_map(path, dtype)  # shards a model that does not fit one GPU
     try:
         tokenizer = AutoTokenizer.from_pretrained(str(path))
         model = AutoModelForCausalLM.from_pretrained(str(path), **kwargs)
@@ -181,19 +181,42 @@ def prefetch(spec: str, log: Callable[[str], None] = lambda msg: None) -> None:
         _hub_snapshot(spec)
 
 
-def _outputs_on_input_device(model) -> None:
-    """device_map="auto" may put the last layers and the lm_head on another GPU than the embeddings.
-    Every caller builds masks, targets and references on the inputs' device (the first parameter's,
-    the embeddings'), so the final norm's and the lm_head's outputs are moved back there. These hooks
-    belong to the model, like accelerate's own dispatch hooks; on one device there are none."""
-    devices = {str(d) for d in getattr(model, "hf_device_map", {}).values()}
-    if len(devices) <= 1:
-        return
-    home = model.get_input_embeddings().weight.device
-    body = getattr(model, model.base_model_prefix)
-    for module in (getattr(body, "norm", None), model.get_output_embeddings()):
-        if module is not None:
-            module.register_forward_hook(lambda m, args, out: out.to(home))
+def ends_on_input_device(device_map: dict, prefix: str) -> dict:
+    """A device map whose final norm and lm_head sit on the embeddings' device.
+
+    A map over several GPUs may put the last layers and the lm_head on another GPU than the embeddings.
+    Every caller builds masks, targets and references on the inputs' device (the embeddings'), so the
+    final norm's and the lm_head's outputs must land there: placing those two modules there does it
+    without hooks (accelerate moves their inputs to them). On one device the map is returned as is."""
+    if len({str(d) for d in device_map.values()}) <= 1:
+        return dict(device_map)
+
+    def device_of(module: str):
+        for key in sorted(device_map, key=len, reverse=True):  # the most specific entry that covers it
+            if module == key or module.startswith(key + ".") or key == "":
+                return device_map[key]
+        return None
+
+    home = device_of(f"{prefix}.embed_tokens")
+    out = dict(device_map)
+    for module in (f"{prefix}.norm", "lm_head"):
+        if device_of(module) is not None and device_of(module) != home:
+            out[module] = home
+    return out
+
+
+def _auto_device_map(path: Path, dtype) -> dict:
+    """What `device_map="auto"` would choose (balanced over the visible GPUs), with the ends pinned home."""
+    from accelerate import infer_auto_device_map, init_empty_weights
+    from accelerate.utils import get_balanced_memory
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    with init_empty_weights():
+        empty = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(str(path)), dtype=dtype)
+    no_split = getattr(empty, "_no_split_modules", None) or []
+    memory = get_balanced_memory(empty, dtype=dtype, no_split_module_classes=no_split)
+    device_map = infer_auto_device_map(empty, max_memory=memory, no_split_module_classes=no_split, dtype=dtype)
+    return ends_on_input_device(device_map, empty.base_model_prefix)
 
 
 def load(spec: str = DEFAULT_MODEL, device: str = "cpu", dtype: str | None = None, seed: int = 0,
@@ -241,8 +264,6 @@ def load(spec: str = DEFAULT_MODEL, device: str = "cpu", dtype: str | None = Non
     from agmask.models.arch import arch_spec
 
     arch_spec(model)  # unsupported architectures fail here, with the list of supported ones
-    if device == "auto":
-        _outputs_on_input_device(model)
     model.eval()
     for p in model.parameters():
         p.requires_grad_(False)  # the base model is frozen everywhere; adapters opt their own params in

@@ -39,6 +39,9 @@ def tiny_tokenizer() -> PreTrainedTokenizerFast:
     return fast
 
 
+TINY_ARCHS = ("llama", "qwen2")
+
+
 def tiny_model(arch: str, seed: int = 0):
     """Return (model, tokenizer) for `tiny:llama` or `tiny:qwen2`, deterministic under `seed`."""
     tokenizer = tiny_tokenizer()

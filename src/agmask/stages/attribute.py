@@ -6,7 +6,8 @@ activation similarity, the global top neurons) and the figures.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import field
+from typing import Literal
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +15,7 @@ import torch
 
 from agmask.attribution import POSITIONS, SCORES, combined_score, contrastive, neuron_stats, top_neurons
 from agmask.attribution import figures
+from agmask.config import NonNegativeFloat, NonNegativeInt, PositiveInt, stage_options
 from agmask.files import save_tensors, write_json
 
 NAME = "attribute"
@@ -22,20 +24,18 @@ DEPENDS: tuple[str, ...] = ()
 PARALLEL = True  # every process of a multi-process launch runs it on its share of the prompts
 
 
-@dataclass(frozen=True)
+@stage_options
 class Config:
-    batch_size: int = 8
-    max_items: int = 0  # per set; 0 = all
-    retain_weight: float = 1.0  # lambda in rank(forget) - lambda * rank(retain)
-    top_k: int = 100  # neurons listed in layers.json
-    positions: str = field(default="answer", metadata={
+    batch_size: PositiveInt = field(default=8, metadata={"help": "prompts per forward + backward pass"})
+    max_items: NonNegativeInt = field(default=0, metadata={
+        "help": "forget_train and retain_train prompts used (the first ones); 0 = all"})
+    retain_weight: NonNegativeFloat = field(default=1.0, metadata={
+        "help": "lambda in the contrastive score rank(forget) - lambda * rank(retain)"})
+    top_k: PositiveInt = field(default=100, metadata={"help": "neurons listed in layers.json (and counted per layer)"})
+    positions: Literal["answer", "all", "subject", "prompt"] = field(default="answer", metadata={
         "help": "where activation x gradient and Fisher are summed: answer (the answer-predicting positions), "
                 "all (every real token), subject (the prompt's own tokens) or prompt (every token from the user "
                 "message on: all without the chat header); the loss is on the answer either way"})
-
-    def __post_init__(self) -> None:
-        if self.positions not in POSITIONS:
-            raise ValueError(f"positions must be one of {', '.join(POSITIONS)}")
 
 
 PRESETS = {"demo": {"max_items": 24}, "full": {}}

@@ -5,9 +5,10 @@ multiple-choice view per prompt) and `baseline/summary.json` (per set).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import field
 from pathlib import Path
 
+from agmask.config import NonNegativeInt, PositiveInt, stage_options
 from agmask.distributed import map_sharded
 from agmask.files import write_json, write_jsonl
 from agmask.scoring import (QA_SETS, ItemScore, PrefixKV, answer_hit, generate, prefix_for, score_item, select_items,
@@ -19,11 +20,13 @@ DEPENDS: tuple[str, ...] = ()
 PARALLEL = True  # several processes: each scores and answers its block of the prompts
 
 
-@dataclass(frozen=True)
+@stage_options
 class Config:
-    generation_tokens: int = 16  # greedy reply length after the lead
-    batch_size: int = 32  # generation batch, over every set (a decoding step reads every weight once per batch)
-    max_items: int = 0  # prompts per set, spread over families (as the evaluation picks them); 0 = all
+    generation_tokens: PositiveInt = field(default=16, metadata={"help": "greedy reply length after the lead"})
+    batch_size: PositiveInt = field(default=32, metadata={
+        "help": "generation batch, over every set (a decoding step reads every weight once per batch)"})
+    max_items: NonNegativeInt = field(default=0, metadata={
+        "help": "prompts per set, spread over families (as the evaluation picks them); 0 = all"})
 
 
 PRESETS = {"demo": {"generation_tokens": 12, "max_items": 8}, "full": {"generation_tokens": 32}}

@@ -17,12 +17,9 @@ NAME = "evaluate"
 DIR = "eval"
 DEPENDS: tuple[str, ...] = ("baseline", "unlearn")
 PARALLEL = True  # several processes: per-item scoring and generation are split over them (evaluate.context)
+RESUMABLE = True  # an interrupted evaluation continues metric by metric (eval/metrics.json)
 Config = EvalConfig
 PRESETS = EVAL_PRESETS
-
-
-def adapter_dir(run_dir: Path, concept_name: str) -> Path:
-    return Path(run_dir) / "adapters" / concept_name
 
 
 def run(cfg, run_dir: Path, session) -> None:
@@ -31,10 +28,10 @@ def run(cfg, run_dir: Path, session) -> None:
 
     conf: EvalConfig = session.stage_config(NAME)
     run_dir = Path(run_dir)
-    path = adapter_dir(run_dir, session.spec.name)
+    path = session.adapter_dir
     if not (path / "adapter_config.json").is_file():
         raise StageError(f"no adapter in {path} (adapter_config.json missing): run `agmask unlearn` first")
-    answers = run_dir / "baseline" / "answers.jsonl"
+    answers = session.paths.baseline_answers
     if not answers.is_file():
         raise StageError(f"{answers} is missing: run `agmask baseline` first")
     _, tokenizer, info = session.model()

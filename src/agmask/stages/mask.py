@@ -12,14 +12,16 @@ chosen unit's group and effects).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import field
 from pathlib import Path
+from typing import Literal
 
 import torch
+from pydantic import field_validator
 
+from agmask.config import NonNegativeInt, PositiveFloat, PositiveInt, nearest, stage_options
 from agmask.errors import StageError
 from agmask.files import load_tensors, read_json, save_tensors, write_json
-from agmask.attribution import POSITIONS
 from agmask.masking import choose_layers, full_layer_mask, mask_from_scores, random_mask_like
 from agmask.masking.causal import CausalOptions, causal_selection
 
@@ -27,53 +29,92 @@ NAME = "mask"
 DIR = "mask"
 DEPENDS: tuple[str, ...] = ("attribute",)
 LAYER_CRITERIA = {"top_neurons": "layers_by_top_neurons", "sensitivity": "layers_by_sensitivity"}
-SELECTIONS = ("score", "causal")
+DEFAULT_K = 256
+# Without an explicit k, at most this share of the selected layers' neurons: a tiny test model (240 neurons)
+# then still gets a strict subset, so its runs exercise the mask; real models (>= 6144) keep DEFAULT_K.
+DEFAULT_K_MAX_SHARE = 0.25
 
 
-@dataclass(frozen=True)
+def score_names() -> list[str]:
+    """The keys of attribute/scores.safetensors."""
+    from agmask.attribution import SCORES
+
+    return [f"{which}.{s}" for which in ("forget", "retain", "contrastive") for s in SCORES] + ["combined"]
+
+
+@stage_options
 class Config:
-    method: str = "topk"  # topk | per_layer | threshold
-    k: int = 256
-    threshold: float | None = None
-    score: str = "combined"  # a key of attribute/scores.safetensors
-    num_layers: int = 4  # the most concept-relevant layers; 0 = all
-    layer_criterion: str = "top_neurons"  # top_neurons (where the top-k combined neurons sit) | sensitivity
-    layers: list[int] = field(default_factory=list)  # explicit layers override the criterion
-    selection: str = field(default="score", metadata={
+    method: Literal["topk", "per_layer", "threshold"] = field(default="topk", metadata={
+        "help": "topk: the k best neurons of the selected layers; per_layer: k / layers in each; threshold: "
+                "every neuron scoring above mask.threshold"})
+    k: PositiveInt | None = field(default=None, metadata={
+        "help": f"neurons to select; default {DEFAULT_K}, at most {DEFAULT_K_MAX_SHARE:g} of the selected layers' "
+                "neurons (logged when that caps it)"})
+    threshold: float | None = field(default=None, metadata={"help": "score threshold of method=threshold"})
+    score: str = field(default="combined", metadata={"help": "the attribution score ranked: combined, "
+                                                             "contrastive.saliency, forget.fisher, ..."})
+    num_layers: NonNegativeInt = field(default=4, metadata={"help": "the most concept-relevant layers; 0 = all"})
+    layer_criterion: Literal["top_neurons", "sensitivity"] = field(default="top_neurons", metadata={
+        "help": "how layers are ranked: top_neurons (where the top-k combined neurons sit) or sensitivity "
+                "(forget gradient norm)"})
+    layers: list[NonNegativeInt] = field(default_factory=list, metadata={
+        "help": "explicit layers, e.g. [10, 11]; they override num_layers and layer_criterion"})
+
+    selection: Literal["score", "causal"] = field(default="score", metadata={
         "help": "score: the top of mask.score; causal: mask.score proposes candidates, mean-ablation on the "
                 "training sets measures them and chooses the layers (loads the model)"})
-    candidates: int = field(default=128, metadata={"help": "causal: candidate units per layer, by mask.score"})
-    group_size: int = field(default=16, metadata={
+    candidates: PositiveInt = field(default=128, metadata={"help": "causal: candidate units per layer, by mask.score"})
+    group_size: PositiveInt = field(default=16, metadata={
         "help": "causal: candidates are measured in groups of this many consecutive attribution ranks"})
-    causal_items: int = field(default=16, metadata={
+    causal_items: NonNegativeInt = field(default=16, metadata={
         "help": "causal: prompts measured per side (forget_train; neighbour-type retain_train), spread over "
                 "the set; 0 = all"})
-    causal_positions: str = field(default="prompt", metadata={
+    causal_positions: Literal["answer", "all", "subject", "prompt"] = field(default="prompt", metadata={
         "help": "causal: where a candidate group is mean-ablated: prompt (every token from the user message on), "
                 "all, subject or answer"})
-    sweep_positions: str = field(default="subject", metadata={
+    sweep_positions: Literal["answer", "all", "subject", "prompt"] = field(default="subject", metadata={
         "help": "causal: where each layer's whole MLP is mean-ablated in the layer sweep"})
-    neighbour_floor: float = field(default=0.05, metadata={
+    neighbour_floor: PositiveFloat = field(default=0.05, metadata={
         "help": "causal: nats; ratio = concept effect / max(neighbour effect, this)"})
-    causal_batch_size: int = field(default=16, metadata={"help": "causal: rows (ablation x prompt) per forward"})
+    causal_batch_size: PositiveInt = field(default=16, metadata={"help": "causal: rows (ablation x prompt) per forward"})
+
+    @field_validator("score")
+    @classmethod
+    def _known_score(cls, v: str) -> str:
+        names = score_names()
+        if v not in names:
+            raise ValueError(f"unknown score {v!r}{nearest(v, names)} (choose {', '.join(names)})")
+        return v
 
     def __post_init__(self) -> None:
-        if self.selection not in SELECTIONS:
-            raise ValueError(f"selection must be one of {', '.join(SELECTIONS)}")
-        if self.causal_positions not in POSITIONS or self.sweep_positions not in POSITIONS:
-            raise ValueError(f"causal_positions and sweep_positions must be one of {', '.join(POSITIONS)}")
-        if min(self.candidates, self.group_size, self.causal_batch_size) < 1 or self.causal_items < 0:
-            raise ValueError("candidates, group_size and causal_batch_size must be >= 1, causal_items >= 0")
-        if self.neighbour_floor <= 0:
-            raise ValueError("neighbour_floor must be > 0")
+        if self.method == "threshold" and self.threshold is None:
+            raise ValueError("method=threshold needs mask.threshold")
+
+
+def effective_k(conf: Config, layers: list[int], intermediate_size: int, log) -> int:
+    """mask.k, or the default capped at DEFAULT_K_MAX_SHARE of the selected layers' neurons."""
+    if conf.k is not None:
+        return conf.k
+    cap = max(1, int(DEFAULT_K_MAX_SHARE * len(layers) * intermediate_size))
+    if cap < DEFAULT_K:
+        log(f"mask: k {cap} (the default {DEFAULT_K} capped at {DEFAULT_K_MAX_SHARE:g} of the "
+            f"{len(layers) * intermediate_size} neurons of layers {layers}; set mask.k to choose)")
+    return min(DEFAULT_K, cap)
 
 
 PRESETS = {"demo": {}, "full": {}}
 
 
-def causal_options(conf: Config, seed: int) -> CausalOptions:
-    """The causal selection's options from the stage's."""
-    return CausalOptions(k=conf.k, num_layers=conf.num_layers, layers=tuple(conf.layers), candidates=conf.candidates,
+def default_k(conf: Config, intermediate_size: int, log) -> int:
+    """The causal selection's k before its layers are known: mask.k, or the default capped as `effective_k`
+    caps it for `num_layers` (or the explicit) layers."""
+    count = len(conf.layers) or conf.num_layers or 1
+    return effective_k(conf, list(conf.layers) or list(range(count)), intermediate_size, log)
+
+
+def causal_options(conf: Config, seed: int, k: int | None = None) -> CausalOptions:
+    """The causal selection's options from the stage's (k: mask.k or, unset, DEFAULT_K)."""
+    return CausalOptions(k=k or conf.k or DEFAULT_K, num_layers=conf.num_layers, layers=tuple(conf.layers), candidates=conf.candidates,
                          group_size=conf.group_size, items=conf.causal_items, positions=conf.causal_positions,
                          sweep_positions=conf.sweep_positions, neighbour_floor=conf.neighbour_floor,
                          batch_size=conf.causal_batch_size, seed=seed)
@@ -85,24 +126,24 @@ def run(cfg, run_dir: Path, session) -> None:
     scores = load_tensors(attribute / "scores.safetensors")
     if conf.score not in scores:
         raise StageError(f"mask.score={conf.score!r} is not an attribution score (have: {', '.join(sorted(scores))})")
-    if conf.layer_criterion not in LAYER_CRITERIA:
-        raise StageError(f"unknown mask.layer_criterion {conf.layer_criterion!r} (choose {', '.join(LAYER_CRITERIA)})")
     score = scores[conf.score]  # (L, I)
     extra, unit_effects = {}, {}
     if conf.selection == "causal":
         model, tokenizer, _ = session.model()
-        chosen = causal_selection(model, tokenizer, session.spec, score, causal_options(conf, cfg.seed),
+        k = default_k(conf, score.shape[1], session.reporter.log)
+        chosen = causal_selection(model, tokenizer, session.spec, score, causal_options(conf, cfg.seed, k),
                                   session.reporter)
         mask, layers = chosen.mask, sorted(torch.nonzero(chosen.mask.any(1)).flatten().tolist())
         extra = {"candidates": chosen.candidates}
         unit_effects = {key: chosen.groups[i] for key, i in chosen.unit_groups.items()}
-        header = {"method": "causal", "selection": "causal", "score": conf.score,
+        header = {"method": "causal", "selection": "causal", "score": conf.score, "k": k,
                   "layer_criterion": "causal sweep" if chosen.record["layer_sweep"] else "given"}
     else:
         ranking = read_json(attribute / "layers.json")[LAYER_CRITERIA[conf.layer_criterion]]
         layers = choose_layers(ranking, conf.num_layers, conf.layers, score.shape[0])
-        mask = mask_from_scores(score, layers, conf.method, conf.k, conf.threshold)
-        header = {"method": conf.method, "selection": "score", "score": conf.score}
+        k = effective_k(conf, layers, score.shape[1], session.reporter.log)
+        mask = mask_from_scores(score, layers, conf.method, k, conf.threshold)
+        header = {"method": conf.method, "selection": "score", "score": conf.score, "k": k}
     random = random_mask_like(mask, torch.Generator().manual_seed(cfg.seed))
     out = Path(run_dir) / DIR
     save_tensors(out / "mask.safetensors",

@@ -15,10 +15,11 @@ generation settings after their own lead (`perturb.recommend`): `perturb/recomme
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
+from dataclasses import field
 from pathlib import Path
 
 from agmask.concepts.schema import ConceptSpec, PromptItem
+from agmask.config import stage_options
 from agmask.errors import StageError
 from agmask.files import write_json, write_jsonl
 from agmask.perturb.families import FAMILIES, LANGUAGE_PREFIX, Variant, build_variants
@@ -36,13 +37,13 @@ SET = "forget_eval"  # prompts, lead and answers come from this set
 BASE_FAMILY = "wording"
 
 
-@dataclass(frozen=True)
+@stage_options
 class Config:
     base_prompts: int = field(default=8, metadata={"help": "forget_eval items to perturb: `wording` ones first"})
     language_items: int = field(default=0, metadata={"help": "language_* items per language; 0 = all"})
     samples: int = field(default=4, metadata={"help": "sampled generations per prompt, besides the greedy one"})
-    temperature: float = 0.8
-    top_p: float = 0.95
+    temperature: float = field(default=0.8, metadata={"help": "sampling temperature of the sampled generations"})
+    top_p: float = field(default=0.95, metadata={"help": "nucleus sampling: the smallest token set of this mass"})
     max_new_tokens: int = field(default=12, metadata={"help": "tokens generated after the lead"})
     batch_size: int = field(default=32, metadata={"help": "sequences per generation batch (greedy: prompts; sampled: "
                                                     "prompts x samples); decoding reads every weight once per batch"})

@@ -6,11 +6,12 @@ one (items, layers, dim) float16 tensor per `{set}.{position}.{kind}`; `probe/ke
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import field
 from pathlib import Path
 
 import torch
 
+from agmask.config import NonNegativeInt, PositiveInt, stage_options
 from agmask.errors import StageError
 from agmask.files import save_tensors, write_json
 from agmask.probing import capture, mlp_hook_name, resid_hook_name
@@ -26,10 +27,10 @@ KINDS = {"mlp": "MLP neuron activation = input of down_proj, dim = intermediate_
          "resid": "residual stream after the decoder layer, dim = hidden_size"}
 
 
-@dataclass(frozen=True)
+@stage_options
 class Config:
-    batch_size: int = 8
-    max_items: int = 0  # per set; 0 = all
+    batch_size: PositiveInt = field(default=8, metadata={"help": "prompts per forward pass"})
+    max_items: NonNegativeInt = field(default=0, metadata={"help": "prompts per set (the first ones); 0 = all"})
 
 
 PRESETS = {"demo": {"max_items": 12}, "full": {}}

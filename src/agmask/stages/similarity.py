@@ -11,11 +11,13 @@ Writes `similarity/similarity.json`, `similarity/matrices.png` and `similarity/r
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
+from dataclasses import field
+from typing import Literal
 from pathlib import Path
 
 import numpy as np
 
+from agmask.config import NonNegativeInt, stage_options
 from agmask.errors import StageError
 from agmask.files import load_tensors, read_json, write_json
 from agmask.similarity import semantic
@@ -30,14 +32,15 @@ KINDS = ("mlp", "resid")
 PRIMARY = "mlp"  # the neuron index space masks are built in
 
 
-@dataclass(frozen=True)
+@stage_options
 class Config:
     sets: tuple[str, ...] = field(default=("forget_eval", "neighbors", "retain_eval"),
                                   metadata={"help": "prompt sets compared (as probed, in this order)"})
-    position: str = field(default="last", metadata={"help": "probe position: last (predicts the answer) or answer"})
+    position: Literal["last", "answer"] = field(default="last", metadata={
+        "help": "probe position: last (predicts the answer) or answer"})
     kinds: tuple[str, ...] = field(default=KINDS, metadata={"help": "activation kinds: mlp, resid"})
-    max_items: int = field(default=0, metadata={"help": "prompts per set; 0 = all that the probe stored"})
-    permutations: int = field(default=999, metadata={"help": "Mantel permutations per layer; 0 = no p-values"})
+    max_items: NonNegativeInt = field(default=0, metadata={"help": "prompts per set; 0 = all that the probe stored"})
+    permutations: NonNegativeInt = field(default=999, metadata={"help": "Mantel permutations per layer; 0 = no p-values"})
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "sets", tuple(self.sets))

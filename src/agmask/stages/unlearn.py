@@ -5,12 +5,15 @@ Writes `adapters/<concept>/` (adapter_config.json, adapter_model.safetensors, ma
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, field
 from pathlib import Path
 
+from pydantic import field_validator
+
+from agmask.config import NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt, nearest, stage_options
 from agmask.errors import StageError
 from agmask.files import load_tensors, write_json, write_jsonl
-from agmask.lora import attach_lora, save_adapter
+from agmask.lora import masked_lora, save_adapter
 from agmask.unlearn import get_method
 from agmask.unlearn.figures import loss_curves
 from agmask.unlearn.trainer import train
@@ -22,43 +25,57 @@ EXTRA_OUTPUTS = ["adapters"]
 PARALLEL = True  # several processes: the trainer shards each batch; DDP (through accelerate) averages the gradients
 
 
-@dataclass(frozen=True)
+@stage_options
 class Config:
-    method: str = "masked_lora"  # see `agmask.unlearn.METHODS`
-    steps: int = 40
-    batch_size: int = 4  # forget prompts and retain prompts per step (each)
-    lr: float = 2e-3
-    r: int = 8
-    alpha: float = 16.0
-    weight_decay: float = 0.0
-    max_grad_norm: float = 1.0
-    npo_beta: float = 0.1
-    forget_weight: float = 1.0
-    first_token_weight: float = 0.0  # NPO on the answer's first token alone (masked_lora and its ablations)
-    first_token_margin: float = 0.0  # > 0: a hinge instead of NPO, pushing the first token `margin` nats down, no more
-    retain_weight: float = 1.0  # KL to the base on retain_train
-    target_weight: float = 0.0  # optional CE to the forget target (refusal)
-    rmu_steering: float = 6.5
-    rmu_alpha: float = 100.0
-    early_stop_nats: float = 0.0  # stop once the forget log-ratio (train batches) is below -this; 0 = off
-    max_forget: int = 0  # use only the first N forget_train prompts; 0 = all
-    forget_all_leads: bool = False  # forget each forget_train prompt under every answer lead the training sets use
-    retain_all_leads: bool = False  # retain KL on each retain_train prompt under every answer lead the training sets use
-    retain_without_concept_start: bool = False  # retain KL: leave the concept's first answer token out at a retain answer's start
-    cache_frozen_layers: bool = True  # run the frozen layers below the adapter once, not every step
+    method: str = field(default="masked_lora", metadata={
+        "help": "masked_lora, masked_refusal, unmasked_lora, random_mask, ga, npo or rmu (see agmask.unlearn.METHODS)"})
+    steps: PositiveInt = field(default=40, metadata={"help": "optimiser steps"})
+    batch_size: PositiveInt = field(default=4, metadata={"help": "forget prompts and retain prompts per step (each)"})
+    lr: PositiveFloat = field(default=2e-3, metadata={"help": "AdamW learning rate"})
+    r: PositiveInt = field(default=8, metadata={"help": "LoRA rank"})
+    alpha: PositiveFloat = field(default=16.0, metadata={"help": "LoRA alpha (scaling = alpha / r)"})
+    weight_decay: NonNegativeFloat = field(default=0.0, metadata={"help": "AdamW decoupled weight decay"})
+    max_grad_norm: PositiveFloat = field(default=1.0, metadata={"help": "gradient clipping norm"})
+    npo_beta: PositiveFloat = field(default=0.1, metadata={"help": "NPO temperature beta"})
+    forget_weight: NonNegativeFloat = field(default=1.0, metadata={"help": "weight of the forget term"})
+    first_token_weight: NonNegativeFloat = field(default=0.0, metadata={
+        "help": "NPO on the answer's first token alone (masked_lora and its ablations); 0 = off"})
+    first_token_margin: NonNegativeFloat = field(default=0.0, metadata={
+        "help": "> 0: a hinge instead of NPO, pushing the first token `margin` nats down, no more"})
+    retain_weight: NonNegativeFloat = field(default=1.0, metadata={"help": "weight of the KL to the base on retain_train"})
+    target_weight: NonNegativeFloat = field(default=0.0, metadata={
+        "help": "weight of the optional CE to the forget target (refusal); 0 = off"})
+    rmu_steering: PositiveFloat = field(default=6.5, metadata={"help": "RMU: norm of the random control vector"})
+    rmu_alpha: NonNegativeFloat = field(default=100.0, metadata={"help": "RMU: weight of the retain activation term"})
+    early_stop_nats: NonNegativeFloat = field(default=0.0, metadata={
+        "help": "stop once the forget log-ratio (train batches) is below -this; 0 = off"})
+    max_forget: NonNegativeInt = field(default=0, metadata={"help": "use only the first N forget_train prompts; 0 = all"})
+    forget_all_leads: bool = field(default=False, metadata={
+        "help": "forget each forget_train prompt under every answer lead the training sets use"})
+    retain_all_leads: bool = field(default=False, metadata={
+        "help": "retain KL on each retain_train prompt under every answer lead the training sets use"})
+    retain_without_concept_start: bool = field(default=False, metadata={
+        "help": "retain KL: leave the concept's first answer token out at a retain answer's start"})
+    cache_frozen_layers: bool = field(default=True, metadata={
+        "help": "run the frozen layers below the adapter once, not every step"})
+
+    @field_validator("method")
+    @classmethod
+    def _known_method(cls, v: str) -> str:
+        from agmask.unlearn import METHODS
+
+        if v not in METHODS:
+            raise ValueError(f"unknown method {v!r}{nearest(v, METHODS)} (choose {', '.join(METHODS)})")
+        return v
 
 
 PRESETS = {"demo": {"steps": 20}, "full": {}}
 
 
-def adapter_dir(run_dir: Path, concept: str) -> Path:
-    return Path(run_dir) / "adapters" / concept
-
-
 def run(cfg, run_dir: Path, session) -> None:
     conf: Config = session.stage_config(NAME)
     method = get_method(conf.method)
-    masks = load_tensors(Path(run_dir) / "mask" / "mask.safetensors")
+    masks = load_tensors(session.paths.mask)
     mask = masks["mask"]
     if not mask.any():
         raise StageError("the mask selects no neuron: rerun `agmask mask` with a larger mask.k or other layers")
@@ -66,16 +83,15 @@ def run(cfg, run_dir: Path, session) -> None:
     param_mask = {"mask": mask, "random": masks["random"], "unmasked": None}[method.parameterisation]
     model, tokenizer, info = session.model()
     base = session.with_prior_adapters(model)
-    adapter = attach_lora(base, param_mask, layers=layers, r=conf.r, alpha=conf.alpha, name=session.spec.name,
-                          seed=cfg.seed)
-    try:
-        rows = train(adapter, method, tokenizer, session.spec, conf, seed=cfg.seed, device=cfg.device,
-                     reporter=session.reporter, gradient_checkpointing=cfg.gradient_checkpointing)
-        out_dir = adapter_dir(run_dir, session.spec.name)
-        save_adapter(adapter, out_dir)
-    finally:
-        adapter.remove_hooks()
-        session.drop_adapters(adapter.model)  # the session's model is the plain base again
+    out_dir = session.adapter_dir
+    with masked_lora(base, param_mask, layers=layers, r=conf.r, alpha=conf.alpha, name=session.spec.name,
+                     seed=cfg.seed) as adapter:
+        try:
+            rows = train(adapter, method, tokenizer, session.spec, conf, seed=cfg.seed, device=cfg.device,
+                         reporter=session.reporter, gradient_checkpointing=cfg.gradient_checkpointing)
+            save_adapter(adapter, out_dir)
+        finally:
+            session.drop_adapters(adapter.model)  # the session's model is the plain base again
     out = Path(run_dir) / DIR
     write_jsonl(out / "log.jsonl", rows)
     size = sum(f.stat().st_size for f in out_dir.iterdir())
