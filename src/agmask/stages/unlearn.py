@@ -5,7 +5,7 @@ Writes `adapters/<concept>/` (adapter_config.json, adapter_model.safetensors, ma
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from agmask.errors import StageError
@@ -46,6 +46,20 @@ class Config:
     retain_all_leads: bool = False  # retain KL on each retain_train prompt under every answer lead the training sets use
     retain_without_concept_start: bool = False  # retain KL: leave the concept's first answer token out at a retain answer's start
     cache_frozen_layers: bool = True  # run the frozen layers below the adapter once, not every step
+    # Recommendation prompts (recommend_train; masked_lora and its ablations). Off by default: no value is chosen yet.
+    recommend_weight: float = field(default=0.0, metadata={"help": (
+        "weight of the forget terms (NPO + first_token_weight x first-token term) on the concept's title after "
+        "each recommend_train prompt's lead; 0 = off")})
+    preference_weight: float = field(default=0.0, metadata={"help": (
+        "weight of KL(base || adapted) over recommend_train's candidate distribution with the concept removed "
+        "and renormalised (keeps the other recommendations); 0 = off")})
+    recommend_batch_size: int = field(default=2, metadata={"help": (
+        "recommend_train prompts per step, each one packed forward with all its candidate titles; 0 = batch_size")})
+
+    def __post_init__(self):
+        for name in ("recommend_weight", "preference_weight", "recommend_batch_size"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} is {getattr(self, name)}: it must be 0 (off) or more")
 
 
 PRESETS = {"demo": {"steps": 20}, "full": {}}
