@@ -15,6 +15,10 @@ and locality (mean |change| of the answer log-prob on neighbour-type retain prom
 whose answer is a candidate title, and on the general ones). Every config starts from the same mask
 and seed, and the LoRA weights are reset between configs. The concept is read through
 `agmask.concepts.training_view`: the evaluation sets cannot be touched here (a test checks it).
+A concept with recommend_train prompts has them split the same way (training on half A, for
+`recommend_weight` / `preference_weight`); on half B the table adds the concept's candidate share after
+`I recommend "`, the KL over the other candidates (concept removed, renormalised) and the share of prompts
+whose top remaining title is unchanged.
 """
 from __future__ import annotations
 
@@ -29,11 +33,12 @@ import torch
 from agmask.attribution import SCORES, combined_score, neuron_stats
 from agmask.concepts import load_concept, training_halves
 from agmask.concepts.training_view import training_view
+from agmask.evaluate.metrics_recommend import preference_stats
 from agmask.lora import masked_lora
 from agmask.masking import choose_layers, mask_from_scores
 from agmask.masking.causal import causal_selection
 from agmask.models import load
-from agmask.scoring import BASE_KNOWN_RANK, score_items
+from agmask.scoring import BASE_KNOWN_RANK, candidate_logprobs, score_items
 from agmask.stages.mask import Config as MaskConfig, causal_options
 from agmask.stages.unlearn import Config as UnlearnConfig
 from agmask.unlearn import get_method
@@ -41,10 +46,13 @@ from agmask.unlearn.data import training_leads
 from agmask.unlearn.trainer import train
 
 
-def measure(model, tok, spec, forget_b, retain_b, other_lead: str | None = None) -> dict:
+def measure(model, tok, spec, forget_b, retain_b, other_lead: str | None = None, recommend_b=()) -> dict:
     f = [r.to_dict() for r in score_items(model, tok, spec, "forget_train", forget_b)]
     r = [r.to_dict() for r in score_items(model, tok, spec, "retain_train", retain_b)]
     out = {"forget": f, "retain": r}
+    if recommend_b:  # (N, C) candidate log-probs after the recommend lead
+        out["recommend"] = torch.tensor([candidate_logprobs(model, tok, spec, "recommend_train", it)
+                                         for it in recommend_b], dtype=torch.float64)
     if other_lead is not None:  # the same forget prompts after another lead the training sets use
         other = spec.model_copy(update={"lead": {**spec.lead, "forget_train": other_lead}})
         out["forget_other_lead"] = [r.to_dict() for r in score_items(model, tok, other, "forget_train", forget_b)]
@@ -59,6 +67,15 @@ def median_rank_known(base_rows: list[dict], after_rows: list[dict]) -> float | 
 def mean_or_nan(values) -> float:
     values = list(values)
     return statistics.fmean(values) if values else float("nan")
+
+
+def recommend_summary(base: dict, after: dict, spec) -> str:
+    """recommend_train half B: the concept's candidate share base -> after, KL over the rest, top remaining kept."""
+    if "recommend" not in base:
+        return "-"
+    s = preference_stats(base["recommend"], after["recommend"], list(spec.candidates), spec.concept_candidates())
+    return (f"{s['base']['concept_share']:.3f}->{s['adapted']['concept_share']:.3f} | {s['kl_remaining_mean']:.3f} | "
+            f"{s['top_remaining_unchanged']:.2f}")
 
 
 def summary(base: dict, after: dict) -> dict:
@@ -91,12 +108,13 @@ def tune(model, tok, info, spec, configs: list[dict], mask_opts: dict, seed: int
     spec = training_view(spec)
     forget_a, forget_b = training_halves(spec.forget_train)
     retain_a, retain_b = training_halves(spec.retain_train)
-    fit_spec = spec.model_copy(update={"forget_train": forget_a, "retain_train": retain_a})
+    recommend_a, recommend_b = training_halves(spec.recommend_train)
+    fit_spec = spec.model_copy(update={"forget_train": forget_a, "retain_train": retain_a, "recommend_train": recommend_a})
     other_leads = [lead for lead in training_leads(spec, spec.forget_train, spec.retain_train)
                    if lead != spec.lead_for("forget_train")]
     other_lead = other_leads[0] if other_leads else None
     t0 = time.perf_counter()
-    base = measure(model, tok, spec, forget_b, retain_b, other_lead)
+    base = measure(model, tok, spec, forget_b, retain_b, other_lead, recommend_b)
     log(f"base measured in {time.perf_counter() - t0:.0f} s")
     t0 = time.perf_counter()
     fs = neuron_stats(model, tok, fit_spec, "forget_train", forget_a, positions=positions)
@@ -116,7 +134,7 @@ def tune(model, tok, info, spec, configs: list[dict], mask_opts: dict, seed: int
         mask = mask_from_scores(combined, layers, mask_conf.method, mask_conf.k, mask_conf.threshold)
     log(f"attribution on half A in {time.perf_counter() - t0:.0f} s; mask {int(mask.sum())} neurons in {layers}")
     log(f"config | known | top1 | share | med rank | med rank after {other_lead!r} | dlogp forget | |d| neighbour | "
-        "neigh top1 after/base | |d| general | s")
+        "neigh top1 after/base | |d| general | recommend B: concept share | KL rest | top kept | s")
     results = []
     for overrides in configs:
         conf = dataclasses.replace(UnlearnConfig(), **overrides)
@@ -125,13 +143,14 @@ def tune(model, tok, info, spec, configs: list[dict], mask_opts: dict, seed: int
         t0 = time.perf_counter()
         with masked_lora(model, param, layers=layers, r=conf.r, alpha=conf.alpha, seed=seed) as adapter:
             rows = train(adapter, method, tok, fit_spec, conf, seed=seed)
-        after = measure(adapter.model, tok, spec, forget_b, retain_b, other_lead)
+        after = measure(adapter.model, tok, spec, forget_b, retain_b, other_lead, recommend_b)
         s = summary(base, after)
         model = adapter.model.unload()
-        results.append({"config": overrides, "steps": len(rows), **s})
+        results.append({"config": overrides, "steps": len(rows), **s, "recommend": recommend_summary(base, after, spec)})
         log(f"{json.dumps(overrides)} | {s['known_n']} | {s['top1']:.2f} | {s['share']:.3f} | {s['med_rank']} | "
             f"{s['med_rank_other_lead']} | {s['dlogp_forget']:.2f} | {s['neigh_abs']:.2f} | "
-            f"{s['neigh_top1'][0]}/{s['neigh_top1'][1]} | {s['general_abs']:.2f} | {time.perf_counter() - t0:.0f} "
+            f"{s['neigh_top1'][0]}/{s['neigh_top1'][1]} | {s['general_abs']:.2f} | {recommend_summary(base, after, spec)} | "
+            f"{time.perf_counter() - t0:.0f} "
             f"(steps {len(rows)})")
     return results
 

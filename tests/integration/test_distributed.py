@@ -29,7 +29,8 @@ OVERRIDES = {
     "baseline": {"generation_tokens": 4},
     "attribute": {"batch_size": 3},  # 4 forget prompts: 2 per process, batches of different widths
     "mask": {"k": 12, "num_layers": 2},
-    "unlearn": {"steps": 3, "batch_size": 4},  # 2 forget + 2 retain prompts per process and step
+    # 2 forget + 2 retain prompts and 1 recommend prompt (packed with its candidates) per process and step
+    "unlearn": {"steps": 3, "batch_size": 4, "recommend_weight": 1.0, "preference_weight": 1.0, "recommend_batch_size": 2},
     "evaluate": {"metrics": ["forget_efficacy", "locality", "kl_greedy", "general_text"], "generation_tokens": 4,
                  "corpus_tokens": 96, "corpus_window": 32},
 }
@@ -95,8 +96,10 @@ def test_two_processes_give_the_one_process_scores_adapter_and_metrics(tmp_path,
     for key in a1:
         _close_norm(a2[key], a1[key])
     log1, log2 = read_jsonl(one / "unlearn" / "log.jsonl"), read_jsonl(two / "unlearn" / "log.jsonl")
+    assert "preference_kl" in log1[0]
     for r1, r2 in zip(log1, log2):  # logged terms are the whole batch's, not one shard's
         assert r2["loss"] == pytest.approx(r1["loss"], rel=1e-5, abs=1e-6)
+        assert r2["preference_kl"] == pytest.approx(r1["preference_kl"], rel=1e-4, abs=1e-6)
 
     # evaluation: sharded scoring, gathered in order
     m1, m2 = read_json(one / "eval" / "metrics.json")["metrics"], read_json(two / "eval" / "metrics.json")["metrics"]

@@ -18,7 +18,7 @@ from agmask.stages.unlearn import Config
 from agmask.unlearn import METHODS, data, objectives, trainer
 from agmask.unlearn.methods import Method
 from agmask.unlearn.sources import Plan, Setup, Source, forget_source, retain_source
-from agmask.unlearn.trainer import _draw_orders, _step_indices, train
+from agmask.unlearn.trainer import _draw_orders, _draw_sizes, _step_indices, train
 
 
 @pytest.fixture
@@ -59,6 +59,19 @@ def test_bad_sources_are_clean_errors():
         _draw_orders({"a": Source([], "x")}, gen)
 
 
+def test_a_source_may_draw_its_own_number_per_step_if_every_process_gets_the_same_share():
+    own = Source(_examples(3), "y", batch_size=2, batch_option="y_batch_size")
+    assert _draw_sizes({"a": Source(_examples(5), "x"), "b": own}, 4, 1) == {"x": 4, "y": 2}
+    assert _draw_sizes({"a": Source(_examples(5), "x"), "b": own}, 4, 2) == {"x": 4, "y": 2}  # halves of both
+    with pytest.raises(StageError, match=r"unlearn.y_batch_size is 2 but 3 processes .* --set unlearn.y_batch_size=3"):
+        _draw_sizes({"a": Source(_examples(5), "x"), "b": own}, 4, 3)
+    with pytest.raises(StageError, match=r"unlearn.batch_size=4, unlearn.y_batch_size=3 split unevenly over 2"):
+        _draw_sizes({"a": Source(_examples(5), "x"),
+                     "b": Source(_examples(5), "y", batch_size=3, batch_option="y_batch_size")}, 4, 2)
+    with pytest.raises(StageError, match="'b' draws 2 examples per step but shares draw 'x' with a source that draws 4"):
+        _draw_sizes({"a": Source(_examples(5), "x"), "b": Source(_examples(5), "x", batch_size=2)}, 4, 1)
+
+
 def test_a_batch_carries_the_references_of_its_own_examples(tiny):
     model, tok, _ = tiny
     examples = _examples(6)
@@ -95,7 +108,7 @@ def test_the_option_sets_line_up(spec):
 def test_every_method_prepares_sources_that_line_up_with_their_references(tiny, spec, name):
     model, tok, info = tiny
     adapter = attach_lora(model, None, layers=[1, 2], r=4)
-    conf = _conf(target_weight=1.0, first_token_weight=1.0)
+    conf = _conf(target_weight=1.0, first_token_weight=1.0, recommend_weight=1.0, preference_weight=1.0)
     plan = METHODS[name].prepare(Setup(adapter.model, tok, spec, conf, [1, 2], torch.Generator().manual_seed(0), 1))
     assert plan.sources and callable(plan.loss)
     for source in plan.sources.values():

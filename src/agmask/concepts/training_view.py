@@ -12,7 +12,7 @@ from agmask.errors import ConceptError
 
 # what a selection may read besides the training sets themselves
 _ALLOWED = ("name", "answers", "forget_target", "kind", "lead", "candidates", "lead_for", "answers_for",
-            "is_concept_answer", "training_appearance")
+            "is_concept_answer", "training_appearance", "concept_candidates")
 
 
 class TrainingView:

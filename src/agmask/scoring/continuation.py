@@ -56,9 +56,9 @@ def _trie(joints: list[list[int]], shared: int) -> tuple[list[int], list[int], d
     return node_tokens, parents, index
 
 
-def _trie_mask(shared: int, parents: list[int], dtype: torch.dtype, device) -> tuple[torch.Tensor, list[int]]:
-    """(1, 1, N, N) additive mask (0 where attention is allowed, the dtype's minimum elsewhere) and the
-    position id of every packed position: the prefix is causal, a trie node sees the prefix and its ancestors."""
+def trie_attention(shared: int, parents: list[int]) -> tuple[torch.Tensor, list[int]]:
+    """(N, N) bool, True where position i may attend to position j, and the position id of every packed
+    position: the prefix is causal, a trie node sees the prefix and its ancestors."""
     total = shared + len(parents)
     allowed = torch.zeros(total, total, dtype=torch.bool)
     allowed[:shared, :shared] = torch.ones(shared, shared, dtype=torch.bool).tril()
@@ -72,9 +72,47 @@ def _trie_mask(shared: int, parents: list[int], dtype: torch.dtype, device) -> t
             allowed[row] = allowed[shared + parent]
             positions.append(positions[shared + parent] + 1)
         allowed[row, row] = True
-    mask = torch.zeros(total, total, dtype=dtype)
-    mask.masked_fill_(~allowed, torch.finfo(dtype).min)
-    return mask[None, None].to(device), positions
+    return allowed, positions
+
+
+def additive_mask(allowed: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """A bool may-attend mask as the model takes it: 0 where allowed, the dtype's minimum elsewhere."""
+    return torch.zeros(allowed.shape, dtype=dtype, device=allowed.device).masked_fill_(~allowed, torch.finfo(dtype).min)
+
+
+@dataclass(frozen=True)
+class PackedContinuations:
+    """A prefix and its continuations laid out as one packed sequence (see the module docstring)."""
+
+    ids: list[int]  # (N,) the shared prefix tokens, then the trie nodes
+    allowed: torch.Tensor  # (N, N) bool: position i may attend to position j
+    positions: list[int]  # (N,) position ids
+    shared: int  # prefix tokens every continuation shares (a boundary merge puts the rest in the trie)
+    where: list[int]  # per scored token, continuation after continuation: the packed index that predicts it
+    targets: list[int]  # per scored token: the token it predicts
+    lengths: list[int]  # per continuation: its scored tokens (the answer span), consecutive in `where`
+
+
+def pack_continuations(tokenizer, prefix: str, continuations: list[str],
+                       prefix_ids: list[int] | None = None) -> PackedContinuations:
+    """Tokenise prefix + each continuation jointly and pack them into one sequence with its attention."""
+    prefix_ids = tokens(tokenizer, prefix) if prefix_ids is None else prefix_ids
+    joints = [tokens(tokenizer, prefix + c) for c in continuations]
+    starts = [common_prefix_len(prefix_ids, j) for j in joints]  # each continuation's answer span start
+    for c, j, s in zip(continuations, joints, starts):
+        if s >= len(j):
+            raise ValueError(f"continuation {c!r} adds no tokens after the prefix")
+    shared = min(starts)  # identical for every continuation: computed once
+    node_tokens, parents, node_of = _trie(joints, shared)
+    allowed, positions = trie_attention(shared, parents)
+    # packed index of the position that predicts joint token k: the prefix's last, or the trie node of joint[shared:k]
+    where, targets = [], []
+    for joint, start in zip(joints, starts):
+        for k in range(start, len(joint)):
+            where.append(shared - 1 if k == shared else shared + node_of[tuple(joint[shared:k])])
+            targets.append(joint[k])
+    return PackedContinuations(joints[0][:shared] + node_tokens, allowed, positions, shared, where, targets,
+                               [len(j) - s for j, s in zip(joints, starts)])
 
 
 @torch.no_grad()
@@ -87,44 +125,31 @@ def score_continuations(model: nn.Module, tokenizer, prefix: str, continuations:
     if not continuations:
         return []
     prefix_ids = tokens(tokenizer, prefix) if prefix_ids is None else prefix_ids
-    joints = [tokens(tokenizer, prefix + c) for c in continuations]
-    starts = [common_prefix_len(prefix_ids, j) for j in joints]  # each continuation's answer span start
-    for c, j, s in zip(continuations, joints, starts):
-        if s >= len(j):
-            raise ValueError(f"continuation {c!r} adds no tokens after the prefix")
-    shared = min(starts)  # identical for every continuation: computed once
-    node_tokens, parents, node_of = _trie(joints, shared)
+    packed = pack_continuations(tokenizer, prefix, continuations, prefix_ids)
     device = next(model.parameters()).device
     body, head = decoder_and_head(model)
     dtype = next(model.parameters()).dtype
 
-    ids = torch.tensor(joints[0][:shared] + node_tokens, device=device)[None]  # (1, N)
-    attention, positions = _trie_mask(shared, parents, dtype, device)
+    ids = torch.tensor(packed.ids, device=device)[None]  # (1, N)
+    attention = additive_mask(packed.allowed, dtype)[None, None].to(device)  # (1, 1, N, N)
     keep = len(prefix_ids) - 1  # generation runs the last prefix token itself (it needs its logits)
-    cache = empty_cache(model) if kv is not None and 0 < keep <= shared else None
-    hidden = body(input_ids=ids, attention_mask=attention, position_ids=torch.tensor(positions, device=device)[None],
+    cache = empty_cache(model) if kv is not None and 0 < keep <= packed.shared else None
+    hidden = body(input_ids=ids, attention_mask=attention, position_ids=torch.tensor(packed.positions, device=device)[None],
                   use_cache=cache is not None, past_key_values=cache).last_hidden_state[0]
     if cache is not None:  # the prefix rows attend only to the prefix: their keys are the prefix's own
         kv.put(prefix, prefix_ids[:keep], cached_layers(cache, keep))
 
-    # packed index of the position that predicts joint token k: the prefix's last, or the trie node of joint[shared:k]
-    where, targets = [], []
-    for joint, start in zip(joints, starts):
-        for k in range(start, len(joint)):
-            where.append(shared - 1 if k == shared else shared + node_of[tuple(joint[shared:k])])
-            targets.append(joint[k])
-    rows = sorted(set(where))  # the head runs once per predicting position (the prefix's last serves every first token)
+    rows = sorted(set(packed.where))  # the head runs once per predicting position (the prefix's last serves every first token)
     row_of = {w: i for i, w in enumerate(rows)}
     logits = head(hidden[torch.tensor(rows, device=device)]).float()  # (R, V)
-    pick = torch.tensor([row_of[w] for w in where], device=device)  # (P,)
-    target_ids = torch.tensor(targets, device=device)
+    pick = torch.tensor([row_of[w] for w in packed.where], device=device)  # (P,)
+    target_ids = torch.tensor(packed.targets, device=device)
     picked = logits.log_softmax(-1)[pick, target_ids]  # (P,)
     target_logits = logits[pick, target_ids]
     higher = (logits[pick] > target_logits[:, None]).sum(-1) + 1  # (P,) 1-based rank of each target token
 
     results, p = [], 0
-    for joint, start in zip(joints, starts):
-        n = len(joint) - start
+    for n in packed.lengths:
         results.append(ContinuationScore(float(picked[p : p + n].sum()), int(higher[p]), n))
         p += n
     return results

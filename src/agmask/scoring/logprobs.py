@@ -26,14 +26,15 @@ def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
 
 
 def hidden_states(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor, start_layer: int = 0,
-                  start_hidden: torch.Tensor | None = None) -> torch.Tensor:
+                  start_hidden: torch.Tensor | None = None, position_ids: torch.Tensor | None = None) -> torch.Tensor:
     """(B, T, H) last hidden state after the final norm.
 
     With `start_hidden` (the residual stream entering `start_layer`), layers below `start_layer` are
-    skipped: their output is given.
+    skipped: their output is given. `position_ids` default to the (B, T) attention mask's; a (B, 1, T, T)
+    mask (packed sequences) comes with its own.
     """
     body, _ = decoder_and_head(model)
-    positions = position_ids_from_mask(attention_mask)
+    positions = position_ids_from_mask(attention_mask) if position_ids is None else position_ids
     if start_hidden is None or start_layer == 0:
         return body(input_ids=input_ids, attention_mask=attention_mask, position_ids=positions,
                     use_cache=False).last_hidden_state

@@ -59,6 +59,16 @@ class Config:
     cache_frozen_layers: bool = field(default=True, metadata={
         "help": "run the frozen layers below the adapter once, not every step"})
 
+    # Recommendation prompts (recommend_train; masked_lora and its ablations). Off by default: no value is chosen yet.
+    recommend_weight: NonNegativeFloat = field(default=0.0, metadata={"help": (
+        "weight of the forget terms (NPO + first_token_weight x first-token term) on the concept's title after "
+        "each recommend_train prompt's lead; 0 = off")})
+    preference_weight: NonNegativeFloat = field(default=0.0, metadata={"help": (
+        "weight of KL(base || adapted) over recommend_train's candidate distribution with the concept removed "
+        "and renormalised (keeps the other recommendations); 0 = off")})
+    recommend_batch_size: NonNegativeInt = field(default=2, metadata={"help": (
+        "recommend_train prompts per step, each one packed forward with all its candidate titles; 0 = batch_size")})
+
     @field_validator("method")
     @classmethod
     def _known_method(cls, v: str) -> str:

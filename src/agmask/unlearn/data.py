@@ -8,6 +8,7 @@ retain:  prompt + lead + answer                             -> KL to the frozen 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 import torch.nn as nn
@@ -106,6 +107,25 @@ class _StopForward(Exception):
     """Raised by a hook once the needed layer has run: the layers above it are never computed."""
 
 
+def input_of_layer(model: nn.Module, layer: int, forward: Callable[[], object]) -> torch.Tensor:
+    """(B, T, H) the residual stream entering `layer` (after layer - 1) in the forward that `forward()` runs;
+    the layers from `layer` up are never computed (a hook stops the forward, and is removed)."""
+    seen: list[torch.Tensor] = []
+
+    def stop(module, args, output):
+        seen.append(output[0] if isinstance(output, tuple) else output)
+        raise _StopForward
+
+    handle = decoder_layers(model)[layer - 1].register_forward_hook(stop)
+    try:
+        forward()
+    except _StopForward:
+        pass
+    finally:
+        handle.remove()
+    return seen[0]
+
+
 @torch.no_grad()
 def layer_inputs(model: nn.Module, tokenizer, examples: list[Example], layer: int, batch_size: int = 8) -> list[torch.Tensor]:
     """Per example, (T_i, H): the residual stream entering `layer`, i.e. after layer - 1.
@@ -115,25 +135,10 @@ def layer_inputs(model: nn.Module, tokenizer, examples: list[Example], layer: in
     """
     device = next(model.parameters()).device
     out: list[torch.Tensor] = []
-    seen: list[torch.Tensor] = []
-
-    def stop(module, args, output):
-        seen.append(output[0] if isinstance(output, tuple) else output)
-        raise _StopForward
-
-    handle = decoder_layers(model)[layer - 1].register_forward_hook(stop)
-    try:
-        for lo in range(0, len(examples), batch_size):
-            batch = collate(tokenizer, examples[lo : lo + batch_size], device)
-            seen.clear()
-            try:
-                hidden_states(model, batch.input_ids, batch.attention_mask)
-            except _StopForward:
-                pass
-            resid = seen[0]  # (B, T, H), right padded
-            out += [resid[i, : int(n)].cpu() for i, n in enumerate(batch.attention_mask.sum(1))]
-    finally:
-        handle.remove()
+    for lo in range(0, len(examples), batch_size):
+        batch = collate(tokenizer, examples[lo : lo + batch_size], device)
+        resid = input_of_layer(model, layer, lambda: hidden_states(model, batch.input_ids, batch.attention_mask))
+        out += [resid[i, : int(n)].cpu() for i, n in enumerate(batch.attention_mask.sum(1))]  # resid: (B, T, H)
     return out
 
 

@@ -8,6 +8,7 @@ import torch.nn.functional as F
 from agmask.probing import capture, resid_hook_name
 from agmask.scoring.encode import AnswerBatch
 from agmask.scoring.logprobs import decoder_and_head, hidden_states, token_logprobs
+from agmask.scoring.preference import kl_remaining
 
 
 def answer_logprob(model, batch: AnswerBatch) -> torch.Tensor:
@@ -50,6 +51,13 @@ def gradient_ascent(logp: torch.Tensor) -> torch.Tensor:
 def cross_entropy(model, batch: AnswerBatch) -> torch.Tensor:
     """Mean over samples of the summed NLL of the target tokens (labels from the attention mask)."""
     return -token_logprobs(model, batch).sum(-1).mean()
+
+
+def preference_kl(adapted: torch.Tensor, base: torch.Tensor, drop: list[int]) -> torch.Tensor:
+    """Mean over prompts of KL(base || adapted) between the (B, C) candidate distributions with the concept's
+    columns `drop` removed and the rest renormalised: the adapter may move the concept's own log-prob
+    freely (it is not in the term), but not the model's preference among the other titles."""
+    return kl_remaining(base, adapted, drop).mean()
 
 
 def _per_sample_mean(values: torch.Tensor, where: torch.Tensor) -> torch.Tensor:

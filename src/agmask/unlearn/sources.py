@@ -3,15 +3,17 @@
 A method's `prepare(setup)` runs once, before the first step, while the new adapter is still the
 identity (LoRA B is zero at init): references computed there are the model's own values before this
 adapter trains. It returns a `Plan`: named `Source`s (examples + per-example references) and a loss.
-Every step the trainer draws `conf.batch_size` examples from each source, keeps this process's shard,
-collates each source's shard into a `Batch` and calls `plan.loss(model, batches)`. Sources that share
-a `draw` key take the same indices every step, so their examples line up (the refusal target of each
-forget prompt). A new data source (another prompt set, another reference) joins a method as one more
-`Source` in its `prepare` and one more term in its loss; the trainer does not change.
+Every step the trainer draws `conf.batch_size` examples from each source (or the source's own
+`batch_size`), keeps this process's shard, collates each source's shard into a `Batch` and calls
+`plan.loss(model, batches)`. Sources that share a `draw` key take the same indices every step, so
+their examples line up (the refusal target of each forget prompt). A new data source (another prompt set, another reference) joins a method as one more
+`Source` in its `prepare` and one more term in its loss; the trainer does not change. A source may
+draw its own number of examples per step (`batch_size`), and a source of other examples than
+prompt + answer overrides `collate` (the recommendation prompts, `agmask.unlearn.candidates`).
 
-Loss terms are means over the samples of a batch (per sample first): every source draws the same
-number of examples per step, so every process's shard is the same share of every source's batch and
-the shards' gradients add up to the whole batch's.
+Loss terms are means over the samples of a batch (per sample first): every process's shard must be the
+same share of every source's batch (the trainer checks it), so the shards' gradients add up to the
+whole batch's.
 """
 from __future__ import annotations
 
@@ -21,7 +23,7 @@ from typing import Any, Callable
 import torch
 import torch.nn as nn
 
-from agmask.scoring.encode import AnswerBatch
+from agmask.progress import SILENT, Reporter
 from agmask.unlearn import data
 from agmask.unlearn.data import Example
 
@@ -32,7 +34,7 @@ Reference = torch.Tensor | list[torch.Tensor]  # (N, ...) tensor, or one tensor 
 class Batch:
     """One step's shard of a source: the collated examples and their references, in the same order."""
 
-    tokens: AnswerBatch  # right padded, on the model's device (frozen layers cached when the source has a start)
+    tokens: Any  # an AnswerBatch (right padded), or what the source's `collate` builds; on the model's device
     refs: dict[str, Reference]
 
 
@@ -40,15 +42,21 @@ class Batch:
 class Source:
     """Training examples a method draws a batch of every step, with references computed once."""
 
-    examples: list[Example]
+    examples: list[Example]  # or what an overriding `collate` takes (packed prompts: agmask.unlearn.candidates)
     draw: str  # sources with the same draw take the same indices every step (their examples line up)
     start: tuple[int, list[torch.Tensor]] | None = None  # (layer, per-example (T_i, H) input of that layer)
     refs: dict[str, Reference] = field(default_factory=dict)  # per example, indexed like `examples`
+    batch_size: int | None = None  # examples drawn per step; None: conf.batch_size
+    batch_option: str = "batch_size"  # the unlearn option that sets `batch_size` (named in errors)
 
     def batch(self, idx: list[int], tokenizer, device) -> Batch:
         start = None if self.start is None else (self.start[0], [self.start[1][i] for i in idx])
-        tokens = data.collate(tokenizer, [self.examples[i] for i in idx], device, start)
+        tokens = self.collate(tokenizer, [self.examples[i] for i in idx], device, start)
         return Batch(tokens, {name: _take(ref, idx, device) for name, ref in self.refs.items()})
+
+    def collate(self, tokenizer, examples: list, device, start: tuple[int, list[torch.Tensor]] | None):
+        """The examples as the loss reads them: an `AnswerBatch`; a source of other examples overrides this."""
+        return data.collate(tokenizer, examples, device, start)
 
 
 def _take(ref: Reference, idx: list[int], device) -> Reference:
@@ -79,6 +87,7 @@ class Setup:
     layers: list[int]  # the adapted layers
     generator: torch.Generator  # a method's own random draws come before the trainer's batch orders
     cached_layer: int = 0  # > 0: the frozen layers below it run once here, not every step
+    reporter: Reporter = SILENT  # a method's notes (an option that has no data to act on, ...)
 
     def source(self, examples: list[Example], draw: str, **refs: Reference) -> Source:
         """A source of `examples`; with a cached layer, its input for each example computed now."""

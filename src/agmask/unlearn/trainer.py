@@ -50,6 +50,31 @@ def _draw_orders(sources: dict[str, Source], gen: torch.Generator) -> dict[str, 
     return orders
 
 
+def _draw_sizes(sources: dict[str, Source], batch_size: int, world: int) -> dict[str, int]:
+    """Examples per step of each draw key (a source's own `batch_size`, else `batch_size`), checked so that
+    every process gets at least one example of each and the same share of every draw's batch (the loss
+    terms are per-source means: equal shares make the shards' gradients add up to the whole batch's)."""
+    sizes: dict[str, int] = {}
+    options: dict[str, str] = {}
+    for name, source in sources.items():
+        size = source.batch_size or batch_size
+        option = f"unlearn.{source.batch_option if source.batch_size else 'batch_size'}"
+        if sizes.setdefault(source.draw, size) != size:
+            raise StageError(f"unlearning source {name!r} draws {size} examples per step but shares draw "
+                             f"{source.draw!r} with a source that draws {sizes[source.draw]}")
+        options.setdefault(source.draw, option)
+    for draw, size in sizes.items():
+        if size < world:
+            raise StageError(f"{options[draw]} is {size} but {world} processes train: each needs at least one "
+                             f"example per step; set --set {options[draw]}={world} or more")
+    shares = {draw: tuple(len(range(rank, size, world)) / size for rank in range(world)) for draw, size in sizes.items()}
+    if len(set(shares.values())) > 1:
+        listed = ", ".join(sorted({f"{options[draw]}={size}" for draw, size in sizes.items()}))
+        raise StageError(f"{listed} split unevenly over {world} processes (each process must get the same share "
+                         f"of every batch): make each a multiple of {world}")
+    return sizes
+
+
 def _step_indices(order: list[int], step: int, batch_size: int) -> list[int]:
     """The global batch of `step`: the next `batch_size` entries of the permutation, wrapping around."""
     return [order[(step * batch_size + i) % len(order)] for i in range(batch_size)]
@@ -82,8 +107,9 @@ def train(adapter: MaskedAdapter, method: Method, tokenizer, spec, conf, seed: i
     # The layers below the adapter are frozen: their output for each training prompt never changes, so
     # the sources compute it once and every step runs only the layers from the first adapted one up.
     cached = min(adapter.layers) if conf.cache_frozen_layers and adapter.layers else 0
-    plan: Plan = method.prepare(Setup(model, tokenizer, spec, conf, list(adapter.layers), gen, cached))
+    plan: Plan = method.prepare(Setup(model, tokenizer, spec, conf, list(adapter.layers), gen, cached, reporter))
     orders = _draw_orders(plan.sources, gen)
+    sizes = _draw_sizes(plan.sources, conf.batch_size, world)
 
     params = trainable_parameters(adapter)
     opt = torch.optim.AdamW(params, lr=conf.lr, weight_decay=conf.weight_decay)
@@ -96,9 +122,10 @@ def train(adapter: MaskedAdapter, method: Method, tokenizer, spec, conf, seed: i
     with reporter.task(f"unlearning ({method.name})", conf.steps) as advance, \
             activation_checkpointing(model, gradient_checkpointing):
         for step in range(conf.steps):
-            local = {draw: _step_indices(order, step, conf.batch_size)[rank::world] for draw, order in orders.items()}
+            local = {draw: _step_indices(order, step, sizes[draw])[rank::world] for draw, order in orders.items()}
             batches = {name: source.batch(local[source.draw], tokenizer, dev) for name, source in plan.sources.items()}
-            share = len(next(iter(local.values()))) / conf.batch_size  # the same for every draw
+            draw = next(iter(local))
+            share = len(local[draw]) / sizes[draw]  # the same for every draw (checked by _draw_sizes)
             with torch.enable_grad():
                 terms = step_loss(batches)
                 accelerator.backward(terms["loss"] * (share * world))  # DDP averages over the processes

@@ -3,4 +3,5 @@ from agmask.unlearn.methods import Method
 from agmask.unlearn.methods.common import prepare
 
 METHOD = Method("masked_lora", "mask", prepare,
-                "NPO on the answer after the lead (+ optional refusal CE) + KL to the base on retain_train; masked")
+                "NPO on the answer after the lead (+ optional refusal CE, recommend_train terms) + KL to the base on "
+                "retain_train; masked")
