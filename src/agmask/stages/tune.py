@@ -50,6 +50,7 @@ def run(cfg, run_dir: Path, session) -> None:
     conf: Config = session.stage_config(NAME)
     out = Path(run_dir) / DIR
     out.mkdir(parents=True, exist_ok=True)
+    _continue_finished_search(Path(run_dir), out)
     rows, setup = search(session, conf, out, session.reporter.log)
     write_jsonl(out / "trials.jsonl", rows)
     chosen = choose(rows)
@@ -67,3 +68,17 @@ def run(cfg, run_dir: Path, session) -> None:
                          f"{'meets every constraint' if chosen['feasible'] else 'the least violating'}): "
                          + ", ".join(f"{stage}.{k}={v}" for stage, opts in chosen["options"].items()
                                      for k, v in opts.items()))
+
+
+def _continue_finished_search(run_dir: Path, out: Path) -> None:
+    """A fresh staging folder starts from the last finished search's study (and base scores), so raising
+    tune.trials continues it; a search with other settings makes its own study in the same file."""
+    import shutil
+
+    from agmask.currency import real_run_dir
+    from agmask.tuning.search import BASE_FILE, STUDY_DB
+
+    finished = real_run_dir(run_dir) / DIR
+    for name in (STUDY_DB, BASE_FILE):
+        if (finished / name).is_file() and not (out / name).exists():
+            shutil.copy2(finished / name, out / name)
