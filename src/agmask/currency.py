@@ -126,8 +126,11 @@ def stale_reason(done: dict, parts: dict) -> str:
         was, now = json.loads(done["stage_config"]) or {}, json.loads(parts["stage_config"]) or {}
         changes = ", ".join(f"{k} {json.dumps(was.get(k))} -> {json.dumps(now.get(k))}"
                             for k in sorted(set(was) | set(now)) if was.get(k) != now.get(k))
+        from agmask.tuning.recipe import RECIPE_STAGES
+
+        recipe = ", or tune/choice.json changed them (--recipe)" if parts["stage"] in RECIPE_STAGES else ""
         reasons[reasons.index(_WHAT["stage_config"])] = (f"its options changed ({changes}; --set options are not "
-                                                         "remembered: give the ones it ran with)")
+                                                         f"remembered: give the ones it ran with{recipe})")
     for kind in ("upstream", "uses"):
         reasons += [f"stage {dep}'s results changed" for dep in new[kind] if old.get(kind, {}).get(dep) != new[kind][dep]]
     return "; ".join(reasons) or "its inputs changed"

@@ -11,6 +11,7 @@ from agmask import pipeline
 from agmask.cli.main import main
 from agmask.concepts import EVAL_SETS, LoadedConcept, load_concept
 from agmask.config import RunConfig
+from agmask.currency import input_parts, stale_reason
 from agmask.errors import StageError
 from agmask.files import read_json, read_jsonl
 from agmask.session import Session
@@ -99,9 +100,13 @@ def test_an_interrupted_search_keeps_its_finished_trials_and_runs_to_the_budget(
     assert _comparable(rows) == _comparable(expected)  # the same trials as a search that was never interrupted
 
     calls.clear()  # a larger budget continues the finished search
-    pipeline.run_pipeline(_cfg(tmp_path / "resumed", tiny_concept_path, trials=4), stages=["tune"])
+    more = _cfg(tmp_path / "resumed", tiny_concept_path, trials=4)
+    pipeline.run_pipeline(more, stages=["tune"])
     rows4 = read_jsonl(cfg.run_dir / "tune" / "trials.jsonl")
     assert len(calls) == 1 and len(rows4) == 4 and _comparable(rows4[:3]) == _comparable(rows)
+    calls.clear()  # --force starts a new search
+    pipeline.run_pipeline(more.model_copy(update={"force": True}), stages=["tune"])
+    assert len(calls) == 4 and [r["trial"] for r in read_jsonl(cfg.run_dir / "tune" / "trials.jsonl")] == [0, 1, 2, 3]
 
 
 def _unlearn_summary(cfg: RunConfig) -> dict:
@@ -134,6 +139,10 @@ def test_the_choice_trains_the_adapter_under_auto_and_not_under_defaults_and_set
     assert summary["recipe"]["name"] == "defaults" and "--recipe defaults" in summary["recipe"]["note"]
     assert summary["config"]["lr"] == 2e-3 and _resolved(defaults, "attribute")["retain_weight"] == 1.0
     assert read_json(cfg.run_dir / "manifest.json")["recipe"] == {"name": "defaults", "trial": None}
+    auto = Session.create(cfg)  # the adapter now on disk is not the one --recipe auto asks for, and it says why
+    auto.model_sha256 = read_json(cfg.run_dir / "manifest.json")["model"]["sha256"]
+    why = stale_reason(pipeline.read_done(cfg.run_dir, "unlearn"), input_parts(auto, "unlearn"))
+    assert f"lr 0.002 -> {json.dumps(choice['unlearn']['lr'])}" in why and "tune/choice.json changed them" in why
 
     mine = cfg.model_copy(update={"overrides": {**cfg.overrides, "unlearn": {**FAST["unlearn"], "lr": 1e-3}}})
     pipeline.run_pipeline(mine, stages=RECIPE_STAGES)
@@ -163,8 +172,9 @@ def test_a_stale_choice_is_not_applied_and_a_damaged_one_is_an_error(tmp_path, t
 
 
 def test_the_cli_has_tune_and_recipe(tmp_path, tiny_concept_path, capsys):
+    sets = [a for s, o in FAST.items() for k, v in o.items() for a in ("--set", f"{s}.{k}={v}")]
     args = ["--model", "tiny:llama", "--concept", str(tiny_concept_path), "--run-dir", str(tmp_path / "run"), "-q",
-            "--set", "tune.trials=1", *[a for s, o in FAST.items() for k, v in o.items() for a in ("--set", f"{s}.{k}={v}")]]
+            "--set", "tune.trials=1", *sets]
     assert main(["tune", *args]) == 0
     assert read_json(tmp_path / "run" / "tune" / "choice.json")["trials"] == 1
     assert main(["attribute", *args, "--recipe", "mine"]) == 2

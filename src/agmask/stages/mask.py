@@ -164,7 +164,8 @@ def run(cfg, run_dir: Path, session) -> None:
         causal = (model, tokenizer, session.spec, session.reporter)
     rankings = {} if causal else read_json(attribute / "layers.json")
     chosen = select(conf, score, rankings, cfg.seed, session.reporter.log, causal)
-    mask, layers, extra, unit_effects, header = chosen.mask, chosen.layers, chosen.extra, chosen.unit_effects, chosen.header
+    mask, layers, extra, unit_effects, header = (chosen.mask, chosen.layers, chosen.extra, chosen.unit_effects,
+                                                 chosen.header)
     random = random_mask_like(mask, torch.Generator().manual_seed(cfg.seed))
     out = Path(run_dir) / DIR
     save_tensors(out / "mask.safetensors",

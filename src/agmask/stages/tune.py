@@ -50,7 +50,8 @@ def run(cfg, run_dir: Path, session) -> None:
     conf: Config = session.stage_config(NAME)
     out = Path(run_dir) / DIR
     out.mkdir(parents=True, exist_ok=True)
-    _continue_finished_search(Path(run_dir), out)
+    if not cfg.force:  # --force: a new search
+        _continue_finished_search(Path(run_dir), out)
     rows, setup = search(session, conf, out, session.reporter.log)
     write_jsonl(out / "trials.jsonl", rows)
     chosen = choose(rows)

@@ -90,14 +90,16 @@ def recipe_key(session) -> tuple:
     if "tune" in all_stages():
         path = RunDir(real_run_dir(session.run_dir)).done("tune")
         done = path.read_bytes() if path.is_file() else None
-    return (session.cfg.recipe, done, session.model_sha256, session.concept.text, tuple(map(str, session.prior_adapters)))
+    return (session.cfg.recipe, done, session.model_sha256, session.concept.text,
+            tuple(map(str, session.prior_adapters)))
 
 
 def choice_line(choice: dict) -> str:
     """One line on tune/choice.json for the CLI summary."""
     trial, m = choice["trial"], choice["trial"]["measurements"]
     fmt = lambda v, spec=".2f": "-" if v is None else format(v, spec)
-    how = "meets every constraint" if choice["meets_every_constraint"] else "no trial met every constraint: the least violating"
+    how = ("meets every constraint" if choice["meets_every_constraint"]
+           else "no trial met every constraint: the least violating")
     options = ", ".join(f"{stage}.{k}={v}" for stage, opts in choice["options"].items() for k, v in opts.items())
     return (f"tune: trial {trial['trial']} of {choice['trials']} ({trial['start']}; {how}) on half B: worst-lead "
             f"median first-token rank {fmt(m['worst_lead_rank'], '.0f')}, neighbour-type |change| "

@@ -60,12 +60,12 @@ def _finished(study) -> list:
             if t.state == TrialState.COMPLETE or (t.state == TrialState.FAIL and "row" in t.user_attrs)]
 
 
-def _retry_interrupted(study, log) -> None:
+def _retry_interrupted(study, storage, log) -> None:
     """A trial left running by a dead process: failed, and its options queued to run again."""
     from optuna.trial import TrialState
 
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        study._storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
+        storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
         study.enqueue_trial(t.params, user_attrs={"start": t.user_attrs.get("start", "sampled"), "retry_of": t.number},
                             skip_if_exists=False)
         log(f"tune: trial {t.number} was interrupted; its options run again")
@@ -160,7 +160,7 @@ def search(session, conf, out: Path, log=lambda line: None) -> tuple[list[dict],
             if not study.get_trials(deepcopy=False) and conf.start_points:
                 for label, params in s.plan.start_points(s.base_confs):
                     study.enqueue_trial(params, user_attrs={"start": label})
-            _retry_interrupted(study, log)
+            _retry_interrupted(study, storage, log)
             kept = len(_finished(study))
             if kept:
                 log(f"tune: resuming study {s.study_name}: {kept} trial(s) already finished")
