@@ -44,6 +44,7 @@ PRESETS = {"demo": {"trials": 4, "search_localisation": False}, "full": {}}
 
 def run(cfg, run_dir: Path, session) -> None:
     from agmask.tuning.figures import trials_figure
+    from agmask.tuning.recipe import options_text
     from agmask.tuning.rule import CONSTRAINTS, RULE, choose
     from agmask.tuning.search import describe_space, search
 
@@ -67,8 +68,7 @@ def run(cfg, run_dir: Path, session) -> None:
                   f"tune on {session.spec.name}: {len(rows)} trials (half B of the training sets)")
     session.reporter.log(f"tune: chose trial {chosen['trial']} ({chosen['start']}; "
                          f"{'meets every constraint' if chosen['feasible'] else 'the least violating'}): "
-                         + ", ".join(f"{stage}.{k}={v}" for stage, opts in chosen["options"].items()
-                                     for k, v in opts.items()))
+                         + options_text(chosen["options"]))
 
 
 def _continue_finished_search(run_dir: Path, out: Path) -> None:

@@ -73,7 +73,7 @@ class HalfAFit:
                          alpha=unlearn_conf.alpha, name=session.spec.name, seed=cfg.seed) as adapter:
             try:
                 rows = train(adapter, method, tokenizer, self.fit_spec, unlearn_conf, seed=cfg.seed, device=cfg.device,
-                             gradient_checkpointing=cfg.gradient_checkpointing)
+                             reporter=self.reporter, gradient_checkpointing=cfg.gradient_checkpointing)
                 result = measure(adapter.model)
             finally:
                 session.drop_adapters(adapter.model)  # the session's model is the plain base again

@@ -94,13 +94,19 @@ def recipe_key(session) -> tuple:
             tuple(map(str, session.prior_adapters)))
 
 
+def options_text(options: dict[str, dict]) -> str:
+    """`attribute.retain_weight=0.5, unlearn.lr=0.00077, ...` (floats to 3 significant digits)."""
+    show = lambda v: format(v, ".3g") if isinstance(v, float) else str(v)
+    return ", ".join(f"{stage}.{k}={show(v)}" for stage, opts in options.items() for k, v in opts.items())
+
+
 def choice_line(choice: dict) -> str:
     """One line on tune/choice.json for the CLI summary."""
     trial, m = choice["trial"], choice["trial"]["measurements"]
     fmt = lambda v, spec=".2f": "-" if v is None else format(v, spec)
     how = ("meets every constraint" if choice["meets_every_constraint"]
            else "no trial met every constraint: the least violating")
-    options = ", ".join(f"{stage}.{k}={v}" for stage, opts in choice["options"].items() for k, v in opts.items())
+    options = options_text(choice["options"])
     return (f"tune: trial {trial['trial']} of {choice['trials']} ({trial['start']}; {how}) on half B: worst-lead "
             f"median first-token rank {fmt(m['worst_lead_rank'], '.0f')}, neighbour-type |change| "
             f"{fmt(m['neighbour_abs'])}, general {fmt(m['general_abs'])}; {options}")

@@ -186,8 +186,9 @@ def search(session, conf, out: Path, log=lambda line: None) -> tuple[list[dict],
                 for name, value in optuna_constraints(row).items():  # <= 0 when met: constrained TPE
                     trial.set_constraint(name, value)
                 study.tell(trial, objective_value(row))
+                left = (conf.trials - done - 1) * row["seconds"] / 60
                 log(f"tune: trial {trial.number} ({done + 1} of {conf.trials}, {label}) in {row['seconds']:.0f} s: "
-                    f"{_summary(row)}")
+                    f"{_summary(row)}" + (f"; about {left:.0f} min left" if left >= 1 else ""))
             return [t.user_attrs["row"] for t in sorted(_finished(study), key=lambda t: t.number)], s
     finally:
         storage.remove_session()
