@@ -120,29 +120,44 @@ def causal_options(conf: Config, seed: int, k: int | None = None) -> CausalOptio
                          batch_size=conf.causal_batch_size, seed=seed)
 
 
+def chosen_score(conf: Config, scores: dict[str, torch.Tensor]) -> torch.Tensor:
+    """The attribution score mask.score names, (layers, intermediate)."""
+    if conf.score not in scores:
+        raise StageError(f"mask.score={conf.score!r} is not an attribution score (have: {', '.join(sorted(scores))})")
+    return scores[conf.score]
+
+
+def score_mask(conf: Config, score: torch.Tensor, layer_ranking: dict, log) -> tuple[torch.Tensor, list[int], int]:
+    """selection=score: (mask, layers, k): the top of `score` in the layers attribute/layers.json ranks first
+    by mask.layer_criterion (or mask.layers)."""
+    layers = choose_layers(layer_ranking[LAYER_CRITERIA[conf.layer_criterion]], conf.num_layers, conf.layers,
+                           score.shape[0])
+    k = effective_k(conf, layers, score.shape[1], log)
+    return mask_from_scores(score, layers, conf.method, k, conf.threshold), layers, k
+
+
+def causal_mask(conf: Config, model, tokenizer, spec, score: torch.Tensor, seed: int, reporter):
+    """selection=causal: (the CausalSelection, k): `score` proposes candidates, mean-ablation on the training
+    sets measures them and chooses the layers (loads nothing itself: pass the model)."""
+    k = default_k(conf, score.shape[1], reporter.log)
+    return causal_selection(model, tokenizer, spec, score, causal_options(conf, seed, k), reporter), k
+
+
 def run(cfg, run_dir: Path, session) -> None:
     conf: Config = session.stage_config(NAME)
     attribute = Path(run_dir) / "attribute"
-    scores = load_tensors(attribute / "scores.safetensors")
-    if conf.score not in scores:
-        raise StageError(f"mask.score={conf.score!r} is not an attribution score (have: {', '.join(sorted(scores))})")
-    score = scores[conf.score]  # (L, I)
+    score = chosen_score(conf, load_tensors(attribute / "scores.safetensors"))  # (L, I)
     extra, unit_effects = {}, {}
     if conf.selection == "causal":
         model, tokenizer, _ = session.model()
-        k = default_k(conf, score.shape[1], session.reporter.log)
-        chosen = causal_selection(model, tokenizer, session.spec, score, causal_options(conf, cfg.seed, k),
-                                  session.reporter)
+        chosen, k = causal_mask(conf, model, tokenizer, session.spec, score, cfg.seed, session.reporter)
         mask, layers = chosen.mask, sorted(torch.nonzero(chosen.mask.any(1)).flatten().tolist())
         extra = {"candidates": chosen.candidates}
         unit_effects = {key: chosen.groups[i] for key, i in chosen.unit_groups.items()}
         header = {"method": "causal", "selection": "causal", "score": conf.score, "k": k,
                   "layer_criterion": "causal sweep" if chosen.record["layer_sweep"] else "given"}
     else:
-        ranking = read_json(attribute / "layers.json")[LAYER_CRITERIA[conf.layer_criterion]]
-        layers = choose_layers(ranking, conf.num_layers, conf.layers, score.shape[0])
-        k = effective_k(conf, layers, score.shape[1], session.reporter.log)
-        mask = mask_from_scores(score, layers, conf.method, k, conf.threshold)
+        mask, layers, k = score_mask(conf, score, read_json(attribute / "layers.json"), session.reporter.log)
         header = {"method": conf.method, "selection": "score", "score": conf.score, "k": k}
     random = random_mask_like(mask, torch.Generator().manual_seed(cfg.seed))
     out = Path(run_dir) / DIR
