@@ -87,6 +87,9 @@ def input_parts(session, name: str) -> dict:
     }
     if uses(module):
         parts["uses"] = {u: (read_done(session.run_dir, u) or {}).get("outputs") for u in uses(module)}
+    if getattr(module, "READS_CONFIG", ()):  # other stages' options it runs with (e.g. compare: unlearn's)
+        parts["reads_config"] = {s: config_json(resolve_stage_config(_registry().stage_module(s), session.cfg))
+                                 for s in module.READS_CONFIG}
     return parts
 
 
@@ -108,7 +111,8 @@ def recorded_inputs(parts: dict) -> dict:
 
 _WHAT = {"concept": "the concept file changed", "stage_config": "its options changed",
          "core": "the model, seed, dtype or budget changed", "model_sha256": "the model's weights changed",
-         "agmask": "agmask's version changed", "prior_adapters": "the earlier concepts' adapters changed"}
+         "agmask": "agmask's version changed", "prior_adapters": "the earlier concepts' adapters changed",
+         "reads_config": "the options it reads from other stages changed"}
 
 
 def stale_reason(done: dict, parts: dict) -> str:
