@@ -44,7 +44,7 @@ __all__ = ["STAGES", "OPTIONAL_STAGES", "DONE", "all_stages", "ancestors", "stag
 # In pipeline order. `agmask run` runs them all.
 STAGES = ["baseline", "perturb", "probe", "attribute", "similarity", "mask", "unlearn", "evaluate", "report"]
 # Run only when asked (`agmask NAME`, `agmask run --with NAME`); placed before `report` in pipeline order.
-OPTIONAL_STAGES: list[str] = []
+OPTIONAL_STAGES: list[str] = ["ablate", "compare"]
 
 
 def all_stages() -> list[str]:

@@ -10,6 +10,9 @@ from pathlib import Path
 from agmask.currency import real_run_dir
 from agmask.errors import AgmaskError
 from agmask.files import read_json, write_text
+from agmask.report.compare import ANCHOR as COMPARE_ANCHOR
+from agmask.report.compare import TITLE as COMPARE_TITLE
+from agmask.report.compare import compare_section
 from agmask.report.evaluation import evaluation_section
 from agmask.report.html import esc, table
 from agmask.report.phases import PHASES, phase_section
@@ -56,6 +59,8 @@ def build_report(run_dir: str | Path) -> Path:
     if "eval" in shown:
         sections.append(("evaluation", "Phase 6: evaluation before / after unlearning", evaluation_section(run_dir)))
         sections.append((RECOMMEND_ANCHOR, RECOMMEND_TITLE, recommend_section(run_dir)))
+    if "compare" in shown:
+        sections.append((COMPARE_ANCHOR, COMPARE_TITLE, compare_section(run_dir)))
     sections = [s for s in sections if s[2]]
     if left_out:
         header += '<p class="note">Left out, not current: ' + "; ".join(esc(n) for n in left_out) + "</p>"

@@ -1,6 +1,7 @@
-"""The phase-6 report section: before/after tables, example generations, attacks, method comparison.
+"""The phase-6 report section: before/after tables, example generations, attacks.
 
-Reads `eval/metrics.json`, `eval/generations.jsonl`, `eval/*.png` and `compare/compare.json` only.
+Reads `eval/metrics.json`, `eval/generations.jsonl` and `eval/*.png` only (the method comparison is
+`report/compare.py`).
 """
 from __future__ import annotations
 
@@ -187,25 +188,6 @@ def generations_tables(run_dir: Path) -> str:
     return out
 
 
-def comparison_table(run_dir: Path) -> str:
-    """compare/compare.json: rows = methods, columns = metrics. Accepts {"methods": {m: {...}}},
-    {m: {...}} or [{"method": m, ...}]; nested values are flattened to dotted columns."""
-    path = run_dir / "compare" / "compare.json"
-    if not path.is_file():
-        return ""
-    data = read_json(path)
-    if isinstance(data, dict) and isinstance(data.get("methods"), (dict, list)):
-        data = data["methods"]
-    if isinstance(data, list):
-        data = {str(r.get("method", i)): {k: v for k, v in r.items() if k != "method"} for i, r in enumerate(data)}
-    from agmask.report.html import flatten
-
-    flat = {method: dict(flatten(values)) for method, values in data.items() if isinstance(values, dict)}
-    columns = list(dict.fromkeys(k for v in flat.values() for k in v))
-    rows = [[method, *[v.get(c) for c in columns]] for method, v in flat.items()]
-    return "<h3>Method comparison</h3>" + table(["method", *columns], rows) if rows else ""
-
-
 def evaluation_section(run_dir: Path) -> str:
     eval_dir = run_dir / "eval"
     metrics_path = eval_dir / "metrics.json"
@@ -226,7 +208,7 @@ def evaluation_section(run_dir: Path) -> str:
     body += formats_tables(metrics)
     body += utility_tables(metrics) + lm_eval_table(metrics) + internals_tables(metrics) + attack_table(metrics)
     body += intervals_table(metrics)
-    body += generations_tables(run_dir) + comparison_table(run_dir)
+    body += generations_tables(run_dir)
     if metrics:
         body += "<h3>Metrics computed</h3>" + table(["metric", "kind", "what", "seconds"],
                                                     [[n, v.get("kind"), v.get("doc"), v.get("seconds")]
