@@ -7,6 +7,7 @@ from rich.table import Table
 CORE = [("forget_known_mc_top1", "MC top-1 (known)"), ("forget_known_mc_share", "MC share (known)"),
         ("neighbours_unseen_abs_dlogp", "unseen nbr abs Δ"), ("neighbours_anchored_abs_dlogp", "anchored nbr abs Δ"),
         ("retain_kl", "retain KL")]
+FORMATS = {"retain_kl": ".3f", "train_seconds": ".0f"}
 
 
 def cell(entry: dict, column: str, spec: str = ".2f") -> str:
@@ -40,13 +41,12 @@ def compare_table(data: dict) -> Table:
                         f"reference mask {data.get('reference')} ({spread})"
                         + ("" if data.get("complete", True) else "; INCOMPLETE"))
     columns = CORE + attack_columns(data) + [("train_seconds", "train s")]
-    table.add_column("variant")
+    table.add_column("variant", no_wrap=True)
     table.add_column("seeds", justify="right")
     for _, header in columns:
         table.add_column(header, justify="right")
     for name, entry in data["variants"].items():
-        table.add_row(name, str(entry.get("n_seeds", 0)),
-                      *[cell(entry, c, ".0f" if c == "train_seconds" else ".2f") for c, _ in columns])
+        table.add_row(name, str(entry.get("n_seeds", 0)), *[cell(entry, c, FORMATS.get(c, ".2f")) for c, _ in columns])
     return table
 
 
@@ -59,7 +59,7 @@ def ablation_table(result: dict) -> Table:
                         f"{result['mask_units']}, by {result['ranked_by']}) at {result['positions']} positions, layers "
                         f"{result['layers']}, vs {result['draws']} random draws of the same layers")
     for col in ("set", "n", "base answer log-prob", "top units: change", "random: change (mean ± sd)"):
-        table.add_column(col, justify="left" if col == "set" else "right")
+        table.add_column(col, justify="left" if col == "set" else "right", no_wrap=col == "set")
     for name, s in result["sets"].items():
         if not s.get("n"):
             table.add_row(name, "0", "-", "-", "-")

@@ -20,7 +20,7 @@ def compare_rows(data: dict) -> tuple[list[str], list[list[str]]]:
     columns = CORE + attack_columns(data) + [("train_seconds", "train s")]
     header = ["variant", "what", "seeds", *[h for _, h in columns]]
     rows = [[name, entry.get("description", ""), str(entry.get("n_seeds", 0)),
-             *[cell(entry, c, ".0f" if c == "train_seconds" else ".3f") for c, _ in columns]]
+             *[cell(entry, c, ".0f" if c == "train_seconds" else ".3f") for c, _ in columns]]  # 3 decimals: KLs are small
             for name, entry in data.get("variants", {}).items()]
     return header, rows
 
