@@ -130,7 +130,8 @@ def document(header: dict, plan: Plan, masks: dict, rows: dict[tuple[str, int], 
     columns = list(dict.fromkeys(c for entry in variants.values() for c in entry.get("mean", {})))
     return {"schema": SCHEMA, **header,
             "settings": {"variants": [v.name for v in plan.variants], "seeds": plan.seeds,
-                         "steps": plan.unlearn.steps, "unlearn": asdict(plan.unlearn), "evaluate": asdict(plan.evaluate)},
+                         "steps": plan.unlearn.steps, "evaluate": asdict(plan.evaluate),
+                         "unlearn": {k: v for k, v in asdict(plan.unlearn).items() if k != "method"}},  # each variant's own
             "key": plan.key, "masks": masks, "columns": column_help(columns),
             "complete": all((v.name, s) in rows for v in plan.variants for s in plan.seeds),
             "variants": variants}

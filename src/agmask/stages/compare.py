@@ -32,6 +32,9 @@ DIR = "compare"
 DEPENDS: tuple[str, ...] = ("baseline", "attribute", "mask")
 READS_CONFIG: tuple[str, ...] = ("mask", "unlearn", "evaluate")  # it trains and evaluates with their options
 RESUMABLE = True  # an interrupted compare keeps its finished rows (compare.json) and continues
+# Several processes: every process runs it, as unlearn and evaluate do (the trainer's DDP and the evaluation's
+# sharded scoring need every process); the others write into a throwaway mirror (see agmask.pipeline).
+PARALLEL = True
 DEFAULT_METRICS = ("forget_base_known", "locality", "kl_greedy", "attack_relearn_full", "attack_quantization_full")
 COST = ("every variant x seed is one training run (about 6 min at 40 steps on the 0.5B model, 2 CPU cores) plus the "
         "lean evaluation (several minutes, most of it the relearning attack): the full default, 6 variants x 3 "
@@ -164,6 +167,7 @@ def _kept_rows(cfg, view: Path, plan) -> dict[tuple[str, int], dict]:
 
 
 def run(cfg, run_dir: Path, session) -> None:
+    from agmask import distributed
     from agmask.comparison.figures import compare_figure
     from agmask.comparison.runner import COMPARE_FILE, Plan, row_dir, run_rows, train_and_evaluate, write_document
     from agmask.comparison.variants import get_variant, selected_needed
@@ -181,7 +185,7 @@ def run(cfg, run_dir: Path, session) -> None:
     variants = [get_variant(v) for v in conf.variants]
     plan = Plan(variants, [cfg.seed + i for i in range(conf.seeds)], unlearn, evaluate, _row_key(session, conf))
 
-    rows = _kept_rows(cfg, Path(run_dir), plan)
+    rows = distributed.broadcast(_kept_rows(cfg, Path(run_dir), plan))  # every process trains the same rows
     if rows:
         log(f"compare: {len(rows)} row(s) kept from an earlier run with the same settings")
     selected, mask_info = _selected_masks(session, selected_needed(conf.variants, conf.reference), log)
