@@ -112,6 +112,12 @@ def handmade_comparison() -> dict:
                          "random_same_layers": variant("masked_lora, random units", (0.05, 0.05), (2.0, 2.6))}}
 
 
+def section_html(page: str, anchor: str) -> str:
+    """The `<section id="anchor">` of a report page ("" when the page has none)."""
+    start = page.find(f'<section id="{anchor}"')
+    return "" if start < 0 else page[start : page.index("</section>", start) + len("</section>")]
+
+
 def png(path: Path, color: str = "red") -> None:
     import matplotlib
 

@@ -104,6 +104,11 @@ def test_the_ablate_stage_writes_its_artefacts_and_prints_its_table(tmp_path, ti
     assert sum(half["halves"]) == len(spec.forget_train)
     done = read_done(tmp_path / "run", "ablate")
     assert set(done["outputs"]) == {"ablate/ablation.json", "ablate/ablation.png"}
+    from agmask.report import build_report
+    from reportkit import section_html
+
+    section = section_html(build_report(tmp_path / "run").read_text(encoding="utf-8"), "ablate")
+    assert "ablate/ablation.png" in section and "neighbors.unseen" in section and "split-half Jaccard" in section
     code = main(["ablate", "--run-dir", str(tmp_path / "run"), "-q", "--set", "mask.k=12", "--set", "mask.num_layers=2",
                  "--set", "ablate.k=5", "--set", "ablate.draws=2"])
     printed = capsys.readouterr().out
