@@ -139,6 +139,9 @@ def test_an_interrupted_compare_continues_after_its_finished_rows(prepared, tmp_
     first = staged["variants"]["causal"]["rows"][0]
 
     monkeypatch.setattr(runner, "evaluate_model", real)
+    import agmask.stages.mask as mask_stage
+
+    monkeypatch.setattr(mask_stage, "causal_mask", lambda *a, **k: pytest.fail("the causal selection ran again"))
     trainings.clear()
     run_pipeline(cfg, stages=["compare"])
     assert trainings == [("masked_lora", 0), ("ga", 0)]  # the finished row is kept, the other two train

@@ -110,9 +110,11 @@ def _row_key(session, conf: Config) -> str:
     return digest(parts)
 
 
-def _selected_masks(session, needed: list[str], log) -> tuple[dict[str, torch.Tensor], dict]:
-    """The causal / saliency masks the variants need: the run's own mask when its selection made it, else made
-    here with the mask stage's functions from the run's attribution. Returns them and what compare.json records."""
+def _selected_masks(session, needed: list[str], log,
+                    kept: tuple[dict, dict] = ({}, {})) -> tuple[dict[str, torch.Tensor], dict]:
+    """The causal / saliency masks the variants need: the run's own mask when its selection made it, else one
+    an earlier compare with the same settings made (`kept`), else made here with the mask stage's functions
+    from the run's attribution. Returns them and what compare.json records."""
     from agmask.files import load_tensors, read_json
     from agmask.stages import mask as mask_stage
 
@@ -123,6 +125,9 @@ def _selected_masks(session, needed: list[str], log) -> tuple[dict[str, torch.Te
     run_kind = "causal" if conf.selection == "causal" else "saliency"
     masks, info = {}, {}
     for kind in needed:
+        if kind != run_kind and kind in kept[0] and kind in kept[1]:
+            masks[kind], info[kind] = kept[0][kind], kept[1][kind]
+            continue
         if kind == run_kind:
             masks[kind], source = run_mask, "the run's mask (mask/mask.safetensors)"
         elif kind == "causal":
@@ -139,31 +144,54 @@ def _selected_masks(session, needed: list[str], log) -> tuple[dict[str, torch.Te
     return masks, info
 
 
-def _kept_rows(cfg, view: Path, plan) -> dict[tuple[str, int], dict]:
-    """Rows of the plan already measured with the same settings: in the interrupted attempt's compare.json (the
-    staging view is kept for the same inputs), else in the last finished compare (unless --force); their
-    evaluation folders are copied into the view."""
-    import shutil
-
-    from agmask.comparison.runner import COMPARE_FILE, previous_rows
+def _earlier(cfg, view: Path) -> list[Path]:
+    """Folders of earlier compares whose rows and masks may be kept: the interrupted attempt's (the staging
+    view is kept for the same inputs), then the last finished compare's (unless --force, and only intact)."""
     from agmask.currency import real_run_dir, verify_outputs
     from agmask.errors import StageError
 
-    out, real = view / DIR, real_run_dir(view)
-    sources = [out / COMPARE_FILE]
+    folders, real = [view / DIR], real_run_dir(view)
     if not cfg.force:
         try:
             verify_outputs(real, NAME)  # intact as recorded (a missing DONE marker: nothing recorded to check)
-            sources.append(real / DIR / COMPARE_FILE)
+            folders.append(real / DIR)
         except StageError:
             pass
+    return folders
+
+
+def _kept_rows(folders: list[Path], out: Path, plan) -> dict[tuple[str, int], dict]:
+    """Rows of the plan already measured with the same settings (the same key) in `folders`; their evaluation
+    folders are copied into `out`."""
+    import shutil
+
+    from agmask.comparison.runner import COMPARE_FILE, previous_rows
+
     wanted = {(v.name, seed) for v in plan.variants for seed in plan.seeds}
-    rows = {key: row for key, row in previous_rows(sources, plan.key).items() if key in wanted}
+    rows = {key: row for key, row in previous_rows([f / COMPARE_FILE for f in folders], plan.key).items()
+            if key in wanted}
     for row in rows.values():
-        done, here = real / DIR / row["eval_dir"], out / row["eval_dir"]
-        if not here.exists() and done.is_dir():
-            shutil.copytree(done, here)
+        here = out / row["eval_dir"]
+        source = next((f / row["eval_dir"] for f in folders if (f / row["eval_dir"]).is_dir()), None)
+        if not here.exists() and source is not None:
+            shutil.copytree(source, here)
     return rows
+
+
+def _kept_masks(folders: list[Path], key: str) -> tuple[dict[str, torch.Tensor], dict]:
+    """The causal / saliency masks an earlier compare with the same key made (a causal selection costs several
+    attribution passes on a real model), and what its compare.json says of them."""
+    from agmask.comparison.runner import COMPARE_FILE
+    from agmask.files import load_tensors, read_json
+
+    for folder in folders:
+        try:
+            data = read_json(folder / COMPARE_FILE)
+            if data.get("key") == key and (folder / "masks.safetensors").is_file():
+                return load_tensors(folder / "masks.safetensors"), data.get("masks", {})
+        except (OSError, ValueError, AttributeError):
+            continue
+    return {}, {}
 
 
 def run(cfg, run_dir: Path, session) -> None:
@@ -185,10 +213,12 @@ def run(cfg, run_dir: Path, session) -> None:
     variants = [get_variant(v) for v in conf.variants]
     plan = Plan(variants, [cfg.seed + i for i in range(conf.seeds)], unlearn, evaluate, _row_key(session, conf))
 
-    rows = distributed.broadcast(_kept_rows(cfg, Path(run_dir), plan))  # every process trains the same rows
+    folders = _earlier(cfg, Path(run_dir))
+    rows = distributed.broadcast(_kept_rows(folders, out, plan))  # every process trains the same rows
     if rows:
         log(f"compare: {len(rows)} row(s) kept from an earlier run with the same settings")
-    selected, mask_info = _selected_masks(session, selected_needed(conf.variants, conf.reference), log)
+    selected, mask_info = _selected_masks(session, selected_needed(conf.variants, conf.reference), log,
+                                          _kept_masks(folders, plan.key))
     save_tensors(out / "masks.safetensors", selected)
     header = {"model": session.cfg.model, "concept": session.spec.name, "reference": conf.reference,
               "metrics": list(conf.metrics), "chance_share": 1 / len(session.spec.candidates)}
