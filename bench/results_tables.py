@@ -186,14 +186,16 @@ def regression(run: Path) -> str | None:
 
 
 def compare(run: Path) -> str | None:
+    """`agmask compare`'s table (the report's rows: mean ± sd over seeds)."""
+    from agmask.report.compare import compare_rows
+
     c = _load(run / "compare" / "compare.json")
-    if not c:
+    if not c or not isinstance(c.get("variants"), dict):
         return None
-    methods = c["methods"]
-    cols = list(dict.fromkeys(k for row in methods.values() for k in row))  # rows may differ (--attacks)
-    return (f"{c.get('steps', '?')} steps, seed {c.get('seed', '?')}, evaluation items per set "
-            f"{c.get('eval_items', '?') or 'all'}, mask {c['masked_neurons']} neurons in layers {c['layers']}\n\n"
-            + table(["method"] + cols, [[name] + [row.get(k, "") for k in cols] for name, row in methods.items()]))
+    header, rows = compare_rows(c)
+    s = c["settings"]
+    return (f"{len(s['variants'])} variants x {len(s['seeds'])} seed(s) {s['seeds']}, {s['steps']} steps, early stop "
+            f"off, reference mask {c.get('reference')}\n\n" + table(header, rows))
 
 
 SECTIONS = {"baseline": baseline, "perturb": perturb, "attribute": attribute, "unlearn": unlearn,

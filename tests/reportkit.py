@@ -94,6 +94,24 @@ def handmade_metrics(quant_fraction: float | None = 0.3) -> dict:
     }
 
 
+def handmade_comparison() -> dict:
+    """compare.json as `agmask compare` writes it: two variants, two seeds (the report reads nothing else)."""
+    def variant(description: str, share: tuple[float, float], unseen: tuple[float, float]) -> dict:
+        rows = [{"variant": "v", "seed": s, "columns": {"forget_known_mc_share": share[s],
+                                                        "neighbours_unseen_abs_dlogp": unseen[s]}} for s in (0, 1)]
+        mean = lambda pair: sum(pair) / 2  # noqa: E731
+        return {"method": "masked_lora", "mask": "causal", "description": description, "rows": rows, "n_seeds": 2,
+                "mean": {"forget_known_mc_share": mean(share), "neighbours_unseen_abs_dlogp": mean(unseen)},
+                "sd": {"forget_known_mc_share": 0.01, "neighbours_unseen_abs_dlogp": 0.2}, "n": {}}
+
+    return {"schema": 1, "model": "tiny:llama", "concept": "tinyfilm", "reference": "causal", "chance_share": 0.2,
+            "settings": {"variants": ["causal", "random_same_layers"], "seeds": [0, 1], "steps": 40},
+            "columns": {"forget_known_mc_share": "mean MC share", "neighbours_unseen_abs_dlogp": "unseen locality"},
+            "complete": True,
+            "variants": {"causal": variant("masked_lora, causal mask", (0.04, 0.06), (0.9, 1.3)),
+                         "random_same_layers": variant("masked_lora, random units", (0.05, 0.05), (2.0, 2.6))}}
+
+
 def section_html(page: str, anchor: str) -> str:
     """The `<section id="anchor">` of a report page ("" when the page has none)."""
     start = page.find(f'<section id="{anchor}"')
@@ -132,6 +150,5 @@ def make_run_dir(run: Path) -> Path:
     write_json(run / "attribute" / "layers.json", {"layers": [1, 2], "sensitivity": {"1": 0.5, "2": 0.25}})
     png(run / "unlearn" / "loss.png", "black")
     write_json(run / "unlearn" / "summary.json", {"steps": 40, "final_loss": 0.12})
-    write_json(run / "compare" / "compare.json", {"methods": {"masked_lora": {"forget": {"mc_share": 0.05}, "kl": 0.01},
-                                                              "ga": {"forget": {"mc_share": 0.02}, "kl": 0.4}}})
+    write_json(run / "compare" / "compare.json", handmade_comparison())
     return run

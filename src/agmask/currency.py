@@ -86,9 +86,14 @@ def input_parts(session, name: str) -> dict:
         "upstream": upstream,
     }
     reads = getattr(module, "READS_OPTIONS", ())
-    if reads:  # a stage that works with other stages' options (tune): theirs as the user set them, without a recipe
-        parts["options_of"] = {other: config_json(resolve_stage_config(_registry().stage_module(other), session.cfg))
-                               for other in reads}
+    if reads:  # other stages' options it works with (compare: unlearn's), as they will be used: with the recipe,
+        # except for the stage the recipe comes from (tune), which reads them as the user set them
+        def options(other: str):
+            if getattr(module, "WITH_RECIPE", True):
+                return session.stage_config(other)
+            return resolve_stage_config(_registry().stage_module(other), session.cfg)
+
+        parts["options_of"] = {other: config_json(options(other)) for other in reads}
     if uses(module):
         parts["uses"] = {u: (read_done(session.run_dir, u) or {}).get("outputs") for u in uses(module)}
     return parts
@@ -113,7 +118,7 @@ def recorded_inputs(parts: dict) -> dict:
 _WHAT = {"concept": "the concept file changed", "stage_config": "its options changed",
          "core": "the model, seed, dtype or budget changed", "model_sha256": "the model's weights changed",
          "agmask": "agmask's version changed", "prior_adapters": "the earlier concepts' adapters changed",
-         "options_of": "the options of the stages it tunes changed"}
+         "options_of": "the options it reads from other stages changed"}
 
 
 def stale_reason(done: dict, parts: dict) -> str:

@@ -2,10 +2,11 @@
 
 A stage is a module in `agmask.stages` with NAME, DIR (its folder in the run dir), DEPENDS (upstream
 stages whose artefacts it reads), optional USES (optional stages it reads when they are done), optional
-EXTRA_OUTPUTS (top-level outputs besides DIR, e.g. `adapters`), optional Config/PRESETS, and
-`run(cfg, run_dir, session)`. It is complete when `<DIR>/DONE` holds its current input hash (see
-`agmask.currency`). A stage runs as a transaction (see `agmask.transaction`): its outputs replace the old
-ones only when it succeeds, and dependants built on the old outputs lose their DONE markers.
+READS_OPTIONS (other stages whose options it works with: part of its input hash; see agmask.currency), optional EXTRA_OUTPUTS
+(top-level outputs besides DIR, e.g. `adapters`), optional Config/PRESETS, and `run(cfg, run_dir, session)`.
+It is complete when `<DIR>/DONE` holds its current input hash (see `agmask.currency`). A stage runs as a
+transaction (see `agmask.transaction`): its outputs replace the old ones only when it succeeds, and
+dependants built on the old outputs lose their DONE markers.
 
 Optional stages (OPTIONAL_STAGES) are stages like any other, run by `agmask NAME` or `agmask run --with
 NAME`, never by a plain `agmask run`; they sit before `report` in pipeline order (or where OPTIONAL_BEFORE
@@ -45,7 +46,7 @@ __all__ = ["STAGES", "OPTIONAL_STAGES", "DONE", "all_stages", "ancestors", "stag
 STAGES = ["baseline", "perturb", "probe", "attribute", "similarity", "mask", "unlearn", "evaluate", "report"]
 # Run only when asked (`agmask NAME`, `agmask run --with NAME`); placed before `report` in pipeline order,
 # or before the stage OPTIONAL_BEFORE names (tune chooses options for attribute, mask and unlearn).
-OPTIONAL_STAGES: list[str] = ["tune"]
+OPTIONAL_STAGES: list[str] = ["tune", "ablate", "compare"]
 OPTIONAL_BEFORE: dict[str, str] = {"tune": "attribute"}
 
 

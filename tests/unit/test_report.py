@@ -38,7 +38,7 @@ def test_report_has_every_png_inline_and_no_external_assets(run_dir):
         assert title in page
     assert "Phase 3" not in page  # no similarity/ artefacts
     assert "Wich film &lt;has&gt; a top?" in page  # generations shown, escaped
-    assert "masked_lora" in page and "forget.mc_share" in page  # method comparison
+    assert "random_same_layers" in page and "0.050 ± 0.010" in page and "1.100 ± 0.200" in page  # method comparison
     assert "final_loss" in page and "sensitivity.1" in page  # small JSON summaries as tables
     assert "attack_quantization" in page and "int4" in page
     assert "neighbors (unseen)" in page and "neighbors (anchored)" in page  # locality twice

@@ -126,7 +126,7 @@ def test_optional_stage_sections_read_their_own_folders(run_dir):
     assert "tune/trials.png" in tune and "<td>options.unlearn.retain_weight</td><td>8</td>" in tune
     assert "<details><summary>Trials (tune/trials.jsonl, 4)</summary>" in tune and "locality.unseen" in tune
     compare = section_html(page_of(run_dir), "compare")
-    assert "masked_lora" in compare and "forget.mc_share" in compare
+    assert "random_same_layers" in compare and "0.050 ± 0.010" in compare and "2 variants x 2 seed(s)" in compare
 
 
 def test_a_withheld_folder_never_reaches_its_section(tmp_path):

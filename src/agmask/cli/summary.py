@@ -143,6 +143,19 @@ def print_run_summary(run_dir: Path, stage: str | None = None) -> None:
     similarity = run_dir / "similarity" / "similarity.json"
     if similarity.is_file() and stage in (None, "similarity"):
         console.print(similarity_table(read_json(similarity)))
+    compare = run_dir / "compare" / "compare.json"
+    if compare.is_file() and stage in (None, "compare"):
+        from agmask.comparison.table import compare_table
+
+        console.print(compare_table(read_json(compare)))
+    ablation = run_dir / "ablate" / "ablation.json"
+    if ablation.is_file() and stage in (None, "ablate"):
+        from agmask.comparison.table import ablation_lines, ablation_table
+
+        result = read_json(ablation)
+        console.print(ablation_table(result))
+        for line in ablation_lines(result):
+            console.print(line)
     console.print(f"run directory: {run_dir}")
     if stage in (None, "evaluate", "report"):
         print_eval_summary(run_dir)  # plain print: `make demo` ends with the report path and the summary

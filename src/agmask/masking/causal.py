@@ -221,7 +221,7 @@ def causal_selection(model: nn.Module, tokenizer, spec, score: torch.Tensor, opt
         "groups": [{"layer": g.layer, "rank": g.rank, "units": g.units, **g.effect.to_dict(floor),
                     "taken": next((len(u) for i, u in taken if groups[i] is g), 0)} for g in groups],
         "check": "the whole mask and the same-size random mask, each mean-ablated at once on the prompts the groups "
-                 "were chosen on (in-sample: held-out effects need bench/ablation.py --mean --use-mask)",
+                 "were chosen on (in-sample: `agmask ablate` measures the held-out effects)",
         "mask_effect": chosen.to_dict(floor),
         "random_effect": rand.to_dict(floor),  # the same random mask as mask.safetensors' `random` (same seed)
     }

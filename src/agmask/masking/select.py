@@ -2,7 +2,8 @@
 
 Layers come from the attribution's layer ranking or are given explicitly; neurons are ranked by score
 within them (never by index). The ablation masks have the same size: random units in the same
-layers (same count per layer), and every unit of the selected layers.
+layers (same count per layer), the same counts in randomly drawn layers, and every unit of the selected
+layers.
 """
 from __future__ import annotations
 
@@ -55,6 +56,23 @@ def random_mask_like(mask: torch.Tensor, generator: torch.Generator) -> torch.Te
     out = torch.zeros_like(mask)
     for layer in torch.nonzero(mask.any(1)).flatten().tolist():
         count = int(mask[layer].sum())
+        out[layer, torch.randperm(mask.shape[1], generator=generator)[:count]] = True
+    return out
+
+
+def random_layers_mask(mask: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """`mask`'s per-layer unit counts moved to randomly drawn layers, units drawn uniformly within each.
+
+    The layers are drawn among those `mask` does not touch when the model has enough of them (a control
+    for the layer choice itself), else among all layers. The i-th drawn layer gets the i-th count of
+    `mask`'s layers in layer order, so the multiset of per-layer counts is `mask`'s."""
+    own = torch.nonzero(mask.any(1)).flatten().tolist()
+    counts = [int(mask[layer].sum()) for layer in own]
+    others = [layer for layer in range(mask.shape[0]) if layer not in own]
+    pool = others if len(others) >= len(counts) else list(range(mask.shape[0]))
+    drawn = [pool[i] for i in torch.randperm(len(pool), generator=generator)[: len(counts)].tolist()]
+    out = torch.zeros_like(mask)
+    for layer, count in zip(drawn, counts):
         out[layer, torch.randperm(mask.shape[1], generator=generator)[:count]] = True
     return out
 

@@ -1,6 +1,6 @@
-"""Sections of optional stages (`agmask compare`, `agmask tune`): each reads its own folder and shows its
-figures, its summary JSON as a table and longer records folded. A stage with a richer view replaces its
-entry in `sections.SECTIONS`."""
+"""Sections of optional stages (`agmask tune`; `agmask compare` and `agmask ablate` are in `report/compare.py`):
+each reads its own folder and shows its figures, its summary JSON as a table and longer records folded. A
+stage with a richer view replaces its entry in `sections.SECTIONS`."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -9,25 +9,6 @@ from agmask.evaluate.tables import Table
 from agmask.files import read_json, read_jsonl
 from agmask.report.html import flatten
 from agmask.report.parts import MAX_JSON_ROWS, Body, Fold, figures
-
-
-def method_table(data) -> Table:
-    """compare/compare.json: rows = methods, columns = metrics. Accepts {"methods": {m: {...}}}, {m: {...}} or
-    [{"method": m, ...}]; nested values are flattened to dotted columns."""
-    if isinstance(data, dict) and isinstance(data.get("methods"), (dict, list)):
-        data = data["methods"]
-    if isinstance(data, list):
-        data = {str(r.get("method", i)): {k: v for k, v in r.items() if k != "method"} for i, r in enumerate(data)}
-    flat = {method: dict(flatten(values)) for method, values in data.items() if isinstance(values, dict)}
-    columns = list(dict.fromkeys(k for v in flat.values() for k in v))
-    return Table("Method comparison", ("method", *columns), [[m, *[v.get(c) for c in columns]] for m, v in flat.items()])
-
-
-def compare_body(run_dir: Path, dirs: tuple[str, ...]) -> Body:
-    folder = run_dir / "compare"
-    path = folder / "compare.json"
-    return Body(figures=figures(run_dir, sorted(folder.glob("*.png"))) if folder.is_dir() else [],
-                tables=[method_table(read_json(path))] if path.is_file() else [])
 
 
 def records_table(title: str, records: list[dict]) -> Table:

@@ -14,7 +14,8 @@ from typing import Callable
 from agmask.report import recommend
 from agmask.report.evaluation import evaluation_body
 from agmask.report.examples import examples_body
-from agmask.report.optional import compare_body, tune_body
+from agmask.report.compare import ablate_body, compare_body
+from agmask.report.optional import tune_body
 from agmask.report.parts import Body
 from agmask.report.phases import PHASES
 
@@ -32,6 +33,7 @@ SECTIONS: tuple[Section, ...] = (
     Section("evaluation", "Phase 6: evaluation before / after unlearning", ("eval",), evaluation_body),
     Section(recommend.ANCHOR, recommend.TITLE, ("eval", "perturb"), recommend.recommend_body),
     Section("compare", "Method comparison (agmask compare)", ("compare",), compare_body),
+    Section("ablate", "Causal check of the mask (agmask ablate)", ("ablate",), ablate_body),
     Section("tune", "Recipe search (agmask tune)", ("tune",), tune_body),
     *(Section(p.anchor, p.title, p.dirs, p.build) for p in PHASES),
 )

@@ -120,6 +120,13 @@ def causal_options(conf: Config, seed: int, k: int | None = None) -> CausalOptio
                          batch_size=conf.causal_batch_size, seed=seed)
 
 
+def chosen_score(conf: Config, scores: dict[str, torch.Tensor]) -> torch.Tensor:
+    """The attribution score mask.score names, (layers, intermediate)."""
+    if conf.score not in scores:
+        raise StageError(f"mask.score={conf.score!r} is not an attribution score (have: {', '.join(sorted(scores))})")
+    return scores[conf.score]
+
+
 @dataclass
 class Selection:
     """A chosen mask and what mask.json records about how it was chosen."""
@@ -154,10 +161,7 @@ def select(conf: Config, score: torch.Tensor, rankings: dict, seed: int, log, ca
 def run(cfg, run_dir: Path, session) -> None:
     conf: Config = session.stage_config(NAME)
     attribute = Path(run_dir) / "attribute"
-    scores = load_tensors(attribute / "scores.safetensors")
-    if conf.score not in scores:
-        raise StageError(f"mask.score={conf.score!r} is not an attribution score (have: {', '.join(sorted(scores))})")
-    score = scores[conf.score]  # (L, I)
+    score = chosen_score(conf, load_tensors(attribute / "scores.safetensors"))  # (L, I)
     causal = None
     if conf.selection == "causal":
         model, tokenizer, _ = session.model()
