@@ -65,6 +65,8 @@ class RunConfig(BaseModel):
                                          "(less memory, same loss); never used by attribution")
     force: bool = False
     overrides: dict[str, dict[str, Any]] = Field(default_factory=dict, description="per-stage option overrides")
+    command: str | None = Field(None, description="the invocation recorded with the results: the agmask argv "
+                                "(set by the CLI); None = the Python call, filled in by run_pipeline")
 
     @field_validator("concepts")
     @classmethod

@@ -1,6 +1,7 @@
 """`agmask` entry point: user mistakes end in one line on stderr and a non-zero exit, never a traceback."""
 from __future__ import annotations
 
+import shlex
 import sys
 
 import click
@@ -25,8 +26,9 @@ register_stage_commands(cli)
 
 
 def main(argv: list[str] | None = None) -> int:
-    try:
-        cli.main(args=argv, prog_name="agmask", standalone_mode=False)
+    args = [str(a) for a in (sys.argv[1:] if argv is None else argv)]
+    try:  # the invocation travels in the context: the driver records it with the results
+        cli.main(args=args, prog_name="agmask", standalone_mode=False, obj={"command": shlex.join(["agmask", *args])})
     except click.exceptions.Abort:
         click.echo("aborted", err=True)
         return 130
