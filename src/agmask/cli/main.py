@@ -9,6 +9,7 @@ import click
 from agmask import __version__
 from agmask.cli.models_cmd import models_command
 from agmask.cli.report_cmd import report_command
+from agmask.cli.results_cmd import results_command
 from agmask.cli.stages_cmd import register_stage_commands, run_command
 from agmask.errors import AgmaskError
 
@@ -21,6 +22,7 @@ def cli() -> None:
 
 cli.add_command(run_command)
 cli.add_command(models_command)
+cli.add_command(results_command)
 cli.add_command(report_command)  # before the stage commands: it replaces the generic one
 register_stage_commands(cli)
 
