@@ -63,7 +63,7 @@ def test_every_command_and_set_option_the_readme_names_exists():
     assert {"run", "unlearn", "results"} <= named  # the pattern finds commands
     missing = {name for name in named if name not in commands and name not in PENDING}
     assert not missing, f"the README names commands agmask does not have: {missing}"
-    for stage, option in set(re.findall(r"--set ([a-z_]+)\.([a-z_]+)=", text)):
+    for stage, option in set(re.findall(r"--set '?([a-z_]+)\.([a-z_]+)=", text)):
         if stage in PENDING and stage not in all_stages():
             continue
         assert option in {row[0] for row in option_rows(stage_module(stage))}, f"{stage}.{option}"
