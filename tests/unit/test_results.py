@@ -45,27 +45,53 @@ def test_a_pipe_inside_a_cell_does_not_break_the_table():
 def test_compare_tune_and_ablate_files_are_rendered_with_their_values(tmp_path):
     run = _run_dir(tmp_path)
     write_json(run / "compare" / "compare.json", {
-        "steps": 20, "seed": 0, "layers": [1, 2],
-        "methods": {"masked_lora": {"neighbors_abs_dlogp": 0.5, "seeds": {"mc_top1": {"mean": 0.0, "sd": 0.1}}},
-                    "random_mask": {"neighbors_abs_dlogp": 2.25}}})
-    write_jsonl(run / "tune" / "trials.jsonl", [{"number": 0, "params": {"lr": 0.001}, "neighbour": 0.3},
-                                                {"number": 1, "params": {"lr": 0.002}, "neighbour": 0.7}])
-    write_json(run / "tune" / "choice.json", {"trial": 0, "params": {"lr": 0.001}, "rule": "lowest neighbour"})
-    write_json(run / "ablate" / "ablation.json", {"top": {"concept": -1.25}, "random": {"concept": -0.125}})
+        "reference": "saliency", "complete": False, "settings": {"seeds": [0, 1], "steps": 20},
+        "variants": {"causal": {"n_seeds": 2, "mean": {"unseen_abs_dlogp": 0.5, "retain_kl": 0.25},
+                                "sd": {"unseen_abs_dlogp": 0.125, "retain_kl": 0.0}},
+                     "random_same_layers": {"n_seeds": 1, "mean": {"unseen_abs_dlogp": 2.25},
+                                            "ci": {"unseen_abs_dlogp": [2.0, 2.5]}}}})
+    trials = [{"trial": 0, "options": {"unlearn": {"lr": 0.001}}, "neighbour": 0.3, "per_prompt": list(range(20))},
+              {"trial": 1, "options": {"unlearn": {"lr": 0.002}}, "neighbour": 0.7, "per_prompt": list(range(20))}]
+    write_jsonl(run / "tune" / "trials.jsonl", trials)
+    write_json(run / "tune" / "choice.json", {"options": {"unlearn": {"lr": 0.001}}, "trial": trials[0],
+                                              "rule": "lowest neighbour", "meets_every_constraint": True})
+    write_json(run / "ablate" / "ablation.json", {
+        "ablation": "mean", "units": 100, "mask_units": 256, "ranked_by": "combined", "positions": "prompt",
+        "layers": [9, 11], "draws": 5, "top_vs_random": 6.5, "neighbour_vs_concept": {"unseen": 0.25},
+        "split_half": {"k": 100, "jaccard": 0.6, "chance": 0.0004},
+        "sets": {"forget_eval": {"n": 48, "base_mean_logprob": -3.5, "top": {"mean_change": -1.25},
+                                 "random": {"mean_change": -0.125, "sd_change": 0.0625}}}})
     page = _page(RunEntry(run_dir=run, label="test", purpose="Known values."))
 
-    methods = section_table(page, "Methods compared")
-    assert [r["method"] for r in methods] == ["masked_lora", "random_mask"]
-    assert methods[0]["neighbors_abs_dlogp"] == "0.5" and methods[1]["neighbors_abs_dlogp"] == "2.25"
-    assert methods[0]["seeds.mc_top1"] == "0 ± 0.1" and methods[1]["seeds.mc_top1"] == "-"
-    assert "Settings: steps 20, seed 0, layers 1, 2" in page
-    trials = section_table(page, "Recipe search on the training halves")
-    assert [(r["number"], r["params.lr"], r["neighbour"]) for r in trials] == [("0", "0.001", "0.3"), ("1", "0.002", "0.7")]
-    choice = {r["key"]: r["value"] for r in section_table(page, "Recipe search on the training halves", nth=1)}
-    assert choice == {"trial": "0", "params.lr": "0.001", "rule": "lowest neighbour"}
-    ablation = {r["key"]: r["value"] for r in section_table(page, "Causal check")}
-    assert ablation == {"top.concept": "-1.25", "random.concept": "-0.125"}
+    variants = {r["measure"]: r for r in section_table(page, "Methods compared")}
+    assert variants["seeds"] == {"measure": "seeds", "causal": "2", "random_same_layers": "1"}
+    assert variants["unseen_abs_dlogp"]["causal"] == "0.5 ± 0.125"
+    assert variants["unseen_abs_dlogp"]["random_same_layers"] == "2.25 [2, 2.5]"
+    assert variants["retain_kl"] == {"measure": "retain_kl", "causal": "0.25 ± 0", "random_same_layers": "-"}
+    assert "2 variants × 2 seed(s) [0, 1], 20 steps, reference mask saliency" in page and "**incomplete**" in page
+    rows = section_table(page, "Recipe search on the training halves")
+    assert [(r["trial"], r["options.unlearn.lr"], r["neighbour"], r["per_prompt"]) for r in rows] == \
+        [("0", "0.001", "0.3", "(20 values)"), ("1", "0.002", "0.7", "(20 values)")]
+    assert "Chosen: trial 0 (meets every constraint: yes). Rule: lowest neighbour" in page
+    chosen = {r["key"]: r["value"] for r in section_table(page, "Recipe search on the training halves", nth=1)}
+    assert chosen == {"unlearn.lr": "0.001"}
+    effects = section_table(page, "Causal check")
+    assert effects == [{"set": "forget_eval", "n": "48", "base answer log-prob": "-3.5", "top units: change": "-1.25",
+                        "random: change (mean ± sd)": "-0.125 ± 0.0625"}]
+    assert "- top / random on the concept: 6.5" in page and "- unseen neighbours' mean abs change per nat" in page
+    assert "- split-half Jaccard of the top 100: 0.6 (chance 0.0004)" in page
     assert "made by `agmask run -q` at `abc123`" in page
+
+
+def test_a_compare_file_with_one_row_per_method_is_a_table_too(tmp_path):
+    run = _run_dir(tmp_path)
+    write_json(run / "compare" / "compare.json", {
+        "steps": 20, "seed": 0, "layers": [1, 2],
+        "methods": {"masked_lora": {"neighbors_abs_dlogp": 0.5}, "random_mask": {"neighbors_abs_dlogp": 2.25}}})
+    page = _page(RunEntry(run_dir=run, label="validation", purpose="The older layout."))
+    rows = section_table(page, "Methods compared")
+    assert [(r["method"], r["neighbors_abs_dlogp"]) for r in rows] == [("masked_lora", "0.5"), ("random_mask", "2.25")]
+    assert "Settings: steps 20, seed 0, layers 1, 2" in page
 
 
 def test_a_missing_run_names_the_command_that_makes_it_and_sections_without_files_are_absent(tmp_path):

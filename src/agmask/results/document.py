@@ -78,7 +78,7 @@ SECTIONS = [
     Section("Attacks", "evaluate", "eval/metrics.json", _eval(evaluation.attacks)),
     Section("Recommendations", "evaluate", "eval/metrics.json", _eval(evaluation.recommendations)),
     Section("Methods compared", "compare", "compare/compare.json", _files(stages.compare)),
-    Section("Causal check", "ablate", "ablate/*.json", _files(stages.ablate)),
+    Section("Causal check", "ablate", "ablate/ablation.json", _files(stages.ablate)),
     Section("Recipe search on the training halves", "tune", "tune/trials.jsonl, tune/choice.json",
             _files(stages.tune)),
     Section("Stage timing", None, "*/DONE", _files(stages.timing)),

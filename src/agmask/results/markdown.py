@@ -6,6 +6,8 @@ from typing import Any
 
 from tabulate import tabulate
 
+LIST_CELL = 8  # a longer list of numbers (per-prompt values) is shown as its length
+
 
 def num(v: Any) -> str:
     """A number as a reader wants it: 3 decimals, more for small values, none for whole ones; `-` for None."""
@@ -68,7 +70,7 @@ def flatten(data: Any, prefix: str = "") -> dict[str, Any]:
         return out
     if isinstance(data, list):
         if all(not isinstance(v, (dict, list)) for v in data):
-            return {prefix: ", ".join(num(v) for v in data)}
+            return {prefix: ", ".join(num(v) for v in data) if len(data) <= LIST_CELL else f"({len(data)} values)"}
         return {prefix: f"({len(data)} entries)"}
     return {prefix: data}
 

@@ -78,42 +78,92 @@ def adapter(run_dir: Path) -> str | None:
 
 
 def compare(run_dir: Path) -> str | None:
-    """Every unlearning method at equal steps and seeds (`agmask compare`)."""
+    """Every unlearning method or mask variant at equal steps and seeds (`agmask compare`)."""
     data = _json(run_dir / "compare" / "compare.json")
     if not data:
         return None
-    methods = data.get("methods")
-    if isinstance(methods, dict):
-        records = [{"method": name, **(row if isinstance(row, dict) else {"value": row})} for name, row in methods.items()]
-    elif isinstance(methods, list):
-        records = methods
-    else:
+    if isinstance(data.get("variants"), dict):  # variants with mean / sd over seeds: one column per variant
+        return _variants(data)
+    methods = data.get("methods")  # one row per method (bench/compare.py's layout)
+    if not isinstance(methods, dict):
         return key_table(data)
-    settings = {k: v for k, v in flatten({k: v for k, v in data.items() if k != "methods"}).items()}
+    records = [{"method": name, **(row if isinstance(row, dict) else {"value": row})} for name, row in methods.items()]
+    settings = flatten({k: v for k, v in data.items() if k != "methods"})
     head = ("Settings: " + ", ".join(f"{k} {num(v)}" for k, v in settings.items()) + "\n\n") if settings else ""
     return head + records_table(records, first="method")
 
 
+def _spread(entry: dict, column: str) -> str:
+    """`mean ± sd` over seeds; with one seed `value [low, high]` (bootstrap over prompts) or the value."""
+    mean = (entry.get("mean") or {}).get(column)
+    sd, ci = (entry.get("sd") or {}).get(column), (entry.get("ci") or {}).get(column)
+    if mean is None:
+        return "-"
+    if sd is not None:
+        return f"{num(mean)} ± {num(sd)}"
+    return f"{num(mean)} [{num(ci[0])}, {num(ci[1])}]" if ci else num(mean)
+
+
+def _variants(data: dict) -> str:
+    variants, settings = data["variants"], data.get("settings") or {}
+    columns = list(dict.fromkeys(c for entry in variants.values() for c in entry.get("mean") or {}))
+    rows = [["seeds", *[entry.get("n_seeds", len(entry.get("rows") or [])) for entry in variants.values()]]]
+    rows += [[column, *[_spread(entry, column) for entry in variants.values()]] for column in columns]
+    seeds = settings.get("seeds") or []
+    head = (f"{len(variants)} variants × {len(seeds)} seed(s) {seeds}, {settings.get('steps')} steps, reference mask "
+            f"{data.get('reference', '-')}; mean ± sd over seeds (one seed: value [95% bootstrap interval over prompts])"
+            + ("" if data.get("complete", True) else "; **incomplete**: not every row has run") + ".")
+    return head + "\n\n" + table(["measure", *variants], rows)
+
+
 def ablate(run_dir: Path) -> str | None:
-    """The causal check (`agmask ablate`): ablating the chosen neurons against random ones."""
-    folder = run_dir / "ablate"
-    files = sorted(folder.glob("*.json")) if folder.is_dir() else []
-    if not files:
+    """The causal check (`agmask ablate`): ablating the chosen neurons against random ones of the same layers."""
+    data = _json(run_dir / "ablate" / "ablation.json")
+    if not data:
         return None
-    return "\n\n".join(f"{code(p.name)}\n\n" + key_table(read_json(p)) for p in files)
+    sets = data.get("sets")
+    if not isinstance(sets, dict):
+        return key_table(data)
+    rows = []
+    for name, s in sets.items():
+        top, rand = s.get("top") or {}, s.get("random") or {}
+        spread = f" ± {num(rand['sd_change'])}" if rand.get("sd_change") is not None else ""
+        rows.append([name, s.get("n"), s.get("base_mean_logprob"), top.get("mean_change"),
+                     f"{num(rand.get('mean_change'))}{spread}" if rand else "-"])
+    head = (f"{data.get('ablation', '-')}-ablation of the mask's top {data.get('units')} units (of "
+            f"{data.get('mask_units')}, by {data.get('ranked_by')}) at {data.get('positions')} positions, layers "
+            f"{data.get('layers')}, against {data.get('draws')} random draws from the same layers.")
+    lines = [f"- top / random on the concept: {num(data.get('top_vs_random'))}"
+             + (f" ({data['flag']})" if data.get("flag") else "")]
+    lines += [f"- {status} neighbours' mean abs change per nat the concept falls: {num(ratio)}"
+              for status, ratio in (data.get("neighbour_vs_concept") or {}).items()]
+    split = data.get("split_half") or {}
+    if split.get("jaccard") is not None:
+        lines.append(f"- split-half Jaccard of the top {split.get('k')}: {num(split['jaccard'])} "
+                     f"(chance {num(split.get('chance'))})")
+    return "\n\n".join([head, table(["set", "n", "base answer log-prob", "top units: change",
+                                       "random: change (mean ± sd)"], rows), "\n".join(lines)])
 
 
 def tune(run_dir: Path) -> str | None:
-    """The recipe search on the training halves (`agmask tune`): every trial, then the choice."""
-    trials_path, choice_path = run_dir / "tune" / "trials.jsonl", run_dir / "tune" / "choice.json"
+    """The recipe search on the training halves (`agmask tune`): every trial, then the choice and its rule."""
+    trials_path, choice = run_dir / "tune" / "trials.jsonl", _json(run_dir / "tune" / "choice.json")
     parts = []
     if trials_path.is_file():
         trials = read_jsonl(trials_path)
         if trials:
-            parts.append(f"{len(trials)} trials:\n\n" + records_table(trials, first="number"))
-    choice = _json(choice_path)
+            parts.append(f"{len(trials)} trials (half B of the training sets):\n\n"
+                         + records_table(trials, first="trial" if "trial" in trials[0] else "number"))
     if choice:
-        parts.append("Choice:\n\n" + key_table(choice))
+        picked = choice.get("trial")
+        number = picked.get("trial") if isinstance(picked, dict) else picked
+        met = choice.get("meets_every_constraint")
+        text = f"Chosen: trial {num(number)}" + ("" if met is None else f" (meets every constraint: {num(met)})")
+        if choice.get("rule"):
+            text += f". Rule: {choice['rule']}"
+        options = choice.get("options")
+        parts.append(text + ("\n\n" + key_table(options) if isinstance(options, dict) else
+                             "\n\n" + key_table({k: v for k, v in choice.items() if k not in ("rule", "trial")})))
     return "\n\n".join(parts) or None
 
 
