@@ -94,6 +94,12 @@ def handmade_metrics(quant_fraction: float | None = 0.3) -> dict:
     }
 
 
+def section_html(page: str, anchor: str) -> str:
+    """The `<section id="anchor">` of a report page ("" when the page has none)."""
+    start = page.find(f'<section id="{anchor}"')
+    return "" if start < 0 else page[start : page.index("</section>", start) + len("</section>")]
+
+
 def png(path: Path, color: str = "red") -> None:
     import matplotlib
 

@@ -113,7 +113,8 @@ def test_recommendation_sets_run_end_to_end_on_tiny_llama(tmp_path, tiny_concept
     capsys.readouterr()
     print_eval_summary(run_dir)
     lines = capsys.readouterr().out.splitlines()
-    assert len(lines) == 7 and lines[-1].startswith("recommendations (recommend_eval, n=4)")
+    assert len(lines) == 8 and lines[-2].startswith("recommendations (recommend_eval, n=4)")
+    assert lines[-1].startswith("targets met ") and "recommend.top_kept" in lines[-1].split("; not measured:")[0]
 
 
 def test_the_non_film_concept_runs_end_to_end(tmp_path):

@@ -1,4 +1,5 @@
-"""The report renders in a real browser: headless Chromium decodes every inline figure.
+"""The report renders in a real browser: headless Chromium decodes every inline figure (an optional stage's
+included), the verdict card is the first section, and folded JSON dumps stay closed until opened.
 
 Fails (does not skip) when Chromium is missing under CI=true: `.ci/run` installs Debian's `chromium`.
 """
@@ -11,8 +12,10 @@ import subprocess
 
 import pytest
 
+from agmask.files import write_json
 from agmask.report import build_report
-from reportkit import make_run_dir
+from agmask.targets import TARGETS
+from reportkit import make_run_dir, png
 
 CHECK = """<script>
 window.addEventListener('load', function () {
@@ -20,8 +23,15 @@ window.addEventListener('load', function () {
   var broken = imgs.filter(function (i) { return !(i.complete && i.naturalWidth > 0); });
   var out = document.createElement('div');
   out.id = 'img-check';
+  var folded = Array.prototype.slice.call(document.querySelectorAll('details table'));
+  var visible = function (t) { return t.checkVisibility() && t.getBoundingClientRect().height > 0; };
+  var hidden = folded.filter(function (t) { return !visible(t); }).length;
+  document.querySelectorAll('details').forEach(function (d) { d.open = true; });
+  var shown = folded.filter(visible).length;
   out.textContent = 'images=' + imgs.length + ' broken=' + broken.length +
-    ' widths=' + imgs.map(function (i) { return i.naturalWidth; }).join(',');
+    ' widths=' + imgs.map(function (i) { return i.naturalWidth; }).join(',') +
+    ' first=' + document.querySelector('section').id + ' folded=' + folded.length + ' hidden=' + hidden +
+    ' shown=' + shown + ' card=' + document.querySelectorAll('#verdict table.targets tbody tr').length;
   document.body.appendChild(out);
 });
 </script>"""
@@ -40,6 +50,8 @@ def chromium() -> str:
 def test_every_figure_decodes_in_headless_chromium(tmp_path):
     browser = chromium()
     run = make_run_dir(tmp_path / "run")
+    png(run / "tune" / "trials.png", "orange")  # an optional stage's section
+    write_json(run / "tune" / "choice.json", {"trial": 3})
     page = build_report(run).read_text(encoding="utf-8")
     n_png = len(list(run.rglob("*.png")))
     probe = tmp_path / "probe.html"  # the test's copy of the page, with a checking script the report never has
@@ -49,8 +61,12 @@ def test_every_figure_decodes_in_headless_chromium(tmp_path):
            "--disable-dev-shm-usage", f"--user-data-dir={tmp_path / 'profile'}", "--virtual-time-budget=10000",
            "--dump-dom", probe.as_uri()]
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=180)
-    match = re.search(r'<div id="img-check">images=(\d+) broken=(\d+) widths=([\d,]*)</div>', result.stdout)
+    match = re.search(r'<div id="img-check">images=(\d+) broken=(\d+) widths=([\d,]*) first=(\w+) folded=(\d+) '
+                      r'hidden=(\d+) shown=(\d+) card=(\d+)</div>', result.stdout)
     assert match, f"no check result in the DOM (rc={result.returncode}): {result.stderr[-2000:]}"
     images, broken, widths = int(match[1]), int(match[2]), match[3].split(",")
-    assert images == n_png == 8
+    assert images == n_png == 9
     assert broken == 0 and all(int(w) > 0 for w in widths)
+    assert match[4] == "verdict" and int(match[8]) == len(TARGETS)  # the card first, one row per target
+    folded, hidden, shown = int(match[5]), int(match[6]), int(match[7])
+    assert folded >= 4 and hidden == folded and shown == folded  # closed until opened

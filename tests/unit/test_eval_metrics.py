@@ -13,7 +13,9 @@ from agmask.evaluate import METRICS, EvalConfig, evaluate_model
 from agmask.evaluate.attacks import NEAR_ZERO
 from agmask.scoring import select_items
 from agmask.evaluate.metrics_internal import pca_2d
+from agmask.evaluate.tables import Table
 from agmask.files import read_json, read_jsonl
+from agmask.targets import MET, NOT_MEASURED, NOT_MET, evaluate_targets
 from evalkit import add_adapter, force_answer
 
 CFG = EvalConfig(generation_tokens=12, free_generation_tokens=12, corpus_tokens=200, corpus_window=64, batch_size=4)
@@ -84,6 +86,24 @@ def test_forced_model_with_a_zero_adapter_gives_the_known_answers(tiny, spec, tm
     assert sorted(state["figures"]) == ["activation_shift.png", "before_after.png", "logit_lens.png", "pca.png"]
     assert all((tmp_path / "eval" / f).stat().st_size > 1000 for f in state["figures"])
     assert read_json(tmp_path / "eval" / "metrics.json") == state
+    assert_declarations_render(m)
+    results = {r.target.name: r for r in evaluate_targets(m)}  # base == adapted: nothing is forgotten, nothing moved
+    assert results["forget.answer_logprob"].status == results["forget.mc_top1"].status == NOT_MET
+    assert results["locality.unseen"].status == results["utility.retain_kl"].status == MET
+    assert results["fluency.repetition"].status == results["recommend.top_kept"].status == MET
+    assert results["locality.anchored"].status == NOT_MEASURED  # the tiny concept has no anchored neighbour
+    assert results["attack.relearn_20"].value is not None  # the full preset measures 20 relearning steps
+
+
+def assert_declarations_render(m: dict) -> None:
+    """Every metric's report tables and summary parts build from its real value (rows fit their header)."""
+    for name, value in m.items():
+        declared = METRICS[name]
+        tables = declared.report(value) if declared.report else []
+        assert all(isinstance(t, Table) and t.title for t in tables), name
+        parts = declared.headline(value) if declared.headline else []
+        assert all(isinstance(line, str) and part for line, part in parts), name
+    assert [name for name, d in METRICS.items() if d.report is None] == ["generations"]  # its rows: generations.jsonl
 
 
 def test_a_random_adapter_moves_what_it_should(tiny, spec, tmp_path):

@@ -79,13 +79,14 @@ def test_a_rerun_stage_marks_its_dependants_stale_and_the_report_leaves_them_out
     code, _ = cli(capsys, "report", "--run-dir", run.run_dir)
     page = (run.run_dir / "report.html").read_text(encoding="utf-8")
     assert code == 0 and "Phase 6" not in page and "Left out, not current: evaluate" in page
+    assert "No verdict: the evaluation has not run or is not current" in page  # no stale targets either
     assert "Phase 5" in page  # mask and the new unlearn results are current
 
 
 def test_the_cli_summary_does_not_present_stale_evaluation_results(run, capsys):
     from agmask.cli.summary import eval_summary
 
-    assert len(eval_summary(run.run_dir)) == 6  # the five lines + recommendations (the fixture has recommend_eval)
+    assert len(eval_summary(run.run_dir)) == 7  # five lines + recommendations (the fixture has them) + targets
     assert cli(capsys, *on_run("mask", run, "--set", "mask.k=10"))[0] == 0
     lines = eval_summary(run.run_dir)
     assert len(lines) == 1 and "not current" in lines[0] and "unlearn reran" in lines[0]

@@ -80,7 +80,7 @@ def test_cli_report_rebuilds_without_model_or_concept(run_dir, capsys):
     assert main(["report", "--run-dir", str(run_dir)]) == 0
     out = capsys.readouterr().out.splitlines()
     assert out[0] == f"report: {run_dir / 'report.html'}"
-    assert out[1:] == eval_summary(run_dir) and len(out) == 6
+    assert out[1:] == eval_summary(run_dir) and len(out) == 7  # five lines, then the targets line
     assert (run_dir / "report.html").is_file()
 
 

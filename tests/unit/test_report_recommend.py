@@ -11,9 +11,9 @@ from agmask.concepts import load_concept
 from agmask.evaluate import EvalConfig, evaluate_model
 from agmask.files import read_json, write_json
 from agmask.report import build_report
-from agmask.report.recommend import recommend_line, recommend_section
+from agmask.report.recommend import recommend_line
 from evalkit import add_adapter
-from reportkit import handmade_metrics, make_run_dir
+from reportkit import handmade_metrics, make_run_dir, section_html
 
 METRICS = ("recommendation_rate", "recommendation_preference")
 
@@ -24,6 +24,7 @@ def evaluated(tmp_path_factory, tiny_concept_path):
     from agmask.models import load
 
     run = tmp_path_factory.mktemp("run")
+    write_json(run / "manifest.json", {"model": {"spec": "tiny:llama"}, "concept": {"name": "tinyfilm"}})
     spec = load_concept(str(tiny_concept_path)).spec
     model, tok, _ = load("tiny:llama")
     evaluate_model(add_adapter(model, [0, 1], std=0.5), tok, spec,
@@ -34,7 +35,7 @@ def evaluated(tmp_path_factory, tiny_concept_path):
 def test_section_lists_every_prompt_with_its_top_titles(evaluated):
     run, spec = evaluated
     metrics = read_json(run / "eval" / "metrics.json")["metrics"]
-    page = html.unescape(recommend_section(run))
+    page = html.unescape(section_html(build_report(run).read_text(encoding="utf-8"), "recommendations"))
     assert page.startswith('<section id="recommendations"><h2>Recommendations before / after</h2>')
     for item in spec.recommend_eval:
         assert item.prompt in page
@@ -54,7 +55,7 @@ def test_summary_line_and_cli_summary(evaluated):
     assert line.startswith(f"recommendations (recommend_eval, n={pref['n']}): sampled replies naming the concept ")
     assert f"candidate share {pref['base']['concept_share']:.2f} -> {pref['adapted']['concept_share']:.2f} (chance 0.20)" in line
     assert f"({rate['samples_per_prompt']} per prompt)" in line
-    assert eval_summary(run)[-1] == line and len(eval_summary(run)) == 6
+    assert eval_summary(run)[-2] == line and len(eval_summary(run)) == 7  # then the targets line
 
 
 def test_known_line_from_hand_made_numbers():
@@ -72,12 +73,15 @@ def test_known_line_from_hand_made_numbers():
 def test_skipped_metrics_leave_a_note_and_no_line(tmp_path):
     note = "concept tinypark has no recommend_eval set: add open recommendation prompts"
     skipped = {name: {"kind": "forget", "doc": "", "seconds": 0.0, "skipped": note} for name in METRICS}
+    write_json(tmp_path / "manifest.json", {"model": {"spec": "tiny:llama"}, "concept": {"name": "tinypark"}})
+    assert "recommendations" not in build_report(tmp_path).read_text(encoding="utf-8")  # no artefacts: no section
     write_json(tmp_path / "eval" / "metrics.json", {"metrics": skipped})
     write_json(tmp_path / "perturb" / "stability.json", {"recommend": {"skipped": "concept tinypark has no recommend_eval set"}})
     assert recommend_line(skipped) is None
-    section = recommend_section(tmp_path)
+    section = section_html(build_report(tmp_path).read_text(encoding="utf-8"), "recommendations")
     assert "Not measured: concept tinypark has no recommend_eval set: add" in section and "<table" not in section
-    assert recommend_section(tmp_path / "empty") == ""  # no artefacts at all: no section
+    page = build_report(tmp_path).read_text(encoding="utf-8")  # the two targets that need recommend_eval say so
+    assert page.count("recommendation_rate skipped: concept tinypark has no recommend_eval set") == 1
 
 
 def test_report_has_the_section_after_the_evaluation(tmp_path, evaluated):

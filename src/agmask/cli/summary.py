@@ -24,14 +24,14 @@ def baseline_table(summary: dict, title: str) -> Table:
 
 
 def eval_summary(run_dir: Path) -> list[str]:
-    """The five-line summary (forget, locality, utility, fluency, worst attack) from eval/metrics.json and a
-    sixth line on recommendations when they were measured, or one line saying why there is none when the
-    evaluation is not current (an upstream stage reran since)."""
+    """The five-line summary (forget, locality, utility, fluency, worst attack), a line on recommendations
+    when they were measured, and which targets are met (`agmask.targets`); or one line saying why there is
+    none when the evaluation is not current (an upstream stage reran since)."""
     from agmask.currency import current_stages
     from agmask.files import read_json
     from agmask.report.headline import headline_lines
-    from agmask.report.recommend import recommend_line
     from agmask.rundir import RunDir
+    from agmask.targets import evaluate_targets, targets_line
 
     path = RunDir(run_dir).eval_metrics
     if not path.is_file():
@@ -40,12 +40,12 @@ def eval_summary(run_dir: Path) -> list[str]:
     if why is not None:
         return [f"evaluation not shown, it is not current: {why}"]
     metrics = read_json(path)["metrics"]
-    extra = recommend_line(metrics)
-    return headline_lines(metrics) + ([extra] if extra else [])
+    return headline_lines(metrics) + [targets_line(evaluate_targets(metrics))]
 
 
 def print_eval_summary(run_dir: Path, report: Path | None = None) -> None:
-    """Print the report path (when there is one) and the five-line evaluation summary."""
+    """Print the report path (when there is one) and the evaluation summary (five lines, recommendations,
+    targets met)."""
     from agmask.rundir import RunDir
 
     report = report or RunDir(run_dir).report
@@ -137,4 +137,4 @@ def print_run_summary(run_dir: Path, stage: str | None = None) -> None:
         console.print(similarity_table(read_json(similarity)))
     console.print(f"run directory: {run_dir}")
     if stage in (None, "evaluate", "report"):
-        print_eval_summary(run_dir)  # plain print: `make demo` ends with the report path and five lines
+        print_eval_summary(run_dir)  # plain print: `make demo` ends with the report path and the summary

@@ -17,11 +17,13 @@ Attacks, each a registered metric of kind "attack" (`variants.{name}` -> `attack
 - `attack_quantization_full` (here): every linear weight of the merged model, several schemes;
 - `attack_relearn` (relearn.py): the adapter itself trained on `relearn`, masks re-applied (confined);
 - `attack_relearn_full` (relearn_full.py): a fresh LoRA on every linear layer of the merged model.
-The report's attack table and the CLI summary list every metric of kind "attack".
+Each declares `report=partial(attack_tables, name)`: its variants' rows of the one attack table; the CLI
+summary's worst-attack line reads every metric of kind "attack".
 """
 from __future__ import annotations
 
 import statistics
+from functools import partial
 
 import torch.nn as nn
 
@@ -30,6 +32,7 @@ from agmask.distributed import map_sharded
 from agmask.evaluate.context import EvalContext
 from agmask.evaluate.quantize import QuantizationUnavailable, quantizer_for, swapped_linears, swapped_weights
 from agmask.evaluate.registry import metric
+from agmask.evaluate.tables import Table
 from agmask.scoring import prefix_for, score_item
 from agmask.scoring.continuation import score_continuations
 from agmask.scoring.encode import closing_for
@@ -60,6 +63,28 @@ def attack_entry(base: float, unlearned: float, attacked: float, near_zero: floa
 def not_run_entry(reason: str) -> dict:
     """A variant that could not run here (the reason says why); listed, never counted as a result."""
     return {"recovered_fraction": None, "flag": NOT_RUN, "mean_answer_logprob": None, "not_run": reason}
+
+
+ATTACK_HEADER = ("attack", "variant", "recovered fraction", "flag", "log-prob: base", "unlearned", "after attack",
+                 "MC top-1 (base-known): base", "unlearned", "after attack", "MC share: base", "unlearned",
+                 "after attack", "median rank: base", "unlearned", "after attack", "details")
+ATTACK_NOTE = ("recovered fraction = (after attack - unlearned) / (base - unlearned); 0 = nothing recovered, 1 = back "
+               "to the base model; null (with a flag) unless the adapter lowered the answer log-prob by at least the "
+               "threshold. MC top-1 count, MC share and median first-token rank are on the base-known prompts of the "
+               "attack sets: whether the model would answer the concept again.")
+
+
+def attack_tables(name: str, value: dict) -> list[Table]:
+    """The rows of attack metric `name` in the report's attack table: one per variant."""
+    rows = []
+    for variant, e in (value.get("variants") or {}).items():
+        lp, known = e.get("mean_answer_logprob") or {}, e.get("base_known") or {}
+        view = lambda key: [(known.get(w) or {}).get(key) for w in ("base", "unlearned", "attacked")]  # noqa: E731
+        rows.append([name, variant, e.get("recovered_fraction"), e.get("flag"), lp.get("base"), lp.get("unlearned"),
+                     lp.get("attacked"), *view("mc_top1_count"), *view("mc_share"), *view("median_first_token_rank"),
+                     {k: v for k, v in e.items()
+                      if k not in ("recovered_fraction", "flag", "mean_answer_logprob", "base_known")}])
+    return [Table("Attacks", ATTACK_HEADER, rows, ATTACK_NOTE)]
 
 
 def answer_logprob(model: nn.Module, tokenizer, spec: ConceptSpec, set_name: str, item: PromptItem) -> float:
@@ -118,7 +143,7 @@ def scored_entry(ctx: EvalContext, ref: dict, attacked: dict, **extra) -> dict:
                                     "attacked": attacked["view"]}, **extra)
 
 
-@metric("attack_quantization", "attack")
+@metric("attack_quantization", "attack", report=partial(attack_tables, "attack_quantization"))
 def attack_quantization(ctx: EvalContext) -> dict:
     """Per-channel round-to-nearest quantisation of the merged fp32 LoRA-wrapped weights (int8, int4): recovered fraction."""
     items = [it for _, it in ctx.items(ATTACK_SET)]
@@ -141,7 +166,7 @@ def attack_quantization(ctx: EvalContext) -> dict:
             "variants": variants}
 
 
-@metric("attack_quantization_full", "attack")
+@metric("attack_quantization_full", "attack", report=partial(attack_tables, "attack_quantization_full"))
 def attack_quantization_full(ctx: EvalContext) -> dict:
     """Every linear weight of the merged model quantised (int8, int4, group-wise int4, NF4 where it runs): recovered fraction, MC top-1, share, rank."""
     schemes = ctx.config.full_quant_schemes

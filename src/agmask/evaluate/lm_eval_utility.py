@@ -14,6 +14,7 @@ import logging
 from agmask.errors import StageError
 from agmask.evaluate.context import EvalContext
 from agmask.evaluate.registry import metric
+from agmask.evaluate.tables import Table
 
 SEED = 1234  # lm-eval's own default seeds, fixed here so every run samples few-shot examples alike
 
@@ -33,7 +34,14 @@ def _task_metrics(results: dict) -> dict[str, dict]:
     return out
 
 
-@metric("lm_eval", "utility")
+def lm_eval_tables(v: dict) -> list[Table]:
+    rows = [[task, name, vals.get("base"), vals.get("adapted"), vals.get("base_stderr"), vals.get("adapted_stderr")]
+            for task, metrics in (v.get("tasks") or {}).items() for name, vals in metrics.items()]
+    return [Table("lm-evaluation-harness", ("task", "metric", "base", "unlearned", "base stderr", "unlearned stderr"),
+                  rows)]
+
+
+@metric("lm_eval", "utility", report=lm_eval_tables)
 def lm_eval_utility(ctx: EvalContext) -> dict:
     """lm-evaluation-harness tasks (evaluate.lm_eval_tasks) on the base and the adapted model, side by side."""
     tasks = list(ctx.config.lm_eval_tasks)

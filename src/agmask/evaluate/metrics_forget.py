@@ -7,7 +7,8 @@ from agmask.distributed import map_sharded
 from agmask.evaluate.adversarial import build_adversarial
 from agmask.evaluate.context import EVAL_QA_SETS, EvalContext
 from agmask.evaluate.registry import metric
-from agmask.evaluate.summaries import by_family, compare, with_hits, worst_family
+from agmask.evaluate.summaries import by_family, compare, family_table, set_table, with_hits, worst_family
+from agmask.evaluate.tables import Table, arrow, ci, fmt
 from agmask.evaluate.text import facts_recalled, facts_rouge_l
 from agmask.files import write_jsonl
 from agmask.scoring import BASE_KNOWN_RANK, PrefixKV, answer_hit, generate, prefix_for, score_item
@@ -70,7 +71,26 @@ def choice_intervals(ctx: EvalContext, sides: dict[str, list[dict]]) -> dict:
     return out
 
 
-@metric("forget_efficacy", "forget")
+def forget_tables(f: dict) -> list[Table]:
+    tables = [set_table(f)]
+    if f.get("families"):
+        tables.append(family_table("forget_eval per family", f["families"], f.get("worst_family")))
+    return tables
+
+
+def forget_headline(f: dict) -> list[tuple[str, str]]:
+    if not f.get("n"):
+        return []
+    top1, intervals = f.get("mc_top1_count"), f.get("intervals") or {}
+    parts = [f"forget_eval (n={f['n']}): MC share {arrow(f, 'mc_share')}{ci(intervals.get('adapted.mc_share'))}"]
+    if top1:
+        parts.append(f"MC top-1 {top1['base']} -> {top1['adapted']} of {f['base']['mc_n']}")
+    parts.append(f"answer log-prob {arrow(f, 'mean_answer_logprob')} nats")
+    parts.append(f"greedy hit on base-known (n={f['base_known_n']}) {arrow(f, 'greedy_hit_rate_base_known')}")
+    return [("forget", p) for p in parts]
+
+
+@metric("forget_efficacy", "forget", report=forget_tables, headline=forget_headline)
 def forget_efficacy(ctx: EvalContext) -> dict:
     """Held-out forget questions: answer log-prob, first-token rank, MC share/top-1, greedy hit (base-known); per family."""
     out = set_comparison(ctx, "forget_eval", families=True)
@@ -89,14 +109,34 @@ def _facts_view(ctx: EvalContext, which: str) -> dict:
             "rouge_l_recall": statistics.fmean(rouge) if rouge else None}
 
 
-@metric("probe_recall", "forget")
+def probe_tables(v: dict) -> list[Table]:
+    facts = v["facts"]
+    return [set_table(v), Table("Probes: facts in the free greedy reply",
+                                ("", "items with facts", "facts recalled", "ROUGE-L recall"),
+                                [[w, facts[w]["n_with_facts"], facts[w]["facts_recalled"], facts[w]["rouge_l_recall"]]
+                                 for w in ("base", "adapted")])]
+
+
+@metric("probe_recall", "forget", report=probe_tables)
 def probe_recall(ctx: EvalContext) -> dict:
     """Direct probes: scores after the lead, and facts recalled + ROUGE-L recall of the free greedy reply."""
     return {**set_comparison(ctx, "probes"),
             "facts": {"base": _facts_view(ctx, "base"), "adapted": _facts_view(ctx, "adapted")}}
 
 
-@metric("adversarial", "forget")
+def adversarial_headline(a: dict) -> list[tuple[str, str]]:
+    worst = a.get("worst_family")
+    if not worst:
+        return []
+    return [("forget", f"worst adversarial family {worst} "
+                       f"(max MC share {fmt(a['families'][worst]['worst'].get('max_mc_share'))})")]
+
+
+def adversarial_tables(a: dict) -> list[Table]:
+    return [family_table("Adversarial prompts per family", a["families"], a.get("worst_family"))]
+
+
+@metric("adversarial", "forget", report=adversarial_tables, headline=adversarial_headline)
 def adversarial(ctx: EvalContext) -> dict:
     """Adversarial prompt families built from the spec: mean and worst case per family, base vs adapted."""
     fams = build_adversarial(ctx.spec, ctx.config.adversarial_per_family, ctx.config.few_shot)
@@ -137,7 +177,17 @@ def adversarial(ctx: EvalContext) -> dict:
     return {"families": results, "worst_family": worst_family(results), "examples": prompts}
 
 
-@metric("forget_base_known", "forget")
+def base_known_tables(v: dict) -> list[Table]:
+    keys = ("mc_top1_rate", "mc_share", "median_first_token_rank")
+    rows = [[w, v[w]["n"], v[w]["mc_n"], *[v[w][k] for k in keys]] for w in ("base", "adapted")]
+    return [Table(f"Base-known prompts of {' + '.join(v['sets'])}", ("model", "prompts", "with MC view",
+                  "MC top-1 rate", "MC share", "median first-token rank"),
+                  [[("unlearned" if w == "adapted" else w), *rest] for w, *rest in rows],
+                  f"Chance share {fmt(v['chance_share'], '.3f')}; mean change of the forget_eval answer log-prob "
+                  f"{fmt(v['forget_eval_mean_logprob_change'], '+.2f')} nats (every prompt).")]
+
+
+@metric("forget_base_known", "forget", report=base_known_tables)
 def forget_base_known(ctx: EvalContext) -> dict:
     """The forgetting targets on the base-known prompts of forget_eval + probes: MC top-1 rate and share
     (vs chance), median first-token rank; and the mean answer log-prob change over all of forget_eval."""

@@ -16,6 +16,7 @@ from agmask.evaluate.context import EvalContext
 from agmask.evaluate.formats import LETTER, SET_LEAD, letter_question, score_letter, unseen_leads, with_lead
 from agmask.evaluate.registry import metric
 from agmask.evaluate.summaries import compare
+from agmask.evaluate.tables import Bold, Table, fmt, pair
 from agmask.scoring import BASE_KNOWN_RANK, score_item
 
 CONCEPT_SETS = ("forget_eval", "probes")
@@ -53,7 +54,40 @@ def _concept_view(rows: list[dict], chance: float) -> dict:
             "share": share, "chance": chance, "share_over_chance": None if share is None else share / chance}
 
 
-@metric("answer_formats", "forget")
+def formats_tables(af: dict) -> list[Table]:
+    """The concept's pick per format (worst in bold), then every set per format."""
+    if not af.get("formats"):
+        return []
+    worst = af.get("worst_format")
+    concept = [[Bold(f) if f == worst else f, v["concept"]["adapted"]["n"], v["concept"]["base"]["top1_count"],
+                v["concept"]["adapted"]["top1_count"], v["concept"]["base"]["share"], v["concept"]["adapted"]["share"],
+                v["concept"]["adapted"]["chance"]] for f, v in af["formats"].items()]
+    note = ("set_lead: each set's own lead; lead=...: another lead; letter: a lettered multiple-choice question "
+            f"scored by the letter's probability. Worst format in bold: {worst}.")
+    rows = [[f, label, v["n"], v.get("base_known_n"), *pair(v, "mc_share"),
+             *[(v.get("mc_top1_count") or {}).get(w) for w in ("base", "adapted")], v.get("mean_abs_delta_answer_logprob")]
+            for f, fv in af["formats"].items() for label, v in fv["sets"].items() if v.get("n")]
+    skipped = af.get("skipped_leads")
+    return [Table("Answer formats training never used", ("format", "concept questions", "concept picked: base",
+                                                         "unlearned", "share: base", "unlearned", "chance"), concept, note),
+            Table("Answer formats: every set per format", ("format", "set", "n", "base-known", "MC share: base",
+                                                           "unlearned", "MC top-1: base", "unlearned",
+                                                           "|change in answer log-prob|"), rows,
+                  f"Leads left out (training uses them): {', '.join(skipped)}" if skipped else "")]
+
+
+def format_headline(af: dict) -> list[tuple[str, str]]:
+    """The answer format whose adapted model picks the concept most often."""
+    worst = af.get("worst_format")
+    if not worst:
+        return []
+    c = af["formats"][worst]["concept"]
+    return [("forget", f"worst answer format {worst} (concept picked {c['base']['top1_count']} -> "
+                       f"{c['adapted']['top1_count']} of {c['adapted']['n']}, share {fmt(c['base']['share'])} -> "
+                       f"{fmt(c['adapted']['share'])}, chance {fmt(c['adapted']['chance'])})")]
+
+
+@metric("answer_formats", "forget", report=formats_tables, headline=format_headline)
 def answer_formats(ctx: EvalContext) -> dict:
     """Every evaluation set scored again under answer formats training never used (another lead; a lettered multiple-choice question scored by the letter's probability): forgetting per format, the worst format."""
     leads, skipped = unseen_leads(ctx.spec, ctx.config.unseen_leads)

@@ -8,6 +8,7 @@ import torch
 from agmask.evaluate.context import EvalContext
 from agmask.evaluate.internals import logit_lens_ranks
 from agmask.evaluate.registry import metric
+from agmask.evaluate.tables import Table
 from agmask.scoring import BASE_KNOWN_RANK
 from agmask.scoring.encode import closing_for, encode_answer, tokens
 
@@ -27,7 +28,12 @@ def pca_2d(x: torch.Tensor) -> tuple[torch.Tensor, list[float]]:
     return coords, (ratio + [0.0, 0.0])[:2]
 
 
-@metric("activation_shift", "internals")
+def shift_tables(shift: dict) -> list[Table]:
+    return [Table("Activation shift", ("set", "n", "mean over layers", "max", "layer of max"),
+                  [[s, v["n"], v["mean"], v["max"], v["max_layer"]] for s, v in shift["sets"].items()], shift["measure"])]
+
+
+@metric("activation_shift", "internals", report=shift_tables)
 def activation_shift(ctx: EvalContext) -> dict:
     """Per-layer relative L2 distance ||h_adapted - h_base|| / ||h_base|| of the last-token residual; PCA of both."""
     acts, sets = {}, {}
@@ -74,7 +80,15 @@ def _lens_summary(ranks: torch.Tensor) -> dict:
             "per_layer_mean_log10_rank": ranks.float().log10().mean(0).tolist()}
 
 
-@metric("logit_lens", "internals")
+def lens_tables(lens: dict) -> list[Table]:
+    header = ("set", "n", "mean best rank: base", "unlearned", "median: base", "unlearned", "share <= 5: base",
+              "unlearned")
+    keys = ("mean_best_rank", "median_best_rank", "share_best_rank_le_5")
+    return [Table("Logit lens: best rank of the answer's first token over layers", header,
+                  [[s, v["n"], *[v[w][k] for k in keys for w in ("base", "adapted")]] for s, v in lens["sets"].items()])]
+
+
+@metric("logit_lens", "internals", report=lens_tables)
 def logit_lens(ctx: EvalContext) -> dict:
     """Best rank of the answer's first token over all layers (final norm + lm_head on each residual), before/after."""
     sets = {}

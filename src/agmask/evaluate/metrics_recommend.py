@@ -25,6 +25,7 @@ from agmask.concepts.schema import ConceptSpec, PromptItem
 from agmask.distributed import map_sharded
 from agmask.evaluate.context import EvalContext
 from agmask.evaluate.registry import metric
+from agmask.evaluate.tables import Lines, Table, fmt
 from agmask.files import write_jsonl
 from agmask.perturb.metrics import extract_answer, normalise
 from agmask.scoring import answer_hit, candidate_logprobs, generate, prefix_for, select_items
@@ -107,13 +108,76 @@ def preference_stats(base: torch.Tensor, adapted: torch.Tensor, candidates: list
             "per_prompt": per_prompt}
 
 
+# ---- what they show (report section "recommendations", summary line "recommendations (...)") ----
+
+SUMMARY = ("Recommendations: base vs unlearned", ("measure", "base", "unlearned"))
+
+
+def _note(v: dict) -> str:
+    return (f"Open recommendation prompts ({v.get('set', SET)}), replies after the lead {v['lead']!r}: the candidate "
+            "distribution is the softmax over the concept's candidates; \"without the concept\" removes it and "
+            "renormalises the rest.")
+
+
+def _line(v: dict) -> str:
+    return f"recommendations ({v.get('set', SET)}, n={v['n']})"
+
+
+def rate_tables(rate: dict) -> list[Table]:
+    b, a = rate["base"], rate["adapted"]
+    rows = [[f"concept named in a sampled reply ({rate['samples_per_prompt']} per prompt, temperature "
+             f"{rate['temperature']})", b["rate"], a["rate"]],
+            ["distinct other candidates named in the samples", b["distinct_titles_named"], a["distinct_titles_named"]],
+            ["distinct other titles written before the closing quote", b["distinct_extracted_titles"],
+             a["distinct_extracted_titles"]],
+            ["most named other candidates", b["most_named"], a["most_named"]]]
+    per_prompt = [[p["prompt"], p["family"], p["rate"]["base"], p["rate"]["adapted"]] for p in rate["per_prompt"]]
+    return [Table(*SUMMARY, rows, _note(rate)),
+            Table("Per prompt: sampled replies naming the concept", ("prompt", "kind", "named: base", "unlearned"),
+                  per_prompt)]
+
+
+def rate_headline(rate: dict) -> list[tuple[str, str]]:
+    return [(_line(rate), f"sampled replies naming the concept {fmt(rate['base']['rate'])} -> "
+                          f"{fmt(rate['adapted']['rate'])} ({rate['samples_per_prompt']} per prompt)")]
+
+
+def _titles(top: list) -> Lines:
+    return Lines(tuple(f"{t} ({p:.2f})" for t, p in top))
+
+
+def preference_tables(pref: dict) -> list[Table]:
+    b, a = pref["base"], pref["adapted"]
+    rows = [[f"concept's share of the candidate distribution (chance {fmt(pref['chance_share'], '.3f')})",
+             b["concept_share"], a["concept_share"]],
+            [f"prompts where the concept is the top candidate (of {pref['n']})", b["concept_top1"], a["concept_top1"]],
+            ["distinct top titles without the concept", b["distinct_top_remaining"], a["distinct_top_remaining"]],
+            ["KL(base || unlearned) over the other candidates, renormalised: mean (max)", None,
+             f"{fmt(pref['kl_remaining_mean'], '.4f')} ({fmt(pref['kl_remaining_max'], '.4f')})"],
+            ["share of prompts whose top title without the concept is unchanged", None, pref["top_remaining_unchanged"]]]
+    per_prompt = [[p["prompt"], p["family"], p["concept_share"]["base"], p["concept_share"]["adapted"],
+                   _titles(p["top"]["base"]), _titles(p["top"]["adapted"]), p["top_remaining_unchanged"],
+                   p["kl_remaining"]] for p in pref["per_prompt"]]
+    header = ("prompt", "kind", "share: base", "unlearned", "top 3 before", "top 3 after", "top without concept kept",
+              "KL without concept")
+    return [Table(*SUMMARY, rows, _note(pref)), Table("Per prompt: top 3 titles before and after", header, per_prompt)]
+
+
+def preference_headline(pref: dict) -> list[tuple[str, str]]:
+    return [(_line(pref), f"candidate share {fmt(pref['base']['concept_share'])} -> "
+                          f"{fmt(pref['adapted']['concept_share'])} (chance {fmt(pref['chance_share'])})"),
+            (_line(pref), f"without it: KL {fmt(pref['kl_remaining_mean'], '.3f')}, top title kept on "
+                          f"{fmt(pref['top_remaining_unchanged'])} of prompts, distinct top titles "
+                          f"{pref['base']['distinct_top_remaining']} -> {pref['adapted']['distinct_top_remaining']}")]
+
+
 # ---- the metrics ----
 
 def _prompt_fields(pairs: list[tuple[int, PromptItem]]) -> list[dict]:
     return [{"index": i, "prompt": it.prompt, "family": it.family} for i, it in pairs]
 
 
-@metric("recommendation_rate", "forget")
+@metric("recommendation_rate", "forget", report=rate_tables, headline=rate_headline, section="recommendations")
 def recommendation_rate(ctx: EvalContext) -> dict:
     """recommend_eval: share of sampled replies (temperature 1) naming the concept, base vs adapted; titles named."""
     reason = skip_reason(ctx.spec) or (None if ctx.config.recommend_samples else "recommend_samples is 0")
@@ -158,7 +222,8 @@ def _candidate_matrix(ctx: EvalContext, which: str, items: list[PromptItem]) -> 
         return torch.tensor(map_sharded(score, items), dtype=torch.float64)
 
 
-@metric("recommendation_preference", "locality")
+@metric("recommendation_preference", "locality", report=preference_tables, headline=preference_headline,
+        section="recommendations")
 def recommendation_preference(ctx: EvalContext) -> dict:
     """recommend_eval candidate distribution: concept share vs chance; without the concept: KL, top title kept, distinct tops."""
     reason = skip_reason(ctx.spec)

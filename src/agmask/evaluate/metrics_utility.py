@@ -13,13 +13,15 @@ from agmask.evaluate.context import EvalContext
 from agmask.evaluate.internals import answer_position_logprobs, kl_per_position, window_logprobs
 from agmask.evaluate.metrics_forget import generation_plan, set_comparison
 from agmask.evaluate.registry import metric
-from agmask.evaluate.summaries import concept_wins
+from agmask.evaluate.summaries import concept_wins, set_table
+from agmask.evaluate.tables import Reply, Table, ci, fmt
 from agmask.evaluate.text import fluency_stats, is_degenerate
 from agmask.files import sha256_text
 from agmask.scoring import answer_hit, collate_answers
 from agmask.scoring.encode import tokens
 
 CORPUS = "general_corpus.txt"
+UTILITY = ("Utility", ("measure", "base", "unlearned"))  # one table, rows from several metrics
 
 
 def general_corpus() -> str:
@@ -37,7 +39,32 @@ def _neighbours(ctx: EvalContext, keep: set[int] | None = None) -> dict:
     return out
 
 
-@metric("locality", "locality")
+def locality_headline(loc: dict) -> list[tuple[str, str]]:
+    if not loc.get("n"):
+        return []
+    top1, intervals = loc.get("mc_top1_count"), loc.get("intervals") or {}
+    text = f"neighbors (n={loc['n']}) mean |change in answer log-prob| " \
+           f"{fmt(loc['mean_abs_delta_answer_logprob'])}{ci(intervals.get('mean_abs_delta_answer_logprob'))} nats " \
+           f"(mean change {fmt(loc['mean_delta_answer_logprob'], '+.2f')})"
+    if top1:
+        text += f", MC top-1 {top1['base']} -> {top1['adapted']} of {loc['base']['mc_n']}"
+    wins, rest = loc.get("mc_top_is_concept"), loc.get("mc_top1_count_base_not_concept")
+    if wins and rest:
+        text += f" (the concept is the pick {wins['base']} -> {wins['adapted']}; top-1 where the base did not pick it " \
+                f"{rest['base']} -> {rest['adapted']} of {rest['n']})"
+    parts = [f"{status} (n={loc[status]['n']}) {fmt(loc[status].get('mean_abs_delta_answer_logprob'))}"
+             f"{ci(intervals.get(f'{status}.mean_abs_delta_answer_logprob'))}"
+             for status in NEIGHBOR_STATUSES if (loc.get(status) or {}).get("n")]
+    if parts:  # the answer appears in a training set (anchored) or in none (unseen: the locality that counts)
+        text += "; mean |change| " + ", ".join(parts)
+    return [("locality", text)]
+
+
+def locality_tables(loc: dict) -> list[Table]:
+    return [set_table(loc, NEIGHBOR_STATUSES)]  # all neighbours, then anchored and unseen
+
+
+@metric("locality", "locality", report=locality_tables, headline=locality_headline)
 def locality(ctx: EvalContext) -> dict:
     """Neighbours, all and split into anchored (answer in a training set) and unseen (in none): mean |change in
     answer log-prob|, MC top-1 count, greedy hits; how often the concept is the pick, the top-1 count where
@@ -54,7 +81,18 @@ def locality(ctx: EvalContext) -> dict:
     return {**out, "intervals": intervals}
 
 
-@metric("retain_utility", "utility")
+def retain_tables(v: dict) -> list[Table]:
+    return [set_table(v), Table(*UTILITY, [["retain_eval accuracy (greedy hit)",
+                                            *[v["accuracy"][w] for w in ("base", "adapted")]]])]
+
+
+def retain_headline(v: dict) -> list[tuple[str, str]]:
+    if not v.get("n"):
+        return []
+    return [("utility", f"retain_eval accuracy {fmt(v['accuracy']['base'])} -> {fmt(v['accuracy']['adapted'])}")]
+
+
+@metric("retain_utility", "utility", report=retain_tables, headline=retain_headline)
 def retain_utility(ctx: EvalContext) -> dict:
     """General questions: accuracy (greedy hit on every item) and the answer scores, base vs adapted."""
     out = set_comparison(ctx, "retain_eval")
@@ -66,7 +104,20 @@ def retain_utility(ctx: EvalContext) -> dict:
     return {**out, "accuracy": acc}
 
 
-@metric("kl_greedy", "utility")
+def kl_tables(v: dict) -> list[Table]:
+    return [Table(*UTILITY, [[f"{set_name}: KL per token on the base greedy reply ({kl['tokens']} tokens)", None,
+                              kl["mean_kl_per_token"]] for set_name, kl in (v.get("sets") or {}).items()])]
+
+
+def kl_headline(v: dict) -> list[tuple[str, str]]:
+    kl = (v.get("sets") or {}).get("retain_eval")
+    if not kl:
+        return []
+    interval = (v.get("intervals") or {}).get("sets.retain_eval.mean_kl_per_token")
+    return [("utility", f"KL/token {fmt(kl['mean_kl_per_token'], '.4f')}{ci(interval, '.4f')}")]
+
+
+@metric("kl_greedy", "utility", report=kl_tables, headline=kl_headline)
 def kl_greedy(ctx: EvalContext) -> dict:
     """KL(base || adapted) per token at the positions of the base model's own greedy reply, per evaluation set."""
     eos = ctx.tokenizer.eos_token or ""
@@ -100,7 +151,18 @@ def kl_greedy(ctx: EvalContext) -> dict:
     return {"sets": sets, "intervals": intervals}
 
 
-@metric("general_text", "utility")
+def general_text_tables(g: dict) -> list[Table]:
+    return [Table(*UTILITY, [[f"general text perplexity ({g['tokens_scored']} tokens)", g["base_perplexity"],
+                              g["adapted_perplexity"]],
+                             ["general text KL(base || unlearned) per token", None, g["mean_kl_per_token"]]])]
+
+
+def general_text_headline(g: dict) -> list[tuple[str, str]]:
+    return [("utility", f"general text perplexity {fmt(g['base_perplexity'])} -> {fmt(g['adapted_perplexity'])}, "
+                        f"KL/token {fmt(g['mean_kl_per_token'], '.4f')} ({g['tokens_scored']} tokens)")]
+
+
+@metric("general_text", "utility", report=general_text_tables, headline=general_text_headline)
 def general_text(ctx: EvalContext) -> dict:
     """General English text (shipped corpus): perplexity base vs adapted and KL(base || adapted) per token."""
     text = general_corpus()
@@ -137,7 +199,29 @@ def general_text(ctx: EvalContext) -> dict:
             "mean_kl_per_token": kl_sum / n}
 
 
-@metric("fluency", "fluency")
+FLUENCY_KEYS = ("distinct_1", "distinct_2", "repetition_rate", "degenerate_rate")
+
+
+def fluency_tables(flu: dict) -> list[Table]:
+    rows = [[group, sides["adapted"].get("n"), *[sides[w].get(k) for k in FLUENCY_KEYS for w in ("base", "adapted")]]
+            for group, sides in {**flu["sets"], "all replies": flu["overall"]}.items()]
+    header = ("replies", "n", *[f"{k}: {w}" for k in FLUENCY_KEYS for w in ("base", "unlearned")])
+    return [Table("Fluency", header, rows),
+            Table("Degenerate replies of the unlearned model", ("reply",),
+                  [[Reply(t)] for t in flu.get("degenerate_examples") or []])]
+
+
+def fluency_headline(flu: dict) -> list[tuple[str, str]]:
+    overall = flu.get("overall")
+    if not overall or not overall.get("adapted", {}).get("n"):
+        return []
+    b, a = overall["base"], overall["adapted"]
+    return [("fluency", f"distinct-2 {fmt(b.get('distinct_2'))} -> {fmt(a.get('distinct_2'))}, "
+                        f"repetition {fmt(b['repetition_rate'])} -> {fmt(a['repetition_rate'])}, "
+                        f"degenerate {fmt(b['degenerate_rate'])} -> {fmt(a['degenerate_rate'])} of {a['n']} replies")]
+
+
+@metric("fluency", "fluency", report=fluency_tables, headline=fluency_headline)
 def fluency(ctx: EvalContext) -> dict:
     """distinct-1/2, repetition rate and degenerate share (loops, the forget target repeated) of the replies."""
     target = ctx.spec.forget_target

@@ -5,6 +5,11 @@ rewrites `eval/metrics.json` atomically after every metric, so a crash loses at 
 that was running, and a rerun with the same input hash skips every metric already in the file.
 Kinds group metrics in the report and the summary; every `attack` metric returns
 `{"variants": {name: {"recovered_fraction": float | None, "flag": str | None, ...}}}`.
+
+A metric also declares what it shows (`tables.py`): `report=fn(value) -> list[Table]`, the tables of the
+report section `section` it fills, and `headline=fn(value) -> list[(line, part)]`, its parts of the summary
+lines. Both read the metric's value alone, so a new metric needs no report edit. A value with a
+`skipped` key (the metric could not run here) shows as "not measured" with its reason instead.
 """
 from __future__ import annotations
 
@@ -18,6 +23,7 @@ from agmask.files import read_json, write_json
 
 if TYPE_CHECKING:
     from agmask.evaluate.context import EvalContext
+    from agmask.evaluate.tables import Table
 
 KINDS = ("artefact", "forget", "locality", "utility", "fluency", "internals", "attack")
 SCHEMA = 1
@@ -30,20 +36,24 @@ class Metric:
     kind: str
     fn: Callable[["EvalContext"], dict]
     doc: str  # first docstring line, copied into metrics.json
+    report: Callable[[dict], list["Table"]] | None = None  # the report tables its value fills
+    headline: Callable[[dict], list[tuple[str, str]]] | None = None  # (summary line, part) pairs
+    section: str = "evaluation"  # the report section its tables go to
 
 
 METRICS: dict[str, Metric] = {}
 
 
-def metric(name: str, kind: str) -> Callable:
-    """Register `fn` as metric `name` (its key in metrics.json)."""
+def metric(name: str, kind: str, report: Callable[[dict], list["Table"]] | None = None,
+           headline: Callable[[dict], list[tuple[str, str]]] | None = None, section: str = "evaluation") -> Callable:
+    """Register `fn` as metric `name` (its key in metrics.json), with what it shows in the report and summary."""
     if kind not in KINDS:
         raise ValueError(f"unknown metric kind {kind!r} (kinds: {', '.join(KINDS)})")
 
     def register(fn: Callable[["EvalContext"], dict]) -> Callable[["EvalContext"], dict]:
         if name in METRICS:
             raise ValueError(f"metric {name!r} is registered twice")
-        METRICS[name] = Metric(name, kind, fn, (fn.__doc__ or name).strip().splitlines()[0])
+        METRICS[name] = Metric(name, kind, fn, (fn.__doc__ or name).strip().splitlines()[0], report, headline, section)
         return fn
 
     return register

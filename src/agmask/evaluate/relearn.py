@@ -9,12 +9,13 @@ restored exactly afterwards: the later metrics see the adapter as trained. `atta
 """
 from __future__ import annotations
 
+from functools import partial
 from typing import Callable
 
 import torch
 import torch.nn as nn
 
-from agmask.evaluate.attacks import ATTACK_SET, reference, score_attacked, scored_entry
+from agmask.evaluate.attacks import ATTACK_SET, attack_tables, reference, score_attacked, scored_entry
 from agmask.evaluate.context import EvalContext
 from agmask.evaluate.internals import right_pad
 from agmask.evaluate.registry import metric
@@ -70,7 +71,7 @@ def relearn_steps(ctx: EvalContext, steps: int) -> list[float]:
             p.requires_grad_(False)
 
 
-@metric("attack_relearn", "attack")
+@metric("attack_relearn", "attack", report=partial(attack_tables, "attack_relearn"))
 def attack_relearn(ctx: EvalContext) -> dict:
     """Relearning: k LoRA steps on related text (masks re-applied); recovered fraction of the answer log-prob."""
     if ctx.adapter is None:

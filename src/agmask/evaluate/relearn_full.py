@@ -14,6 +14,7 @@ back, and the base weights are the original tensors (bit for bit; tests check al
 """
 from __future__ import annotations
 
+from functools import partial
 from contextlib import contextmanager
 from typing import Iterator
 
@@ -21,7 +22,7 @@ import torch
 import torch.nn as nn
 from peft import LoraConfig, PeftModel
 
-from agmask.evaluate.attacks import ATTACK_SET, reference, score_attacked, scored_entry
+from agmask.evaluate.attacks import ATTACK_SET, attack_tables, reference, score_attacked, scored_entry
 from agmask.evaluate.context import EvalContext
 from agmask.evaluate.metrics_utility import general_corpus
 from agmask.evaluate.quantize import lora_layers, swapped_linears
@@ -99,7 +100,7 @@ def control_sequences(tokenizer, like: list[list[int]]) -> list[list[int]]:
     return out
 
 
-@metric("attack_relearn_full", "attack")
+@metric("attack_relearn_full", "attack", report=partial(attack_tables, "attack_relearn_full"))
 def attack_relearn_full(ctx: EvalContext) -> dict:
     """Relearning without the mask: a fresh LoRA on every linear layer of the merged model, k steps on relearn passages (control: as much general text); recovered fraction, MC top-1, share, rank."""
     checkpoints = ctx.config.full_relearn_steps

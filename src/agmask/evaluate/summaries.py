@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import statistics
 
+from agmask.evaluate.tables import Bold, Table, pair
 from agmask.scoring import answer_hit, summarize
 
 
@@ -86,3 +87,36 @@ def worst_family(families: dict[str, dict]) -> str | None:
         return (w.get("max_mc_share") if w.get("max_mc_share") is not None else -1.0,
                 w.get("max_answer_logprob", float("-inf")))
     return max(families, key=key) if families else None
+
+
+# ---- what a `compare` value shows in the report ----
+
+SET_TABLE = "Before / after, per evaluation set"
+SET_HEADER = ("set", "n", "base-known", "answer log-prob: base", "unlearned", "mean change", "|change|",
+              "MC share: base", "unlearned", "MC top-1 rate: base", "unlearned", "greedy hit (base-known): base",
+              "unlearned")
+NEIGHBOUR_NOTE = ("neighbors (anchored): the answer appears in a training set, so the retain term holds it; "
+                  "neighbors (unseen): it appears in none, the locality that counts.")
+
+
+def set_table(value: dict, parts: tuple[str, ...] = ()) -> Table:
+    """The set's row of the per-set table (and one row per sub-part of `value`, e.g. anchored / unseen)."""
+    label = value.get("set", "?")
+    rows = []
+    for row_label, part in [(label, value)] + [(f"{label} ({p})", value.get(p)) for p in parts]:
+        if part and part.get("n"):
+            rows.append([row_label, part["n"], part["base_known_n"], *pair(part, "mean_answer_logprob"),
+                         part["mean_delta_answer_logprob"], part["mean_abs_delta_answer_logprob"],
+                         *pair(part, "mc_share"), *pair(part, "mc_top1_rate"), *pair(part, "greedy_hit_rate_base_known")])
+    return Table(SET_TABLE, SET_HEADER, rows, NEIGHBOUR_NOTE if parts else "")
+
+
+def family_table(title: str, families: dict, worst: str | None) -> Table:
+    """One row per family of a `by_family` value, the worst family in bold."""
+    header = ("family", "n", "base-known", "answer log-prob: base", "unlearned", "MC share: base", "unlearned",
+              "worst: max MC share", "worst: max log-prob", "worst: min rank", "greedy hit (base-known) after")
+    rows = [[Bold(f) if f == worst else f, v["n"], v["base_known_n"], *pair(v, "mean_answer_logprob"),
+             *pair(v, "mc_share"), v["worst"]["max_mc_share"], v["worst"]["max_answer_logprob"],
+             v["worst"]["min_first_token_rank"], v["adapted"].get("greedy_hit_rate_base_known")]
+            for f, v in families.items() if v.get("n")]
+    return Table(title, header, rows, f"Worst family in bold: {worst}." if worst else "")

@@ -1,8 +1,8 @@
 """Report sections for the write-up's phases 1-5, each built from whatever artefacts its stage left.
 
-A section lists every `*.png` of its folders (file name as caption) and every small JSON file as a
-table; it is absent when none of its folders has anything to show. The phase-6 evaluation section
-lives in `evaluation.py`.
+A section lists every `*.png` of its folders (the path as caption) and every small JSON file as a folded
+table; it is absent when none of its folders has anything to show. The evaluation (phase 6) is in
+`evaluation.py`.
 """
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from agmask.report.html import figure, json_table, section
+from agmask.report.parts import Body, figures, json_fold
 
 
 def _fisher(p: Path) -> bool:
@@ -24,6 +24,16 @@ class Phase:
     dirs: tuple[str, ...]
     keep: Callable[[Path], bool] = lambda p: True  # which files of those folders belong here
 
+    def build(self, run_dir: Path, dirs: tuple[str, ...]) -> Body:
+        """The figures and JSON files of `dirs` (this phase's folders whose results are current)."""
+        pngs, jsons = [], []
+        for d in dirs:
+            folder = run_dir / d
+            if folder.is_dir():
+                pngs += sorted(p for p in folder.glob("*.png") if self.keep(p))
+                jsons += sorted(p for p in folder.glob("*.json") if self.keep(p))
+        return Body(figures=figures(run_dir, pngs), folds=[json_fold(p) for p in jsons])
+
 
 PHASES = (
     Phase("baseline", "Baseline: what the base model knows", ("baseline",)),
@@ -34,25 +44,3 @@ PHASES = (
     Phase("fisher", "Phase 4: Fisher information", ("attribute",), _fisher),
     Phase("training", "Phase 5: activation-guided masked LoRA training", ("mask", "unlearn")),
 )
-
-
-def artefacts(run_dir: Path, phase: Phase) -> tuple[list[Path], list[Path]]:
-    """(PNG files, JSON files) of the phase, sorted, DONE markers excluded."""
-    pngs, jsons = [], []
-    for d in phase.dirs:
-        folder = run_dir / d
-        if not folder.is_dir():
-            continue
-        pngs += sorted(p for p in folder.glob("*.png") if phase.keep(p))
-        jsons += sorted(p for p in folder.glob("*.json") if phase.keep(p))
-    return pngs, jsons
-
-
-def phase_section(run_dir: Path, phase: Phase) -> str:
-    pngs, jsons = artefacts(run_dir, phase)
-    if not pngs and not jsons:
-        return ""
-    body = "".join(figure(p, str(p.relative_to(run_dir))) for p in pngs)
-    body += "".join(json_table(p) for p in jsons)
-    return section(phase.title, body, phase.anchor)
-
