@@ -12,6 +12,7 @@ from agmask.files import read_json
 from agmask.pipeline import all_stages, read_done
 from agmask.provenance import source_commit
 from agmask.results.markdown import interval, num
+from agmask.targets import evaluate_targets, targets_count
 from resultskit import section_table
 from runkit import fast_args
 
@@ -41,7 +42,7 @@ def _write_page(tmp_path, run_dir, label="placeholder"):
 def test_every_section_of_a_finished_run_with_its_command_and_commit(cli_run, tmp_path):
     run_dir, command = cli_run
     page = _write_page(tmp_path, run_dir)
-    headings = ("Headline", "Baseline: what the base model knows", "Rewording stability of the base model",
+    headings = ("Targets", "Baseline: what the base model knows", "Rewording stability of the base model",
                 "Attribution and mask", "Adapter", "Forgetting and locality per set", "Adversarial wordings",
                 "Answer formats", "Attacks", "Recommendations", "Stage timing")
     for heading in headings:
@@ -73,6 +74,17 @@ def test_the_numbers_are_the_run_directorys_own(cli_run, tmp_path):
     relearn = next(r for r in attacks if r["attack"] == "attack_relearn")
     assert relearn["recovered fraction"] == num(next(iter(m["attack_relearn"]["variants"].values()))["recovered_fraction"])
 
+    targets = {r["target"]: r for r in section_table(page, "Targets")}
+    results = evaluate_targets(m)
+    assert list(targets) == [r.target.name for r in results]
+    for r in results:
+        row = targets[r.target.name]
+        assert (row["base"], row["unlearned"]) == (num(r.base), num(r.value))
+        assert row["status"].split(":")[0] == r.status
+    unseen_ci = targets["locality.unseen"]["95% interval"]
+    assert unseen_ci == interval(loc["intervals"]["unseen.mean_abs_delta_answer_logprob"]) != "-"
+    assert f"{targets_count(results)}." in page
+
     timing = section_table(page, "Stage timing")
     seconds = {s: read_done(run_dir, s)["seconds"] for s in all_stages() if read_done(run_dir, s)}
     assert {r["stage"]: r["seconds"] for r in timing[:-1]} == {s: num(v) for s, v in seconds.items()}
@@ -91,7 +103,7 @@ def test_a_stale_evaluation_is_left_out_with_the_reason(cli_run, tmp_path):
     assert main(["mask", "--run-dir", str(copy), "-q", *fast_args(), "--set", "mask.k=10"]) == 0
     page = _write_page(tmp_path, copy)
     assert "Left out, not current:\n\n- evaluate: stage unlearn reran" in page and "\n- unlearn: stage mask reran" in page
-    assert "### Headline" not in page and "### Attacks" not in page
+    assert "### Targets" not in page and "### Attacks" not in page
     assert "### Attribution and mask" in page  # the rerun mask is current
     mask_caption = page.split("### Attribution and mask")[1].split("<sub>")[1]
     assert "--set mask.k=10" in mask_caption  # the mask's table names the command that reran it

@@ -67,7 +67,7 @@ def _files(fn: Callable[[Path], str | None]) -> Callable[[RunView], str | None]:
 
 # In page order: the verdict first, then what the model knew, the adapter, the details, the optional stages.
 SECTIONS = [
-    Section("Headline", "evaluate", "eval/metrics.json", _eval(evaluation.headline)),
+    Section("Targets", "evaluate", "eval/metrics.json", _eval(evaluation.targets)),
     Section("Baseline: what the base model knows", "baseline", "baseline/summary.json", _files(stages.baseline)),
     Section("Rewording stability of the base model", "perturb", "perturb/stability.json", _files(stages.perturb)),
     Section("Attribution and mask", "mask", "attribute/layers.json, mask/mask.json", _files(stages.attribution)),

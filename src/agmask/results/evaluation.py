@@ -1,5 +1,6 @@
 """Sections of docs/RESULTS.md read from `eval/metrics.json` (the `metrics` dict): each returns markdown or None
-when the run has no such measurement. The metric keys are the ones `agmask.evaluate` writes (README: Evaluation)."""
+when the run has no such measurement. The metric keys are the ones `agmask.evaluate` writes; the targets are
+`agmask.targets`, the ones the report's verdict card shows."""
 from __future__ import annotations
 
 from agmask.results.markdown import arrow, interval, num, table
@@ -11,50 +12,23 @@ def _ci(metric: dict, key: str) -> dict | None:
     return (metric.get("intervals") or {}).get(key)
 
 
-def headline(m: Metrics) -> str | None:
-    """The headline measurements, base vs adapted (a plain table until the targets module is wired in)."""
+def targets(m: Metrics) -> str | None:
+    """Every target of `agmask.targets` (the report's verdict card): base, unlearned, the 95% interval where the
+    evaluation has one for that value, the bound, and met / not met / not measured (with why)."""
+    from agmask.targets import evaluate_targets, targets_count
+
+    results = evaluate_targets(m)
     rows = []
-    known = m.get("forget_base_known")
-    if known:
-        b, a = known["base"], known["adapted"]
-        where = f"forget_eval+probes base-known (n={a.get('mc_n', a.get('n'))})"
-        rows.append([f"{where}: MC top-1 rate", b.get("mc_top1_rate"), a.get("mc_top1_rate"),
-                     interval(_ci(known, "adapted.mc_top1_rate"))])
-        rows.append([f"{where}: MC share (chance {num(known.get('chance_share'))})", b.get("mc_share"),
-                     a.get("mc_share"), interval(_ci(known, "adapted.mc_share"))])
-        rows.append([f"{where}: median first-token rank", b.get("median_first_token_rank"),
-                     a.get("median_first_token_rank"), "-"])
-        rows.append(["forget_eval: mean change of the answer log-prob (nats)", "-",
-                     known.get("forget_eval_mean_logprob_change"), "-"])
-    loc = m.get("locality")
-    if loc and loc.get("n"):
-        for part, key in (("all", "mean_abs_delta_answer_logprob"), ("anchored", "anchored.mean_abs_delta_answer_logprob"),
-                          ("unseen", "unseen.mean_abs_delta_answer_logprob")):
-            entry = loc if part == "all" else loc.get(part) or {}
-            if entry.get("n"):
-                rows.append([f"neighbours {part} (n={entry['n']}): mean abs change of the answer log-prob (nats)", "-",
-                             entry.get("mean_abs_delta_answer_logprob"), interval(_ci(loc, key))])
-        rest = loc.get("mc_top1_count_base_not_concept")
-        if rest:
-            rows.append([f"neighbours the base did not answer with the concept (n={rest['n']}): MC top-1 count",
-                         rest["base"], rest["adapted"], "-"])
-    kl = ((m.get("kl_greedy") or {}).get("sets") or {}).get("retain_eval")
-    if kl:
-        rows.append(["retain_eval: KL(base ‖ adapted) per token", "-", kl["mean_kl_per_token"],
-                     interval(_ci(m["kl_greedy"], "sets.retain_eval.mean_kl_per_token"))])
-    flu = (m.get("fluency") or {}).get("overall")
-    if flu and flu.get("adapted", {}).get("n"):
-        rows.append(["replies: repetition rate", flu["base"]["repetition_rate"], flu["adapted"]["repetition_rate"], "-"])
-    worst = worst_attack(m)
-    if worst:
-        rows.append([f"worst attack: {worst[0]} {worst[1]}, recovered fraction", "-", worst[2]["recovered_fraction"], "-"])
-    return table(["measure", "base", "adapted", "95% interval (adapted)"], rows) if rows else None
-
-
-def worst_attack(m: Metrics) -> tuple[str, str, dict] | None:
-    scored = [(name, variant, v) for name, metric in m.items() if metric.get("kind") == "attack"
-              for variant, v in (metric.get("variants") or {}).items() if v.get("recovered_fraction") is not None]
-    return max(scored, key=lambda r: r[2]["recovered_fraction"]) if scored else None
+    for r in results:
+        t = r.target
+        relative = t.relative or isinstance(t.threshold, str)
+        bound = t.rule + (f" (= {num(r.bound)})" if relative and r.bound is not None else "")
+        name, _, rest = t.value.partition(".")
+        ci = ((m.get(name) or {}).get("intervals") or {}).get(rest)
+        rows.append([t.name, t.description, r.base, r.value, interval(ci), bound,
+                     r.status + (f": {r.why}" if r.why else "")])
+    return table(["target", "what", "base", "unlearned", "95% interval", "bound", "status"], rows) + \
+        f"\n\n{targets_count(results)}."
 
 
 SET_METRICS = [("forget_efficacy", None), ("probe_recall", None), ("locality", None), ("locality", "anchored"),
