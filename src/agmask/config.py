@@ -64,6 +64,8 @@ class RunConfig(BaseModel):
     gradient_checkpointing: bool = Field(False, description="recompute decoder layers in training's backward "
                                          "(less memory, same loss); never used by attribution")
     force: bool = False
+    recipe: Literal["auto", "defaults"] = Field("auto", description="auto: apply tune/choice.json (when current) "
+                                                "under the --set options; defaults: ignore it")
     overrides: dict[str, dict[str, Any]] = Field(default_factory=dict, description="per-stage option overrides")
     command: str | None = Field(None, description="the invocation recorded with the results: the agmask argv "
                                 "(set by the CLI); None = the Python call, filled in by run_pipeline")
@@ -105,13 +107,15 @@ def nearest(name: str, choices) -> str:
     return f" (did you mean {close[0]}?)" if close else ""
 
 
-def resolve_stage_config(stage_module, cfg: RunConfig):
-    """Build a stage's Config from its budget preset and the user's overrides; any bad value is one line."""
+def resolve_stage_config(stage_module, cfg: RunConfig, recipe: dict | None = None):
+    """Build a stage's Config from its budget preset, a recipe's options (`agmask.tuning.recipe`) and the user's
+    overrides, each over the one before; any bad value is one line."""
     config_cls = getattr(stage_module, "Config", None)
     if config_cls is None:
         return None
     name = stage_module.NAME
     values = dict(getattr(stage_module, "PRESETS", {}).get(cfg.budget, {}))
+    values.update(recipe or {})
     overrides = cfg.overrides.get(name, {})
     known = [f.name for f in dataclasses.fields(config_cls)]
     unknown = sorted(set(overrides) - set(known))

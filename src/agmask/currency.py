@@ -79,12 +79,16 @@ def input_parts(session, name: str) -> dict:
         "stage": name,
         "agmask": __version__,
         "core": session.cfg.core(),
-        "stage_config": config_json(resolve_stage_config(module, session.cfg)),
+        "stage_config": config_json(session.stage_config(name)),  # with the recipe's options (agmask.tuning.recipe)
         "concept": sha256_text(session.concept.text),
         "model_sha256": session.model_sha256 or manifest(session.run_dir)["model"]["sha256"],
         "prior_adapters": [str(p) for p in session.prior_adapters],
         "upstream": upstream,
     }
+    reads = getattr(module, "READS_OPTIONS", ())
+    if reads:  # a stage that works with other stages' options (tune): theirs as the user set them, without a recipe
+        parts["options_of"] = {other: config_json(resolve_stage_config(_registry().stage_module(other), session.cfg))
+                               for other in reads}
     if uses(module):
         parts["uses"] = {u: (read_done(session.run_dir, u) or {}).get("outputs") for u in uses(module)}
     return parts
@@ -108,7 +112,8 @@ def recorded_inputs(parts: dict) -> dict:
 
 _WHAT = {"concept": "the concept file changed", "stage_config": "its options changed",
          "core": "the model, seed, dtype or budget changed", "model_sha256": "the model's weights changed",
-         "agmask": "agmask's version changed", "prior_adapters": "the earlier concepts' adapters changed"}
+         "agmask": "agmask's version changed", "prior_adapters": "the earlier concepts' adapters changed",
+         "options_of": "the options of the stages it tunes changed"}
 
 
 def stale_reason(done: dict, parts: dict) -> str:
@@ -121,8 +126,11 @@ def stale_reason(done: dict, parts: dict) -> str:
         was, now = json.loads(done["stage_config"]) or {}, json.loads(parts["stage_config"]) or {}
         changes = ", ".join(f"{k} {json.dumps(was.get(k))} -> {json.dumps(now.get(k))}"
                             for k in sorted(set(was) | set(now)) if was.get(k) != now.get(k))
+        from agmask.tuning.recipe import RECIPE_STAGES
+
+        recipe = ", or tune/choice.json changed them (--recipe)" if parts["stage"] in RECIPE_STAGES else ""
         reasons[reasons.index(_WHAT["stage_config"])] = (f"its options changed ({changes}; --set options are not "
-                                                         "remembered: give the ones it ran with)")
+                                                         f"remembered: give the ones it ran with{recipe})")
     for kind in ("upstream", "uses"):
         reasons += [f"stage {dep}'s results changed" for dep in new[kind] if old.get(kind, {}).get(dep) != new[kind][dep]]
     return "; ".join(reasons) or "its inputs changed"

@@ -8,7 +8,8 @@ EXTRA_OUTPUTS (top-level outputs besides DIR, e.g. `adapters`), optional Config/
 ones only when it succeeds, and dependants built on the old outputs lose their DONE markers.
 
 Optional stages (OPTIONAL_STAGES) are stages like any other, run by `agmask NAME` or `agmask run --with
-NAME`, never by a plain `agmask run`; they sit before `report` in pipeline order.
+NAME`, never by a plain `agmask run`; they sit before `report` in pipeline order (or where OPTIONAL_BEFORE
+says: `tune` before `attribute`).
 
 Several processes (`accelerate launch --multi_gpu --num_processes N`): every process runs the driver.
 Only the main process writes the manifest, artefacts and DONE markers. A stage with `PARALLEL = True`
@@ -43,17 +44,25 @@ __all__ = ["STAGES", "OPTIONAL_STAGES", "DONE", "all_stages", "ancestors", "stag
 
 # In pipeline order. `agmask run` runs them all.
 STAGES = ["baseline", "perturb", "probe", "attribute", "similarity", "mask", "unlearn", "evaluate", "report"]
-# Run only when asked (`agmask NAME`, `agmask run --with NAME`); placed before `report` in pipeline order.
-OPTIONAL_STAGES: list[str] = []
+# Run only when asked (`agmask NAME`, `agmask run --with NAME`); placed before `report` in pipeline order,
+# or before the stage OPTIONAL_BEFORE names (tune chooses options for attribute, mask and unlearn).
+OPTIONAL_STAGES: list[str] = ["tune"]
+OPTIONAL_BEFORE: dict[str, str] = {"tune": "attribute"}
 # What produced the results (agmask.provenance): in every DONE marker, and in the manifest for the latest
 # invocation that completed a stage (written after the stage commits, so a failed stage changes nothing).
 PROVENANCE = ("command", "commit")
 
 
 def all_stages() -> list[str]:
-    """Every stage in pipeline order: the default ones with the optional ones before `report`."""
-    cut = STAGES.index("report") if "report" in STAGES else len(STAGES)
-    return [*STAGES[:cut], *[s for s in OPTIONAL_STAGES if s not in STAGES], *STAGES[cut:]]
+    """Every stage in pipeline order: the default ones with each optional one before `report` (or before the
+    stage OPTIONAL_BEFORE names)."""
+    order = list(STAGES)
+    for s in OPTIONAL_STAGES:
+        if s in order:
+            continue
+        before = OPTIONAL_BEFORE.get(s, "report")
+        order.insert(order.index(before) if before in order else len(order), s)
+    return order
 
 
 def stage_module(name: str) -> ModuleType:
@@ -97,6 +106,7 @@ def write_manifest(session: Session) -> dict:
                     "sha256": sha256_text(session.concept.text)},
         "seed": cfg.seed, "budget": cfg.budget, "device": cfg.device, "dtype": cfg.dtype,
         "prior_adapters": [str(p) for p in session.prior_adapters],
+        "recipe": {k: v for k, v in session.recipe().record().items() if k in ("name", "trial")},
     }
     old = read_json(path) if path.is_file() else None
     if old:  # the provenance is recorded once a stage has completed (record_provenance), not before

@@ -19,6 +19,7 @@ class Session:
     prior_adapters: list[Path] = field(default_factory=list)  # incremental mode: earlier concepts' adapters
     model_sha256: str | None = None  # identifies the weights (set by the driver; else read from the manifest)
     _loaded: tuple | None = None
+    _recipe: tuple | None = None  # (what it was computed from, Recipe)
 
     @classmethod
     def create(cls, cfg: RunConfig, concept: str | None = None, run_dir: Path | None = None,
@@ -74,9 +75,24 @@ class Session:
         model, tokenizer, info = self._loaded
         self._loaded = (base, tokenizer, info)
 
+    def recipe(self):
+        """The recipe the attribute, mask and unlearn stages use (`agmask.tuning.recipe`); a choice that is not
+        applied is explained once in the log."""
+        from agmask.tuning.recipe import recipe_for, recipe_key
+
+        key = recipe_key(self)
+        if self._recipe is None or self._recipe[0] != key:
+            recipe = recipe_for(self)
+            if recipe.note:
+                self.reporter.log(recipe.note)
+            self._recipe = (key, recipe)
+        return self._recipe[1]
+
     def stage_config(self, name: str):
-        """The resolved Config of stage `name` (budget preset + overrides)."""
+        """The resolved Config of stage `name` (budget preset + the recipe's options + overrides)."""
         from agmask.config import resolve_stage_config
         from agmask.pipeline import stage_module
+        from agmask.tuning.recipe import RECIPE_STAGES
 
-        return resolve_stage_config(stage_module(name), self.cfg)
+        recipe = self.recipe().for_stage(name) if name in RECIPE_STAGES else None
+        return resolve_stage_config(stage_module(name), self.cfg, recipe)

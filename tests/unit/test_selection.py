@@ -1,5 +1,6 @@
 """Selection discipline by construction: a training view of a concept, and the bench selectors that use it
-never read an evaluation set (a spec whose evaluation sets explode when read goes through them)."""
+never read an evaluation set (a spec whose evaluation sets explode when read goes through them). `agmask tune`
+has the same test in test_tune.py."""
 from __future__ import annotations
 
 import importlib.util
@@ -62,15 +63,6 @@ def test_the_view_gives_training_data_and_refuses_every_evaluation_set(spec):
     assert training_view(view)._spec is spec
     with pytest.raises(AttributeError):
         view.name = "x"
-
-
-def test_tune_never_reads_an_evaluation_set(poisoned):
-    from agmask.models import load
-
-    model, tok, info = load("tiny:llama")
-    rows = _bench("tune").tune(model, tok, info, poisoned, [{"steps": 2, "batch_size": 2}],
-                               {"k": 12, "num_layers": 2}, log=lambda line: None)
-    assert len(rows) == 1 and rows[0]["steps"] == 2 and rows[0]["known_n"] >= 0
 
 
 def test_the_ablation_lambda_choice_never_reads_an_evaluation_set(poisoned):

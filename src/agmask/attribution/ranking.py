@@ -45,3 +45,29 @@ def top_neurons(scores: torch.Tensor, k: int, layers: list[int] | None = None) -
     values, flat = torch.topk(masked.flatten(), min(k, masked.numel()))
     width = scores.shape[1]
     return [(int(i) // width, int(i) % width, float(v)) for v, i in zip(values, flat) if v != float("-inf")]
+
+
+def score_tensors(forget, retain, lam: float = 1.0) -> dict[str, torch.Tensor]:
+    """Every score the mask can rank, from forget and retain `NeuronStats`: `{forget,retain}.{saliency,fisher}`,
+    `contrastive.{saliency,fisher}` and `combined`, each (L, I) (what attribute/scores.safetensors holds)."""
+    from agmask.attribution.registry import SCORES
+
+    tensors = {f"{which}.{s}": stats.mean(s) for which, stats in (("forget", forget), ("retain", retain))
+               for s in SCORES}
+    for s in SCORES:
+        tensors[f"contrastive.{s}"] = contrastive(forget.mean(s), retain.mean(s), lam)
+    tensors["combined"] = combined_score({s: forget.mean(s) for s in SCORES}, {s: retain.mean(s) for s in SCORES}, lam)
+    return tensors
+
+
+def layer_rankings(forget_sensitivity: torch.Tensor, combined: torch.Tensor, top_k: int) -> dict[str, list[int]]:
+    """The two layer orders the mask chooses layers by: `layers_by_sensitivity` (forget gradient norm, (L,)) and
+    `layers_by_top_neurons` (where the `top_k` best combined neurons sit; ties in layer order), with the count of
+    top neurons per layer (`top_neurons_per_layer`)."""
+    import numpy as np
+
+    top = top_neurons(combined, top_k)
+    per_layer = np.bincount([l for l, _, _ in top], minlength=combined.shape[0])
+    return {"layers_by_sensitivity": torch.argsort(forget_sensitivity, descending=True).tolist(),
+            "layers_by_top_neurons": [int(i) for i in np.argsort(-per_layer, kind="stable")],
+            "top_neurons_per_layer": per_layer.tolist()}

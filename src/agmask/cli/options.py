@@ -26,7 +26,7 @@ def _parse_set(values: tuple[str, ...]) -> dict[str, dict]:
 
 
 def run_options(fn):
-    """--model --concept --run-dir --seed --device --budget --gradient-checkpointing --force --set --quiet."""
+    """--model --concept --run-dir --seed --device --budget --gradient-checkpointing --force --recipe --set --quiet."""
     decorators = [
         click.option("--model", default=None, help="Model spec: embedded:NAME, tiny:llama|qwen2, a .gguf file, a "
                      "local directory or a Hugging Face id. Default: the run dir's manifest, else the embedded default."),
@@ -42,13 +42,17 @@ def run_options(fn):
         click.option("--gradient-checkpointing", is_flag=True, help="Recompute decoder layers in the training "
                      "backward: less memory, same loss, ~30% more compute (never used by attribution)."),
         click.option("--force", is_flag=True, help="Rerun stages even if they are up to date."),
+        click.option("--recipe", type=click.Choice(["auto", "defaults"]), default="auto", show_default=True,
+                     help="auto: attribute, mask and unlearn use `agmask tune`'s choice (tune/choice.json, when "
+                     "current) under your --set options; defaults: ignore it."),
         click.option("--set", "sets", multiple=True, metavar="STAGE.OPTION=VALUE", help="Override a stage option."),
         click.option("--quiet", "-q", is_flag=True, help="No progress bars."),
     ]
     return functools.reduce(lambda f, d: d(f), reversed(decorators), fn)
 
 
-def build_config(model, concepts, run_dir, seed, device, dtype, budget, force, sets, gradient_checkpointing=False, **_):
+def build_config(model, concepts, run_dir, seed, device, dtype, budget, force, sets, gradient_checkpointing=False,
+                 recipe="auto", **_):
     """Explicit options win; otherwise the run dir's manifest names the model and concept."""
     from agmask.config import make_run_config
     from agmask.rundir import RunDir
@@ -62,7 +66,8 @@ def build_config(model, concepts, run_dir, seed, device, dtype, budget, force, s
     if not concepts and recorded.get("concepts"):
         concepts = tuple(recorded["concepts"])
     kwargs = dict(run_dir=Path(run_dir), seed=seed, device=device, dtype=dtype, budget=budget, force=force,
-                  gradient_checkpointing=gradient_checkpointing, overrides=_parse_set(sets), command=_invocation())
+                  gradient_checkpointing=gradient_checkpointing, recipe=recipe, overrides=_parse_set(sets),
+                  command=_invocation())
     if model:
         kwargs["model"] = model
     if concepts:

@@ -120,13 +120,21 @@ def print_run_summary(run_dir: Path, stage: str | None = None) -> None:
         m = read_json(mask)
         console.print(f"mask: {m['selected']} of {m['total_mlp_neurons']} MLP neurons ({100 * m['fraction']:.2f}%) "
                       f"in layers {m['layers']}")
+    tune = run_dir / "tune" / "choice.json"
+    if tune.is_file() and stage in (None, "tune"):
+        from agmask.tuning.recipe import choice_line
+
+        console.print(choice_line(read_json(tune)))
     unlearn = run_dir / "unlearn" / "summary.json"
     if unlearn.is_file() and stage in (None, "unlearn"):
         u = read_json(unlearn)
         final = ", ".join(f"{k} {v:.3f}" for k, v in u["final"].items() if k not in ("step", "seconds"))
         console.print(f"unlearn: {u['method']}, {u['steps_run']} steps in {u['seconds']:.0f} s; final {final}; "
                       f"adapter {u['adapter_dir']} ({u['adapter_bytes'] / 1e6:.2f} MB, "
-                      f"{u['adapter_parameters']} parameters)")
+                      f"{u['adapter_parameters']} parameters)"
+                      + (f"; recipe {u['recipe']['name']}" + (f" (trial {u['recipe']['trial']})"
+                                                               if u["recipe"].get("trial") is not None else "")
+                         if u.get("recipe") else ""))
 
 
     perturb = run_dir / "perturb" / "stability.json"

@@ -23,7 +23,7 @@ class LoadedConcept:
 
 
 def training_halves(items: list) -> tuple[list, list]:
-    """A training set split in two for choosing options on training data only (bench/tune.py,
+    """A training set split in two for choosing options on training data only (`agmask tune`,
     bench/ablation.py): every other item, A from the first, B from the second."""
     items = list(items)
     return items[0::2], items[1::2]

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from agmask.attribution import POSITIONS, SCORES, combined_score, contrastive, neuron_stats, top_neurons
+from agmask.attribution import layer_rankings, neuron_stats, score_tensors, top_neurons
 from agmask.attribution import figures
 from agmask.config import NonNegativeFloat, NonNegativeInt, PositiveInt, stage_options
 from agmask.files import save_tensors, write_json
@@ -53,13 +53,8 @@ def run(cfg, run_dir: Path, session) -> None:
                               parallel=True, positions=conf.positions)
         retain = neuron_stats(model, tokenizer, spec, "retain_train", retain_items, conf.batch_size, advance=adv,
                               parallel=True, positions=conf.positions)
-    tensors = {f"{which}.{s}": stats.mean(s) for which, stats in (("forget", forget), ("retain", retain))
-               for s in SCORES}
-    for s in SCORES:
-        tensors[f"contrastive.{s}"] = contrastive(forget.mean(s), retain.mean(s), conf.retain_weight)
-    combined = combined_score({s: forget.mean(s) for s in SCORES}, {s: retain.mean(s) for s in SCORES},
-                              conf.retain_weight)
-    tensors["combined"] = combined
+    tensors = score_tensors(forget, retain, conf.retain_weight)
+    combined = tensors["combined"]
     out = Path(run_dir) / DIR
     save_tensors(out / "scores.safetensors", tensors)
 
@@ -67,7 +62,7 @@ def run(cfg, run_dir: Path, session) -> None:
     f_act, r_act = forget.activation_mean, retain.activation_mean  # (L, I)
     act_cos = torch.nn.functional.cosine_similarity(f_act, r_act, dim=1)  # (L,)
     top = top_neurons(combined, conf.top_k)
-    top_per_layer = np.bincount([l for l, _, _ in top], minlength=info.num_layers)
+    rankings = layer_rankings(forget.layer_sensitivity, combined, conf.top_k)  # the mask chooses layers by these
     layers = {
         "num_layers": info.num_layers, "intermediate_size": info.intermediate_size, "positions": conf.positions,
         "samples": {"forget_train": forget.n, "retain_train": retain.n},
@@ -78,9 +73,7 @@ def run(cfg, run_dir: Path, session) -> None:
         "retain_mean_fisher": retain.mean("fisher").mean(1).tolist(),
         "forget_saliency_mass": forget.mean("saliency").sum(1).tolist(),
         "activation_cosine_forget_retain": act_cos.tolist(),
-        "layers_by_sensitivity": torch.argsort(forget.layer_sensitivity, descending=True).tolist(),
-        "layers_by_top_neurons": [int(i) for i in np.argsort(-top_per_layer, kind="stable")],
-        "top_neurons_per_layer": top_per_layer.tolist(),
+        **rankings,
         "top_neurons": [{"layer": l, "unit": u, "combined": round(s, 6)} for l, u, s in top],
     }
     write_json(out / "layers.json", layers)

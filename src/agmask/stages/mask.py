@@ -12,7 +12,7 @@ chosen unit's group and effects).
 """
 from __future__ import annotations
 
-from dataclasses import field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
@@ -120,6 +120,37 @@ def causal_options(conf: Config, seed: int, k: int | None = None) -> CausalOptio
                          batch_size=conf.causal_batch_size, seed=seed)
 
 
+@dataclass
+class Selection:
+    """A chosen mask and what mask.json records about how it was chosen."""
+
+    mask: torch.Tensor  # (L, I) bool
+    layers: list[int]
+    header: dict  # method, selection, score, k (and the layer criterion of a causal selection)
+    extra: dict = field(default_factory=dict)  # more tensors for mask.safetensors (causal: candidates)
+    unit_effects: dict = field(default_factory=dict)  # causal: (layer, unit) -> its measured group
+    record: dict | None = None  # causal: the measured effects
+
+
+def select(conf: Config, score: torch.Tensor, rankings: dict, seed: int, log, causal=None) -> Selection:
+    """The mask `conf` asks for from a (L, I) attribution score and the attribution's layer rankings
+    (`layers_by_top_neurons`, `layers_by_sensitivity`). A causal selection needs `causal` = (model, tokenizer,
+    spec, reporter): it mean-ablates candidates on the spec's training sets."""
+    if conf.selection == "causal":
+        model, tokenizer, spec, reporter = causal
+        k = default_k(conf, score.shape[1], log)
+        chosen = causal_selection(model, tokenizer, spec, score, causal_options(conf, seed, k), reporter)
+        return Selection(chosen.mask, sorted(torch.nonzero(chosen.mask.any(1)).flatten().tolist()),
+                         {"method": "causal", "selection": "causal", "score": conf.score, "k": k,
+                          "layer_criterion": "causal sweep" if chosen.record["layer_sweep"] else "given"},
+                         {"candidates": chosen.candidates},
+                         {key: chosen.groups[i] for key, i in chosen.unit_groups.items()}, chosen.record)
+    layers = choose_layers(rankings[LAYER_CRITERIA[conf.layer_criterion]], conf.num_layers, conf.layers, score.shape[0])
+    k = effective_k(conf, layers, score.shape[1], log)
+    mask = mask_from_scores(score, layers, conf.method, k, conf.threshold)
+    return Selection(mask, layers, {"method": conf.method, "selection": "score", "score": conf.score, "k": k})
+
+
 def run(cfg, run_dir: Path, session) -> None:
     conf: Config = session.stage_config(NAME)
     attribute = Path(run_dir) / "attribute"
@@ -127,23 +158,14 @@ def run(cfg, run_dir: Path, session) -> None:
     if conf.score not in scores:
         raise StageError(f"mask.score={conf.score!r} is not an attribution score (have: {', '.join(sorted(scores))})")
     score = scores[conf.score]  # (L, I)
-    extra, unit_effects = {}, {}
+    causal = None
     if conf.selection == "causal":
         model, tokenizer, _ = session.model()
-        k = default_k(conf, score.shape[1], session.reporter.log)
-        chosen = causal_selection(model, tokenizer, session.spec, score, causal_options(conf, cfg.seed, k),
-                                  session.reporter)
-        mask, layers = chosen.mask, sorted(torch.nonzero(chosen.mask.any(1)).flatten().tolist())
-        extra = {"candidates": chosen.candidates}
-        unit_effects = {key: chosen.groups[i] for key, i in chosen.unit_groups.items()}
-        header = {"method": "causal", "selection": "causal", "score": conf.score, "k": k,
-                  "layer_criterion": "causal sweep" if chosen.record["layer_sweep"] else "given"}
-    else:
-        ranking = read_json(attribute / "layers.json")[LAYER_CRITERIA[conf.layer_criterion]]
-        layers = choose_layers(ranking, conf.num_layers, conf.layers, score.shape[0])
-        k = effective_k(conf, layers, score.shape[1], session.reporter.log)
-        mask = mask_from_scores(score, layers, conf.method, k, conf.threshold)
-        header = {"method": conf.method, "selection": "score", "score": conf.score, "k": k}
+        causal = (model, tokenizer, session.spec, session.reporter)
+    rankings = {} if causal else read_json(attribute / "layers.json")
+    chosen = select(conf, score, rankings, cfg.seed, session.reporter.log, causal)
+    mask, layers, extra, unit_effects, header = (chosen.mask, chosen.layers, chosen.extra, chosen.unit_effects,
+                                                 chosen.header)
     random = random_mask_like(mask, torch.Generator().manual_seed(cfg.seed))
     out = Path(run_dir) / DIR
     save_tensors(out / "mask.safetensors",
@@ -163,5 +185,5 @@ def run(cfg, run_dir: Path, session) -> None:
     write_json(out / "mask.json", {
         **header, "layers": layers, "selected": int(mask.sum()),
         "total_mlp_neurons": total, "fraction": int(mask.sum()) / total, "per_layer": per_layer,
-        **({"causal": chosen.record} if conf.selection == "causal" else {}),
+        **({"causal": chosen.record} if chosen.record is not None else {}),
     })

@@ -113,6 +113,7 @@ def run(cfg, run_dir: Path, session) -> None:
         "total_mlp_neurons": info.num_layers * info.intermediate_size,
         "adapter_dir": str(out_dir.relative_to(run_dir)), "adapter_bytes": size, "adapter_parameters": n_trainable,
         "prior_adapters": [str(p) for p in session.prior_adapters],
+        "recipe": session.recipe().record(),  # defaults, or tune/choice.json's trial (`--recipe`)
     })
     loss_curves(out / "loss.png", rows, f"{method.name} on {session.spec.name}: loss terms per step")
 

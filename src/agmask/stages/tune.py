@@ -1,0 +1,85 @@
+"""Optional stage tune: choose the recipe (attribute, mask and unlearn options) on the training halves only.
+
+Attribution, mask and training on half A of forget_train / retain_train (/ recommend_train), forgetting and
+locality on half B, never an evaluation set (the concept is read through `training_view`). An Optuna
+search (`agmask.tuning.search`) runs `tune.trials` trials; the rule in `agmask.tuning.rule` (and
+docs/TUNING.md) picks one. Writes `tune/trials.jsonl` (every trial: options, half-B measurements,
+constraints, seconds), `tune/choice.json` (the chosen options per stage, the rule, the trial),
+`tune/trials.png`, and the study itself, `tune/optuna.db` (a rerun resumes it). Under `--recipe auto` (the
+default) the attribute, mask and unlearn stages apply the choice under the user's `--set` options.
+"""
+from __future__ import annotations
+
+from dataclasses import field
+from pathlib import Path
+
+from agmask.config import PositiveInt, stage_options
+from agmask.errors import StageError
+from agmask.files import write_json, write_jsonl
+
+NAME = "tune"
+DIR = "tune"
+DEPENDS: tuple[str, ...] = ()
+READS_OPTIONS = ("attribute", "mask", "unlearn")  # their options (without a recipe) are part of its input hash
+RESUMABLE = True  # an interrupted search continues from tune/optuna.db
+
+
+@stage_options
+class Config:
+    trials: PositiveInt = field(default=24, metadata={
+        "help": "trials the search runs in all (finished ones in tune/optuna.db count: raise it to continue a search)"})
+    startup_trials: PositiveInt = field(default=8, metadata={
+        "help": "trials drawn at random (the starting points included) before TPE models the results"})
+    start_points: bool = field(default=True, metadata={
+        "help": "try the stages' defaults and the README's measured recipe first"})
+    search_localisation: bool = field(default=True, metadata={
+        "help": "also search attribute.positions and mask.selection (each new value costs an attribution on half A "
+                "or a causal selection)"})
+
+
+# demo: 4 trials of ~3.5 min on the default model (20 training steps, ~1 min half-B scoring) after ~2 min of base
+# scoring and attribution: under 20 minutes on 2 cores. The two starting points plus two sampled trials.
+PRESETS = {"demo": {"trials": 4, "search_localisation": False}, "full": {}}
+
+
+def run(cfg, run_dir: Path, session) -> None:
+    from agmask.tuning.figures import trials_figure
+    from agmask.tuning.recipe import options_text
+    from agmask.tuning.rule import CONSTRAINTS, RULE, choose
+    from agmask.tuning.search import describe_space, search
+
+    conf: Config = session.stage_config(NAME)
+    out = Path(run_dir) / DIR
+    out.mkdir(parents=True, exist_ok=True)
+    if not cfg.force:  # --force: a new search
+        _continue_finished_search(Path(run_dir), out)
+    rows, setup = search(session, conf, out, session.reporter.log)
+    write_jsonl(out / "trials.jsonl", rows)
+    chosen = choose(rows)
+    if chosen is None:
+        raise StageError(f"tune: none of the {len(rows)} trials completed (see their errors in "
+                         f"{out / 'trials.jsonl'}); fix the options they name and rerun `agmask tune`")
+    write_json(out / "choice.json", {
+        "options": chosen["options"], "trial": chosen, "rule": RULE,
+        "constraints": {c.name: c.text for c in CONSTRAINTS}, "meets_every_constraint": chosen["feasible"],
+        "trials": len(rows), "study": setup.study_name, "space": describe_space(setup.plan), "budget": cfg.budget,
+    })
+    trials_figure(out / "trials.png", rows, chosen,
+                  f"tune on {session.spec.name}: {len(rows)} trials (half B of the training sets)")
+    session.reporter.log(f"tune: chose trial {chosen['trial']} ({chosen['start']}; "
+                         f"{'meets every constraint' if chosen['feasible'] else 'the least violating'}): "
+                         + options_text(chosen["options"]))
+
+
+def _continue_finished_search(run_dir: Path, out: Path) -> None:
+    """A fresh staging folder starts from the last finished search's study (and base scores), so raising
+    tune.trials continues it; a search with other settings makes its own study in the same file."""
+    import shutil
+
+    from agmask.currency import real_run_dir
+    from agmask.tuning.search import BASE_FILE, STUDY_DB
+
+    finished = real_run_dir(run_dir) / DIR
+    for name in (STUDY_DB, BASE_FILE):
+        if (finished / name).is_file() and not (out / name).exists():
+            shutil.copy2(finished / name, out / name)

@@ -1,0 +1,125 @@
+"""What a trial is judged by: forgetting and locality on half B of the training sets (never an evaluation set).
+
+`measure` scores a model on half B: the forget prompts under each answer lead the training sets use
+(`The movie is "`, `The answer is "`, ...), the retain prompts, and the recommendation prompts' candidate
+log-probs when the concept has `recommend_train`. `compare` turns a base and an adapted measurement into
+the numbers the selection rule reads (`agmask.tuning.rule`):
+
+- forgetting on the base-known forget prompts (base first-token rank <= 5 under that lead; all prompts when
+  none is base-known, flagged by `rank_set`): MC top-1 rate and share under each prompt's own lead, median
+  first-token rank under each training lead and its worst (lowest) lead, mean answer log-prob change;
+- locality: mean |change| of the answer log-prob on neighbour-type retain prompts (the answer is a candidate
+  title) and on the general ones; the neighbour-type MC top-1 count on the prompts the base did not answer
+  with the concept, before and after;
+- recommendations (half B of `recommend_train`): the concept's candidate share, KL over the other candidates
+  (concept removed, renormalised), the share of prompts whose top remaining title is unchanged.
+"""
+from __future__ import annotations
+
+import math
+import statistics
+from dataclasses import dataclass
+
+import torch
+
+from agmask.concepts import training_halves
+from agmask.concepts.schema import PromptItem
+from agmask.evaluate.metrics_recommend import preference_stats
+from agmask.scoring import BASE_KNOWN_RANK, candidate_logprobs, score_items
+from agmask.unlearn.data import training_leads
+
+
+@dataclass(frozen=True)
+class Halves:
+    """The training sets split in two (`concepts.training_halves`): A fits, B judges."""
+
+    forget_a: list[PromptItem]
+    forget_b: list[PromptItem]
+    retain_a: list[PromptItem]
+    retain_b: list[PromptItem]
+    recommend_a: list[PromptItem]
+    recommend_b: list[PromptItem]
+    leads: list[str]  # every answer lead the training sets use, forget_train's first
+
+    @classmethod
+    def of(cls, spec) -> "Halves":
+        """`spec` is a training view: an evaluation set read here is an error."""
+        forget_a, forget_b = training_halves(spec.forget_train)
+        retain_a, retain_b = training_halves(spec.retain_train)
+        recommend_a, recommend_b = training_halves(spec.recommend_train)
+        return cls(forget_a, forget_b, retain_a, retain_b, recommend_a, recommend_b,
+                   training_leads(spec, spec.forget_train, spec.retain_train))
+
+    def fit_spec(self, spec):
+        """The view training and attribution read: half A of every training set."""
+        return spec.model_copy(update={"forget_train": self.forget_a, "retain_train": self.retain_a,
+                                       "recommend_train": self.recommend_a})
+
+
+def _row(score) -> dict:
+    return {"logprob": score.answer_logprob, "rank": score.first_token_rank, "share": score.mc_share,
+            "top1": score.mc_top1, "top": score.mc_top}
+
+
+def measure(model, tokenizer, spec, halves: Halves) -> dict:
+    """Half-B rows of `model` (JSON-ready): `forget` (own leads), `forget_by_lead`, `retain`, `recommend`."""
+    def rows(set_name: str, items: list[PromptItem]) -> list[dict]:
+        return [_row(s) for s in score_items(model, tokenizer, spec, set_name, items)]
+
+    by_lead = {lead: rows("forget_train", [it.model_copy(update={"lead": lead}) for it in halves.forget_b])
+               for lead in halves.leads}
+    own = {spec.lead_for("forget_train", it) for it in halves.forget_b}
+    forget = by_lead[next(iter(own))] if len(own) == 1 and next(iter(own)) in by_lead else \
+        rows("forget_train", halves.forget_b)
+    recommend = [candidate_logprobs(model, tokenizer, spec, "recommend_train", it) for it in halves.recommend_b]
+    return {"forget": forget, "forget_by_lead": by_lead, "retain": rows("retain_train", halves.retain_b),
+            "recommend": recommend}
+
+
+def _mean(values) -> float | None:
+    values = list(values)
+    return statistics.fmean(values) if values else None
+
+
+def _known(base_rows: list[dict]) -> tuple[list[int], str]:
+    """Indices of the base-known prompts, or of every prompt when none is (and which it is)."""
+    known = [i for i, r in enumerate(base_rows) if r["rank"] <= BASE_KNOWN_RANK]
+    return (known, "base_known") if known else (list(range(len(base_rows))), "all")
+
+
+def compare(base: dict, after: dict, spec) -> dict:
+    """The half-B numbers of an adapted model against the base (see the module docstring)."""
+    known, rank_set = _known(base["forget"])
+    fa = [after["forget"][i] for i in known]
+    ranks = {}
+    for lead, base_rows in base["forget_by_lead"].items():
+        idx, _ = _known(base_rows)
+        ranks[lead] = statistics.median(after["forget_by_lead"][lead][i]["rank"] for i in idx) if idx else None
+    defined = [r for r in ranks.values() if r is not None]
+    delta = [a["logprob"] - b["logprob"] for a, b in zip(after["retain"], base["retain"])]
+    neighbour = [i for i, r in enumerate(base["retain"]) if r["share"] is not None]
+    general = [i for i, r in enumerate(base["retain"]) if r["share"] is None]
+    other_pick = [i for i in neighbour if not spec.is_concept_answer(base["retain"][i]["top"] or "")]
+    out = {
+        "known_n": len(known), "rank_set": rank_set,
+        "mc_top1": _mean(float(r["top1"]) for r in fa if r["top1"] is not None),
+        "mc_share": _mean(r["share"] for r in fa if r["share"] is not None),
+        "chance_share": 1 / len(spec.candidates),
+        "median_rank_by_lead": ranks,
+        "worst_lead_rank": min(defined) if defined else None,
+        "forget_logprob_change": _mean(a["logprob"] - b["logprob"] for a, b in zip(after["forget"], base["forget"])),
+        "neighbour_n": len(neighbour), "neighbour_abs": _mean(abs(delta[i]) for i in neighbour),
+        "general_n": len(general), "general_abs": _mean(abs(delta[i]) for i in general),
+        "neighbour_top1": {"n": len(other_pick), "base": sum(bool(base["retain"][i]["top1"]) for i in other_pick),
+                           "after": sum(bool(after["retain"][i]["top1"]) for i in other_pick)},
+        "recommend": None,
+    }
+    pairs = [(b, a) for b, a in zip(base["recommend"], after["recommend"]) if b is not None and a is not None]
+    if pairs and spec.concept_candidates():
+        stats = preference_stats(torch.tensor([b for b, _ in pairs], dtype=torch.float64),
+                                 torch.tensor([a for _, a in pairs], dtype=torch.float64),
+                                 list(spec.candidates), spec.concept_candidates())
+        out["recommend"] = {"n": stats["n"], "chance_share": stats["chance_share"],
+                            "base_share": stats["base"]["concept_share"], "share": stats["adapted"]["concept_share"],
+                            "kl_rest": stats["kl_remaining_mean"], "top_kept": stats["top_remaining_unchanged"]}
+    return {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in out.items()}
