@@ -13,9 +13,9 @@ from agmask.config import option_rows
 from agmask.pipeline import all_stages, stage_module
 
 README = Path(__file__).resolve().parents[2] / "README.md"
-# Optional stages the README describes as their issues define them (15, 16, 18) while other branches build them;
+# Optional stages the README describes as their issues define them (15, 18) while another branch builds them;
 # remove a name once its command is in main.
-PENDING = {"tune", "compare", "ablate"}
+PENDING = {"compare", "ablate"}
 
 
 def _blocks(language: str) -> list[str]:

@@ -142,9 +142,10 @@ def test_a_missing_list_says_how_to_give_runs(tmp_path, capsys):
 
 
 def test_run_dirs_on_the_command_line_get_the_given_label(tmp_path, capsys):
-    run = _run_dir(tmp_path)
+    run = _run_dir(tmp_path, recipe={"name": "tune", "trial": 3})
     out = tmp_path / "docs" / "RESULTS.md"
     assert main(["results", str(run), "--label", "placeholder", "--purpose", "Layout only.", "--out", str(out)]) == 0
     page = out.read_text()
     assert "**placeholder** (a tiny random model" in page and "Layout only." in page
+    assert "budget `demo`; seed `0`; recipe `tune` (tune trial 3)." in page
     assert f"{out}: 1 run(s)" in capsys.readouterr().out

@@ -117,6 +117,10 @@ def _facts(run: RunView) -> str:
     elif m.get("concepts"):
         parts.append("concepts " + ", ".join(code(str(c)) for c in m["concepts"]))
     parts += [f"{key} {code(str(m[key]))}" for key in ("budget", "seed", "device") if m.get(key) is not None]
+    recipe = m.get("recipe") or {}
+    if recipe.get("name"):
+        parts.append(f"recipe {code(str(recipe['name']))}"
+                     + (f" (tune trial {recipe['trial']})" if recipe.get("trial") is not None else ""))
     return "; ".join(parts)
 
 
