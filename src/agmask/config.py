@@ -67,6 +67,8 @@ class RunConfig(BaseModel):
     recipe: Literal["auto", "defaults"] = Field("auto", description="auto: apply tune/choice.json (when current) "
                                                 "under the --set options; defaults: ignore it")
     overrides: dict[str, dict[str, Any]] = Field(default_factory=dict, description="per-stage option overrides")
+    command: str | None = Field(None, description="the invocation recorded with the results: the agmask argv "
+                                "(set by the CLI); None = the Python call, filled in by run_pipeline")
 
     @field_validator("concepts")
     @classmethod

@@ -17,6 +17,7 @@ from agmask.distributed import barrier, is_main
 from agmask.errors import AgmaskError
 from agmask.files import read_jsonl, write_json
 from agmask.progress import Reporter
+from agmask.provenance import source_commit
 from agmask.rundir import RunDir
 from agmask.scoring import BASE_KNOWN_RANK, score_items
 from agmask.session import Session
@@ -91,7 +92,7 @@ def run_incremental(cfg: RunConfig, stages: list[str], reporter: Reporter,
     if is_main():  # several processes: each scored the regression rows; the main one writes them
         write_json(top.manifest, {
             "concepts": [s.concept.source.removeprefix("shipped:") for s in sessions], "model": {"spec": cfg.model},
-            "runs": [str(s.run_dir) for s in sessions]})
+            "runs": [str(s.run_dir) for s in sessions], "command": cfg.command, "commit": source_commit()})
         if regression:
             write_json(top.regression, regression)
     barrier()

@@ -36,6 +36,7 @@ from agmask.currency import (check_upstream, digest, hash_of, input_hash, input_
 from agmask.errors import AgmaskError
 from agmask.files import read_json, sha256_text, write_json
 from agmask.progress import SILENT, Reporter
+from agmask.provenance import api_call, source_commit
 from agmask.rundir import DONE, RunDir
 from agmask.session import Session
 
@@ -48,6 +49,9 @@ STAGES = ["baseline", "perturb", "probe", "attribute", "similarity", "mask", "un
 # or before the stage OPTIONAL_BEFORE names (tune chooses options for attribute, mask and unlearn).
 OPTIONAL_STAGES: list[str] = ["tune", "ablate", "compare"]
 OPTIONAL_BEFORE: dict[str, str] = {"tune": "attribute"}
+# What produced the results (agmask.provenance): in every DONE marker, and in the manifest for the latest
+# invocation that completed a stage (written after the stage commits, so a failed stage changes nothing).
+PROVENANCE = ("command", "commit")
 
 
 def all_stages() -> list[str]:
@@ -106,6 +110,8 @@ def write_manifest(session: Session) -> dict:
         "recipe": {k: v for k, v in session.recipe().record().items() if k in ("name", "trial")},
     }
     old = read_json(path) if path.is_file() else None
+    if old:  # the provenance is recorded once a stage has completed (record_provenance), not before
+        data.update({key: old[key] for key in PROVENANCE if key in old})
     if old and not cfg.force:
         for key in ("model", "concept"):
             if old[key]["spec" if key == "model" else "name"] != data[key]["spec" if key == "model" else "name"]:
@@ -116,6 +122,19 @@ def write_manifest(session: Session) -> dict:
         write_json(path, data)
     distributed.barrier()
     return data
+
+
+def provenance(session: Session, stage: str) -> dict:
+    """The command that runs `stage` now (the CLI's argv, else the Python call) and the source's commit."""
+    return {"command": session.cfg.command or api_call(session.cfg, [stage]), "commit": source_commit()}
+
+
+def record_provenance(run_dir: Path, recorded: dict) -> None:
+    """After a stage committed: the manifest names the command and commit that last completed a stage."""
+    path = RunDir(run_dir).manifest
+    data = read_json(path)
+    if {key: data.get(key) for key in PROVENANCE} != recorded:
+        write_json(path, {**data, **recorded})
 
 
 def check_manifest(session: Session) -> None:
@@ -213,10 +232,12 @@ def run_stage(session: Session, name: str) -> bool:
     elapsed = time.perf_counter() - start
     if main:
         outputs = output_hashes(view, module)
+        made_by = provenance(session, name)
         transaction.commit(real, view, module, {
             "stage": name, "input_hash": expected, "inputs": recorded_inputs(parts),
             "stage_config": parts["stage_config"], "seconds": round(elapsed, 2),
-            "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S"), "outputs": outputs})
+            "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S"), **made_by, "outputs": outputs})
+        record_provenance(real, made_by)
         if done is None or digest(done.get("outputs")) != digest(outputs):
             stale = invalidate_dependants(real, name)
             if stale:
@@ -234,6 +255,8 @@ def run_pipeline(cfg: RunConfig, stages: list[str] | None = None, reporter: Repo
     files, model); nothing is written before that, the manifest included."""
     from agmask.preflight import preflight
 
+    if cfg.command is None:  # called from Python: record the call itself
+        cfg = cfg.model_copy(update={"command": api_call(cfg, stages)})
     stages = list(stages or STAGES)
     for s in stages:
         stage_module(s)  # unknown names fail before any work

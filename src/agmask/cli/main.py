@@ -1,6 +1,7 @@
 """`agmask` entry point: user mistakes end in one line on stderr and a non-zero exit, never a traceback."""
 from __future__ import annotations
 
+import shlex
 import sys
 
 import click
@@ -8,6 +9,7 @@ import click
 from agmask import __version__
 from agmask.cli.models_cmd import models_command
 from agmask.cli.report_cmd import report_command
+from agmask.cli.results_cmd import results_command
 from agmask.cli.stages_cmd import register_stage_commands, run_command
 from agmask.errors import AgmaskError
 
@@ -20,13 +22,15 @@ def cli() -> None:
 
 cli.add_command(run_command)
 cli.add_command(models_command)
+cli.add_command(results_command)
 cli.add_command(report_command)  # before the stage commands: it replaces the generic one
 register_stage_commands(cli)
 
 
 def main(argv: list[str] | None = None) -> int:
-    try:
-        cli.main(args=argv, prog_name="agmask", standalone_mode=False)
+    args = [str(a) for a in (sys.argv[1:] if argv is None else argv)]
+    try:  # the invocation travels in the context: the driver records it with the results
+        cli.main(args=args, prog_name="agmask", standalone_mode=False, obj={"command": shlex.join(["agmask", *args])})
     except click.exceptions.Abort:
         click.echo("aborted", err=True)
         return 130

@@ -66,12 +66,20 @@ def build_config(model, concepts, run_dir, seed, device, dtype, budget, force, s
     if not concepts and recorded.get("concepts"):
         concepts = tuple(recorded["concepts"])
     kwargs = dict(run_dir=Path(run_dir), seed=seed, device=device, dtype=dtype, budget=budget, force=force,
-                  gradient_checkpointing=gradient_checkpointing, recipe=recipe, overrides=_parse_set(sets))
+                  gradient_checkpointing=gradient_checkpointing, recipe=recipe, overrides=_parse_set(sets),
+                  command=_invocation())
     if model:
         kwargs["model"] = model
     if concepts:
         kwargs["concepts"] = list(concepts)
     return make_run_config(**kwargs)
+
+
+def _invocation() -> str | None:
+    """The `agmask ...` command line `main` put in the click context (None when called some other way)."""
+    ctx = click.get_current_context(silent=True)
+    obj = ctx.find_root().obj if ctx is not None else None
+    return obj.get("command") if isinstance(obj, dict) else None
 
 
 def _recorded(manifest_path: Path) -> dict:
