@@ -18,10 +18,11 @@ import argparse
 import json
 import os
 import sys
-import tempfile
 import threading
 import time
 from pathlib import Path
+
+from benchkit import add_run_options, open_session
 
 
 def _status_kb(field: str) -> int:
@@ -81,39 +82,15 @@ def _cuda_reset(device: str) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", default="embedded:smollm2-135m-instruct")
-    ap.add_argument("--concept", default="inception")
-    ap.add_argument("--budget", default="demo", choices=["demo", "full"])
-    ap.add_argument("--device", default="cpu")
-    ap.add_argument("--dtype", default=None)
-    ap.add_argument("--run-dir", type=Path, default=None, help="default: a fresh temporary directory")
-    ap.add_argument("--stages", default="", help="comma-separated stages (default: all)")
-    ap.add_argument("--set", dest="sets", action="append", default=[], metavar="STAGE.OPTION=VALUE")
-    ap.add_argument("--force", action="store_true")
+    add_run_options(ap, "embedded:smollm2-135m-instruct")
     ap.add_argument("--json", type=Path, default=None, help="also write the table as JSON here")
-    ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's choice); on a "
-                    "machine shared with another job, 1 avoids oversubscription")
     args = ap.parse_args()
 
     import torch
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    from agmask.pipeline import run_stage, write_manifest
 
-    from agmask.cli.options import _parse_set
-    from agmask.config import RunConfig
-    from agmask.pipeline import STAGES, run_stage, write_manifest
-    from agmask.progress import SILENT
-    from agmask.session import Session
-
-    stages = [s for s in args.stages.split(",") if s] or STAGES
-    tmp = None
-    if args.run_dir is None:
-        tmp = tempfile.TemporaryDirectory(prefix="agmask-bench-")
-        args.run_dir = Path(tmp.name) / "run"
-    cfg = RunConfig(model=args.model, concepts=[args.concept], run_dir=args.run_dir, device=args.device,
-                    dtype=args.dtype, budget=args.budget, force=args.force, overrides=_parse_set(tuple(args.sets)))
-    session = Session.create(cfg, reporter=SILENT)
+    session, stages, tmp = open_session(args, "agmask-bench-")
     rows = []
     with RssSampler() as rss:
         def timed(name: str, fn) -> None:
@@ -127,7 +104,7 @@ def main() -> None:
             print(f"  {name:<11} {rows[-1]['wall_s']:7.1f} s", file=sys.stderr, flush=True)
 
         print(f"bench: {args.model}, --budget {args.budget}, {args.device}, torch threads "
-              f"{torch.get_num_threads()}, run dir {args.run_dir}", file=sys.stderr, flush=True)
+              f"{torch.get_num_threads()}, run dir {session.run_dir}", file=sys.stderr, flush=True)
         timed("load", lambda: (write_manifest(session), session.model()))
         for name in stages:
             timed(name, lambda n=name: run_stage(session, n))
