@@ -23,7 +23,8 @@ summary's worst-attack line reads every metric of kind "attack".
 from __future__ import annotations
 
 import statistics
-from functools import partial
+from functools import partial, wraps
+from typing import Callable
 
 import torch.nn as nn
 
@@ -143,6 +144,33 @@ def scored_entry(ctx: EvalContext, ref: dict, attacked: dict, **extra) -> dict:
                                     "attacked": attacked["view"]}, **extra)
 
 
+def attack_result(ctx: EvalContext, variants: dict, **info) -> dict:
+    """An attack metric's value: the attacked set and its size, the threshold, what it did (`info`), the variants."""
+    return {"set": ATTACK_SET, "n": len(ctx.items(ATTACK_SET)), "near_zero_nats": ctx.config.near_zero_nats, **info,
+            "variants": variants}
+
+
+def attack_skipped(reason: str) -> dict:
+    """An attack metric's value when it cannot or need not run (a note, not a result)."""
+    return {"set": ATTACK_SET, "skipped": reason, "variants": {}}
+
+
+def over_option(option: str, noun: str) -> Callable:
+    """Decorator of an attack metric run over the variants `evaluate.<option>` lists: `fn(ctx, chosen, ref)`,
+    `ref` the base and unlearned sides (`reference`); an empty list is skipped with the reason."""
+    def decorate(fn: Callable[[EvalContext, tuple, dict], dict]) -> Callable[[EvalContext], dict]:
+        @wraps(fn)
+        def run(ctx: EvalContext) -> dict:
+            chosen = getattr(ctx.config, option)
+            if not chosen:
+                return attack_skipped(f"no {noun} (evaluate.{option} is empty)")
+            return fn(ctx, chosen, reference(ctx))
+
+        return run
+
+    return decorate
+
+
 @metric("attack_quantization", "attack", report=partial(attack_tables, "attack_quantization"))
 def attack_quantization(ctx: EvalContext) -> dict:
     """Per-channel round-to-nearest quantisation of the merged fp32 LoRA-wrapped weights (int8, int4): recovered fraction."""
@@ -161,18 +189,14 @@ def attack_quantization(ctx: EvalContext) -> dict:
         variants[f"int{bits}"] = scored_entry(ctx, ref, attacked, quantized_base_logprob=quantized_base,
                                               recovered_fraction_vs_quantized_base=vs_qbase,
                                               max_abs_weight_error=max(err_merged, err_base))
-    return {"set": ATTACK_SET, "n": len(items), "near_zero_nats": ctx.config.near_zero_nats,
-            "scope": "LoRA-wrapped Linear weights only (merged adapter and base alike); other weights unchanged",
-            "variants": variants}
+    return attack_result(ctx, variants, scope="LoRA-wrapped Linear weights only (merged adapter and base alike); "
+                                              "other weights unchanged")
 
 
 @metric("attack_quantization_full", "attack", report=partial(attack_tables, "attack_quantization_full"))
-def attack_quantization_full(ctx: EvalContext) -> dict:
+@over_option("full_quant_schemes", "scheme")
+def attack_quantization_full(ctx: EvalContext, schemes: tuple[str, ...], ref: dict) -> dict:
     """Every linear weight of the merged model quantised (int8, int4, group-wise int4, NF4 where it runs): recovered fraction, MC top-1, share, rank."""
-    schemes = ctx.config.full_quant_schemes
-    if not schemes:
-        return {"set": ATTACK_SET, "skipped": "no scheme (evaluate.full_quant_schemes is empty)", "variants": {}}
-    ref = reference(ctx)
     device = next(ctx.model.parameters()).device
     variants = {}
     for scheme in schemes:
@@ -185,7 +209,5 @@ def attack_quantization_full(ctx: EvalContext) -> dict:
             attacked = score_attacked(ctx, model)
         variants[scheme] = scored_entry(ctx, ref, attacked, weights_quantized=stats["weights"],
                                         max_abs_weight_error=stats["max_abs_error"])
-    return {"set": ATTACK_SET, "n": len(ctx.items(ATTACK_SET)), "near_zero_nats": ctx.config.near_zero_nats,
-            "group_size": ctx.config.quant_group_size,
-            "scope": "every Linear weight of the model with the adapter merged in fp32 (lm_head included)",
-            "variants": variants}
+    return attack_result(ctx, variants, group_size=ctx.config.quant_group_size,
+                         scope="every Linear weight of the model with the adapter merged in fp32 (lm_head included)")

@@ -15,7 +15,7 @@ from typing import Callable
 import torch
 import torch.nn as nn
 
-from agmask.evaluate.attacks import ATTACK_SET, attack_tables, reference, score_attacked, scored_entry
+from agmask.evaluate.attacks import attack_result, attack_skipped, attack_tables, reference, score_attacked, scored_entry
 from agmask.evaluate.context import EvalContext
 from agmask.evaluate.internals import right_pad
 from agmask.evaluate.registry import metric
@@ -75,7 +75,7 @@ def relearn_steps(ctx: EvalContext, steps: int) -> list[float]:
 def attack_relearn(ctx: EvalContext) -> dict:
     """Relearning: k LoRA steps on related text (masks re-applied); recovered fraction of the answer log-prob."""
     if ctx.adapter is None:
-        return {"set": ATTACK_SET, "skipped": "no adapter handle (masks unknown)", "variants": {}}
+        return attack_skipped("no adapter handle (masks unknown)")
     ref = reference(ctx)
     snapshot = {n: p.detach().clone() for n, p in ctx.model.named_parameters() if "lora_" in n}
     k = ctx.config.relearn_steps
@@ -90,5 +90,4 @@ def attack_relearn(ctx: EvalContext) -> dict:
     entry = scored_entry(ctx, ref, attacked, steps=k, lr=ctx.config.relearn_lr, batch=ctx.config.relearn_batch,
                          first_loss=losses[0] if losses else None, last_loss=losses[-1] if losses else None,
                          masked=ctx.adapter.mask is not None)
-    return {"set": ATTACK_SET, "n": len(ctx.items(ATTACK_SET)), "near_zero_nats": ctx.config.near_zero_nats,
-            "variants": {f"k={k}": entry}}
+    return attack_result(ctx, {f"k={k}": entry})

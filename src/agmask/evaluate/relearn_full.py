@@ -22,7 +22,7 @@ import torch
 import torch.nn as nn
 from peft import LoraConfig, PeftModel
 
-from agmask.evaluate.attacks import ATTACK_SET, attack_tables, reference, score_attacked, scored_entry
+from agmask.evaluate.attacks import attack_result, attack_tables, over_option, score_attacked, scored_entry
 from agmask.evaluate.context import EvalContext
 from agmask.evaluate.metrics_utility import general_corpus
 from agmask.evaluate.quantize import lora_layers, swapped_linears
@@ -101,12 +101,9 @@ def control_sequences(tokenizer, like: list[list[int]]) -> list[list[int]]:
 
 
 @metric("attack_relearn_full", "attack", report=partial(attack_tables, "attack_relearn_full"))
-def attack_relearn_full(ctx: EvalContext) -> dict:
+@over_option("full_relearn_steps", "checkpoint")
+def attack_relearn_full(ctx: EvalContext, checkpoints: tuple[int, ...], ref: dict) -> dict:
     """Relearning without the mask: a fresh LoRA on every linear layer of the merged model, k steps on relearn passages (control: as much general text); recovered fraction, MC top-1, share, rank."""
-    checkpoints = ctx.config.full_relearn_steps
-    if not checkpoints:
-        return {"set": ATTACK_SET, "skipped": "no checkpoint (evaluate.full_relearn_steps is empty)", "variants": {}}
-    ref = reference(ctx)
     relearn = passage_ids(ctx.tokenizer, [it.prompt for it in ctx.spec.relearn])
     data = {"relearn": relearn, "control": control_sequences(ctx.tokenizer, relearn)}
     variants, info = {}, {}
@@ -123,8 +120,7 @@ def attack_relearn_full(ctx: EvalContext) -> dict:
 
             lm_train(ctx.model, params, sequences, max(checkpoints), ctx.config.relearn_batch,
                      ctx.config.full_relearn_lr, pad_id(ctx.tokenizer), on_step=measure)
-    return {"set": ATTACK_SET, "n": len(ctx.items(ATTACK_SET)), "near_zero_nats": ctx.config.near_zero_nats,
-            "scope": f"a fresh LoRA (r {ctx.config.full_relearn_r}) on every decoder Linear, the unlearning "
-                     "adapter merged; one run per data, measured at each checkpoint",
-            "checkpoints": list(checkpoints), "control": "general_corpus.txt windows of the relearn passages' "
-                                                         "token counts", **info, "variants": variants}
+    return attack_result(ctx, variants, scope=f"a fresh LoRA (r {ctx.config.full_relearn_r}) on every decoder Linear, "
+                                              "the unlearning adapter merged; one run per data, measured at each checkpoint",
+                         checkpoints=list(checkpoints),
+                         control="general_corpus.txt windows of the relearn passages' token counts", **info)

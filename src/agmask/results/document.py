@@ -57,32 +57,33 @@ class Section:
     render: Callable[[RunView], str | None]
 
 
-def _eval(fn: Callable[[dict], str | None]) -> Callable[[RunView], str | None]:
-    return lambda run: fn(run.metrics) if run.metrics else None
+def _metrics(title: str, fn: Callable[[dict], str | None]) -> Section:
+    """A section rendered from eval/metrics.json's metrics (absent: nothing to show)."""
+    return Section(title, "evaluate", "eval/metrics.json", lambda run: fn(run.metrics) if run.metrics else None)
 
 
-def _files(fn: Callable[[Path], str | None]) -> Callable[[RunView], str | None]:
-    return lambda run: fn(run.root)
+def _files(title: str, stage: str | None, source: str, fn: Callable[[Path], str | None]) -> Section:
+    """A section rendered from the run directory's files (`source` names them)."""
+    return Section(title, stage, source, lambda run: fn(run.root))
 
 
 # In page order: the verdict first, then what the model knew, the adapter, the details, the optional stages.
 SECTIONS = [
-    Section("Targets", "evaluate", "eval/metrics.json", _eval(evaluation.targets)),
-    Section("Baseline: what the base model knows", "baseline", "baseline/summary.json", _files(stages.baseline)),
-    Section("Rewording stability of the base model", "perturb", "perturb/stability.json", _files(stages.perturb)),
-    Section("Attribution and mask", "mask", "attribute/layers.json, mask/mask.json", _files(stages.attribution)),
-    Section("Adapter", "unlearn", "unlearn/summary.json", _files(stages.adapter)),
-    Section("Forgetting and locality per set", "evaluate", "eval/metrics.json", _eval(evaluation.per_set)),
-    Section("Adversarial wordings", "evaluate", "eval/metrics.json", _eval(evaluation.adversarial)),
-    Section("Answer formats", "evaluate", "eval/metrics.json", _eval(evaluation.formats)),
-    Section("Attacks", "evaluate", "eval/metrics.json", _eval(evaluation.attacks)),
-    Section("Recommendations", "evaluate", "eval/metrics.json", _eval(evaluation.recommendations)),
-    Section("Methods compared", "compare", "compare/compare.json", _files(stages.compare)),
-    Section("Causal check", "ablate", "ablate/ablation.json", _files(stages.ablate)),
-    Section("Recipe search on the training halves", "tune", "tune/trials.jsonl, tune/choice.json",
-            _files(stages.tune)),
-    Section("Stage timing", None, "*/DONE", _files(stages.timing)),
-    Section("Incremental: forgetting of every concept after each", None, "regression.json", _files(stages.regression)),
+    _metrics("Targets", evaluation.targets),
+    _files("Baseline: what the base model knows", "baseline", "baseline/summary.json", stages.baseline),
+    _files("Rewording stability of the base model", "perturb", "perturb/stability.json", stages.perturb),
+    _files("Attribution and mask", "mask", "attribute/layers.json, mask/mask.json", stages.attribution),
+    _files("Adapter", "unlearn", "unlearn/summary.json", stages.adapter),
+    _metrics("Forgetting and locality per set", evaluation.per_set),
+    _metrics("Adversarial wordings", evaluation.adversarial),
+    _metrics("Answer formats", evaluation.formats),
+    _metrics("Attacks", evaluation.attacks),
+    _metrics("Recommendations", evaluation.recommendations),
+    _files("Methods compared", "compare", "compare/compare.json", stages.compare),
+    _files("Causal check", "ablate", "ablate/ablation.json", stages.ablate),
+    _files("Recipe search on the training halves", "tune", "tune/trials.jsonl, tune/choice.json", stages.tune),
+    _files("Stage timing", None, "*/DONE", stages.timing),
+    _files("Incremental: forgetting of every concept after each", None, "regression.json", stages.regression),
 ]
 
 
