@@ -6,6 +6,8 @@ from pathlib import Path
 
 import pytest
 
+from runkit import one_torch_thread
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -29,22 +31,34 @@ def agmask_home(tmp_path_factory, monkeypatch, request):
 
 @pytest.fixture(autouse=True)
 def torch_threads(request):
-    """Tiny models on one thread: with other processes on the 2 cores, torch's thread pool makes a tiny
-    forward ~50x slower (measured 0.39 s vs 0.0075 s). Slow tests on the real model keep every core."""
+    """One torch thread for every test but the slow ones (the real model keeps every core). Fixtures of a
+    wider scope are set up before this one: those on tiny models use `one_torch_thread` themselves."""
     if request.node.get_closest_marker("slow"):
         yield
         return
-    import torch
-
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+    with one_torch_thread():
+        yield
 
 
 @pytest.fixture(scope="session")
 def tiny_concept_path() -> Path:
     return TINY_CONCEPT
+
+
+@pytest.fixture(scope="session")
+def finished_tiny_run(tmp_path_factory, tiny_concept_path):
+    """ONE finished tiny run (tiny:llama, every stage, `runkit.FAST`), made by `agmask run` so its DONE markers
+    record that command, shared by every test that reads a finished run: (its RunConfig, the command line).
+
+    A test that changes a run works on a copy (`runkit.copy_run`); the teardown checks that no test changed
+    this one (every file's sha256)."""
+    from runkit import cli_finished_run, snapshot
+
+    with one_torch_thread():
+        run = cli_finished_run(tmp_path_factory.mktemp("finished"), tiny_concept_path)
+    before = snapshot(run.cfg.run_dir)
+    yield run
+    assert snapshot(run.cfg.run_dir) == before, "a test changed the shared finished run: copy it first (copy_run)"
 
 
 @pytest.fixture(params=TINY_MODELS)

@@ -1,13 +1,15 @@
-"""A finished tiny run directory for the driver's reliability tests, and helpers to copy and compare one."""
+"""A finished tiny run directory (the shared `finished_tiny_run` fixture makes one), and helpers to copy and compare one."""
 from __future__ import annotations
 
 import hashlib
+import shlex
 import shutil
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator, NamedTuple
 
 from agmask.config import RunConfig
 from agmask.files import read_json, write_json
-from agmask.pipeline import run_pipeline
 
 # Every stage, in seconds on a tiny model; the mask is a strict subset (12 of 160 neurons).
 FAST = {"mask": {"k": 12, "num_layers": 2}, "unlearn": {"steps": 2, "batch_size": 2},
@@ -22,14 +24,36 @@ def fast_args() -> list[str]:
             for a in ("--set", f"{stage}.{k}={json.dumps(v)}")]
 
 
-def finished_run(root: Path, concept: Path, model: str = "tiny:llama") -> RunConfig:
-    """Run every stage on a copy of `concept` under `root`; returns the config (its run_dir is `root/run`)."""
+@contextmanager
+def one_torch_thread() -> Iterator[None]:
+    """Tiny models on one thread: with other processes on the 2 cores, torch's thread pool makes a tiny
+    forward ~50x slower (measured 0.39 s vs 0.0075 s)."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(n)
+
+
+class FinishedRun(NamedTuple):
+    cfg: RunConfig  # what the run was made with (its run_dir is `root/run`)
+    command: str  # the command line that made it, as its DONE markers record it
+
+
+def cli_finished_run(root: Path, concept: Path, model: str = "tiny:llama") -> FinishedRun:
+    """`agmask run` (in this process) of every stage with FAST on a copy of `concept` under `root`."""
+    from agmask.cli.main import main
+
     root.mkdir(parents=True, exist_ok=True)
     concept_copy = root / "concept.yaml"
     shutil.copy(concept, concept_copy)
+    argv = ["run", "--model", model, "--concept", str(concept_copy), "--run-dir", str(root / "run"), "-q", *fast_args()]
+    assert main(argv) == 0
     cfg = RunConfig(model=model, concepts=[str(concept_copy)], run_dir=root / "run", overrides=FAST)
-    run_pipeline(cfg)
-    return cfg
+    return FinishedRun(cfg, shlex.join(["agmask", *argv]))
 
 
 def copy_run(cfg: RunConfig, dest: Path) -> RunConfig:

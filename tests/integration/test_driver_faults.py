@@ -20,14 +20,14 @@ from agmask.files import load_tensors, read_json
 from agmask.lora import load_adapter, merged_delta
 from agmask.models import load
 from agmask.session import Session
-from runkit import copy_run, fast_args, finished_run, snapshot
+from runkit import copy_run, fast_args, snapshot
 
 SRC = str(Path(agmask.__file__).resolve().parents[1])  # this checkout's package, first on the path
 
 
-@pytest.fixture(scope="module")
-def finished(tmp_path_factory, tiny_concept_path):
-    return finished_run(tmp_path_factory.mktemp("finished"), tiny_concept_path)
+@pytest.fixture
+def finished(finished_tiny_run):
+    return finished_tiny_run.cfg  # the session's one finished tiny run: copied before any change
 
 
 def _agmask(*args) -> list[str]:

@@ -10,6 +10,7 @@ from agmask.files import load_tensors, read_json, read_jsonl
 from agmask.models import load
 from agmask.pipeline import STAGES, read_done, run_pipeline, run_stage
 from agmask.session import Session
+from runkit import one_torch_thread
 
 FAST = {"unlearn": {"steps": 3, "batch_size": 2}, "mask": {"k": 12, "num_layers": 2}}
 
@@ -18,7 +19,8 @@ FAST = {"unlearn": {"steps": 3, "batch_size": 2}, "mask": {"k": 12, "num_layers"
 def finished_run(tmp_path_factory, tiny_concept_path):
     run_dir = tmp_path_factory.mktemp("run")
     cfg = RunConfig(model="tiny:qwen2", concepts=[str(tiny_concept_path)], run_dir=run_dir, overrides=FAST)
-    run_pipeline(cfg)
+    with one_torch_thread():  # set up before the per-test fixture that does it
+        run_pipeline(cfg)
     return cfg
 
 
@@ -91,14 +93,14 @@ def test_incremental_mode_stacks_adapters_and_writes_a_regression_table(tmp_path
     assert read_json(tmp_path / "inc" / "manifest.json")["concepts"] == [str(tiny_concept_path), str(second)]
 
 
-def test_recommendation_sets_run_end_to_end_on_tiny_llama(tmp_path, tiny_concept_path, capsys):
-    """Issue 17: recommend_eval through perturb, evaluate, the report and the CLI summary (demo presets)."""
+def test_recommendation_sets_run_end_to_end_on_tiny_llama(finished_tiny_run, capsys):
+    """Issue 17: recommend_eval through perturb, evaluate, the report and the CLI summary (demo presets), on the
+    session's finished tiny:llama run of the tiny concept."""
     from agmask.cli.summary import print_eval_summary
     from agmask.concepts import load_concept
 
-    cfg = RunConfig(model="tiny:llama", concepts=[str(tiny_concept_path)], run_dir=tmp_path / "rec", overrides=FAST)
-    run_pipeline(cfg)
-    run_dir, spec = cfg.run_dir, load_concept(str(tiny_concept_path)).spec
+    cfg = finished_tiny_run.cfg
+    run_dir, spec = cfg.run_dir, load_concept(cfg.concepts[0]).spec
     block = read_json(run_dir / "perturb" / "stability.json")["recommend"]
     assert len(block["per_request"]) == 2 and (run_dir / "perturb" / "recommend_stability.png").is_file()
     metrics = read_json(run_dir / "eval" / "metrics.json")["metrics"]

@@ -2,7 +2,6 @@
 names the command and commit that made it, and a stale evaluation is left out."""
 from __future__ import annotations
 
-import shlex
 import shutil
 
 import pytest
@@ -17,16 +16,11 @@ from resultskit import section_table
 from runkit import fast_args
 
 
-@pytest.fixture(scope="module")
-def cli_run(tmp_path_factory, tiny_concept_path):
-    """A finished tiny run made by `agmask run` (so its DONE markers record that command), and its argv."""
-    root = tmp_path_factory.mktemp("results")
-    concept = root / "concept.yaml"
-    shutil.copy(tiny_concept_path, concept)
-    argv = ["run", "--model", "tiny:llama", "--concept", str(concept), "--run-dir", str(root / "run"), "-q",
-            *fast_args()]
-    assert main(argv) == 0
-    return root / "run", shlex.join(["agmask", *argv])
+@pytest.fixture
+def cli_run(finished_tiny_run):
+    """The session's finished tiny run, made by `agmask run` (so its DONE markers record that command), and
+    that command."""
+    return finished_tiny_run.cfg.run_dir, finished_tiny_run.command
 
 
 def _write_page(tmp_path, run_dir, label="placeholder"):

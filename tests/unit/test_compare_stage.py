@@ -16,6 +16,7 @@ from agmask.files import load_tensors, read_json
 from agmask.pipeline import read_done, run_pipeline, run_stage
 from agmask.rundir import RunDir
 from agmask.session import Session
+from runkit import one_torch_thread
 
 UPSTREAM = {"mask": {"k": 12, "num_layers": 1}}  # 12 of 80 units in 1 of the 3 layers: the others stay free
 FAST = {**UPSTREAM, "unlearn": {"steps": 2, "batch_size": 2}, "evaluate": {"corpus_tokens": 128}}
@@ -25,8 +26,9 @@ FAST = {**UPSTREAM, "unlearn": {"steps": 2, "batch_size": 2}, "evaluate": {"corp
 def prepared(tmp_path_factory, tiny_concept_path):
     """baseline, attribute and mask done on tiny:llama (what compare reads)."""
     run_dir = tmp_path_factory.mktemp("compare") / "run"
-    run_pipeline(RunConfig(model="tiny:llama", concepts=[str(tiny_concept_path)], run_dir=run_dir, overrides=UPSTREAM),
-                 stages=["baseline", "attribute", "mask"])
+    with one_torch_thread():  # set up before the per-test fixture that does it
+        run_pipeline(RunConfig(model="tiny:llama", concepts=[str(tiny_concept_path)], run_dir=run_dir,
+                               overrides=UPSTREAM), stages=["baseline", "attribute", "mask"])
     return run_dir
 
 

@@ -8,12 +8,12 @@ from agmask import pipeline
 from agmask.cli.main import main
 from agmask.files import read_json
 from agmask.session import Session
-from runkit import copy_run, fast_args, finished_run, snapshot
+from runkit import copy_run, fast_args, snapshot
 
 
-@pytest.fixture(scope="module")
-def finished(tmp_path_factory, tiny_concept_path):
-    return finished_run(tmp_path_factory.mktemp("finished"), tiny_concept_path)
+@pytest.fixture
+def finished(finished_tiny_run):
+    return finished_tiny_run.cfg  # the session's one finished tiny run: copied before any change
 
 
 @pytest.fixture

@@ -14,6 +14,7 @@ from agmask.report import build_report
 from agmask.report.recommend import recommend_line
 from evalkit import add_adapter
 from reportkit import handmade_metrics, make_run_dir, section_html
+from runkit import one_torch_thread
 
 METRICS = ("recommendation_rate", "recommendation_preference")
 
@@ -27,8 +28,9 @@ def evaluated(tmp_path_factory, tiny_concept_path):
     write_json(run / "manifest.json", {"model": {"spec": "tiny:llama"}, "concept": {"name": "tinyfilm"}})
     spec = load_concept(str(tiny_concept_path)).spec
     model, tok, _ = load("tiny:llama")
-    evaluate_model(add_adapter(model, [0, 1], std=0.5), tok, spec,
-                   EvalConfig(metrics=METRICS, recommend_samples=3, recommend_tokens=6), run / "eval")
+    with one_torch_thread():  # set up before the per-test fixture that does it
+        evaluate_model(add_adapter(model, [0, 1], std=0.5), tok, spec,
+                       EvalConfig(metrics=METRICS, recommend_samples=3, recommend_tokens=6), run / "eval")
     return run, spec
 
 
