@@ -13,9 +13,9 @@ On a machine shared with other jobs a wall clock measures the neighbours; these 
   as batch x length (padding costs compute too);
 - decode: tokens of one-position calls (generation steps: one per sequence per step);
 - train: tokens of calls under autograd (unlearning, relearning attacks; a backward follows each);
-- repeated: prefill tokens of calls whose exact input ids already ran in this run on the same model state
-  (same weights, same adapters enabled; the base model is the same with every adapter disabled): work that
-  could have been reused;
+- repeated: prefill tokens of calls whose exact inputs (ids, positions, the cached keys they start from)
+  already ran in this run on the same model state (same weights, same adapters enabled; the base model is
+  the same with every adapter disabled): work that could have been reused;
 - head rows: positions the lm_head ran on (the vocabulary projection is ~27% of a 0.5B model per position);
 - cpu_s: this process's CPU seconds (with --threads 1, close to the compute time even on a busy machine; the
   one figure here that is not deterministic).
@@ -55,6 +55,17 @@ def _model_state(model: nn.Module) -> tuple:
         sample = tuple(float(p.detach().reshape(-1)[::997].double().sum()) for n, p in model.named_parameters()
                        if enabled or "lora_" not in n)
     return sample, enabled
+
+
+def _digest(tensor: torch.Tensor | None) -> str | None:
+    return None if tensor is None else hashlib.sha1(tensor.detach().float().cpu().numpy().tobytes()).hexdigest()
+
+
+def _cache_digest(cache) -> str | None:
+    """What a call starts from: the first layer's cached keys (the same tokens after another prefix differ)."""
+    layers = getattr(cache, "layers", None)
+    keys = getattr(layers[0], "keys", None) if layers else None
+    return None if keys is None or not keys.numel() else _digest(keys)
 
 
 class ForwardCounter:
@@ -107,7 +118,8 @@ class ForwardCounter:
         self._kind = "decode" if shape[1] == 1 else "prefill"
         self._repeated = False
         if self._kind == "prefill" and ids is not None:
-            key = (hashlib.sha1(ids.detach().cpu().numpy().tobytes()).hexdigest(), shape, _model_state(self.model))
+            key = (_digest(ids), _digest(kwargs.get("position_ids")), _cache_digest(kwargs.get("past_key_values")),
+                   _model_state(self.model))
             self._repeated = key in self._seen
             self._seen.add(key)
 

@@ -34,7 +34,7 @@ from agmask.evaluate.context import EvalContext
 from agmask.evaluate.quantize import QuantizationUnavailable, quantizer_for, swapped_linears, swapped_weights
 from agmask.evaluate.registry import metric
 from agmask.evaluate.tables import Table
-from agmask.scoring import prefix_for, score_item
+from agmask.scoring import PrefixKV, prefix_for, score_item
 from agmask.scoring.continuation import score_continuations
 from agmask.scoring.encode import closing_for
 
@@ -88,11 +88,13 @@ def attack_tables(name: str, value: dict) -> list[Table]:
     return [Table("Attacks", ATTACK_HEADER, rows, ATTACK_NOTE)]
 
 
-def answer_logprob(model: nn.Module, tokenizer, spec: ConceptSpec, set_name: str, item: PromptItem) -> float:
+def answer_logprob(model: nn.Module, tokenizer, spec: ConceptSpec, set_name: str, item: PromptItem,
+                   kv: PrefixKV | None = None) -> float:
     """The item's answer log-prob exactly as `score_items` computes it (max over aliases), without the MC view."""
     close = closing_for(spec.lead_for(set_name, item))
     prefix = prefix_for(tokenizer, spec, set_name, item)
-    return max(s.logprob for s in score_continuations(model, tokenizer, prefix, [a + close for a in spec.answers_for(item)]))
+    return max(s.logprob for s in score_continuations(model, tokenizer, prefix, [a + close for a in spec.answers_for(item)],
+                                                      kv=kv))
 
 
 def answer_view(rows: list[dict]) -> dict:
@@ -130,7 +132,8 @@ def reference(ctx: EvalContext) -> dict:
 def score_attacked(ctx: EvalContext, model: nn.Module) -> dict:
     """`model` (the attacked model, as it is now) scored like the base and unlearned sides of `reference`."""
     todo = _attack_items(ctx)
-    rows = map_sharded(lambda part: [score_item(model, ctx.tokenizer, ctx.spec, s, i, it).to_dict()
+    kv = PrefixKV()  # the attacked weights' own prefix cache (the prompts share their chat template's opening)
+    rows = map_sharded(lambda part: [score_item(model, ctx.tokenizer, ctx.spec, s, i, it, kv=kv).to_dict()
                                      for s, i, it, _ in part], todo)
     mean = statistics.fmean(r["answer_logprob"] for r, (s, *_) in zip(rows, todo) if s == ATTACK_SET)
     return {"mean": mean, "view": answer_view([r for r, (*_, known) in zip(rows, todo) if known])}
@@ -182,8 +185,10 @@ def attack_quantization(ctx: EvalContext) -> dict:
             with swapped_weights(model, bits, merged=True) as err_merged:
                 attacked = score_attacked(ctx, model)
             with swapped_weights(model, bits, merged=False) as err_base:
+                kv = PrefixKV()  # the quantised base's own
                 quantized_base = statistics.fmean(map_sharded(
-                    lambda its: [answer_logprob(model, ctx.tokenizer, ctx.spec, ATTACK_SET, it) for it in its], items))
+                    lambda its: [answer_logprob(model, ctx.tokenizer, ctx.spec, ATTACK_SET, it, kv=kv) for it in its],
+                    items))
         vs_qbase, _ = recovered_fraction(quantized_base, ref["unlearned"]["mean"], attacked["mean"],
                                          ctx.config.near_zero_nats)
         variants[f"int{bits}"] = scored_entry(ctx, ref, attacked, quantized_base_logprob=quantized_base,

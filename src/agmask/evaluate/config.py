@@ -17,7 +17,7 @@ class EvalConfig:
         "help": "greedy reply length after the lead; equal to the baseline's, the base replies are reused"})
     free_generation_tokens: int = field(default=48, metadata={
         "help": "free reply length (no lead) on probes and retain_eval: facts recalled, fluency"})
-    batch_size: int = field(default=8, metadata={"help": "KL and residual batch"})
+    batch_size: int = field(default=8, metadata={"help": "KL batch (the residual metrics run prompt by prompt)"})
     generation_batch_size: int = field(default=32, metadata={
         "help": "greedy replies per generation batch, over every set (decoding reads every weight once per batch)"})
     corpus_tokens: int = field(default=0, metadata={"help": "general-text tokens scored; 0 = the whole corpus"})

@@ -1,8 +1,15 @@
 """What every metric reads: the adapted model (the base is the same object under `disable_adapter()`),
-the concept, the options, and memoised per-set scores and generations shared between metrics.
+the concept, the options, and the model work metrics share, each piece done once:
 
-Base scores come from `baseline/answers.jsonl` when the stage has them (same scoring function, same
-prompt), so the base model is only run for what the baseline did not compute.
+- scores memoised per set and by content (`score_row`: an adversarial prompt that is a forget_eval
+  question after its own lead is that question's row), greedy replies memoised by (prefix, length) and
+  made in one batched generation per variant (`greedy`);
+- one prefix cache per model variant (`kv`): a prompt scored, then answered, KL'd and probed runs its
+  prefix once; every prompt reuses the chat template's opening and the questions asked before.
+
+Base scores and the base model's replies after the lead come from `baseline/answers.jsonl` when the
+stage has them (same scoring function, same prompt, same length), so the base model is only run for
+what the baseline did not compute.
 
 Several processes: every process runs every metric; per-item work (scores, generations, residuals)
 is split over the processes with `distributed.map_sharded` and gathered back in item order.
@@ -12,7 +19,7 @@ from __future__ import annotations
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator, Literal
+from typing import Callable, Iterator, Literal, TypeVar
 
 import torch
 import torch.nn as nn
@@ -24,8 +31,10 @@ from agmask.evaluate.config import EVAL_QA_SETS, EvalConfig
 from agmask.evaluate.internals import last_token_resid
 from agmask.evaluate.intervals import interval, ratio_interval
 from agmask.progress import SILENT, Reporter
-from agmask.scoring import BASE_KNOWN_RANK, PrefixKV, generate, prefix_for, render_prompt, score_items, select_items
+from agmask.scoring import (BASE_KNOWN_RANK, PrefixKV, generate, prefix_for, render_prompt, score_item, score_items,
+                            select_items)
 
+T = TypeVar("T")
 Which = Literal["base", "adapted"]
 Mode = Literal["lead", "free"]  # lead: after the set's answer lead; free: the bare chat prompt
 
@@ -60,6 +69,12 @@ class EvalContext:
         else:
             raise ValueError(f"unknown model variant {which!r}")
 
+    def memo(self, key: tuple, compute: Callable[[], T]) -> T:
+        """`compute()` once per evaluation: a value several metrics read (keep `key` unique to what it is)."""
+        if key not in self._memo:
+            self._memo[key] = compute()
+        return self._memo[key]
+
     def items(self, set_name: str) -> list[tuple[int, PromptItem]]:
         if set_name not in EVAL_QA_SETS:
             raise StageError(f"{set_name} is not an evaluation set ({', '.join(EVAL_QA_SETS)})")
@@ -71,11 +86,19 @@ class EvalContext:
             return [dict(r) for r in rows]
         return None
 
-    def scores(self, set_name: str, which: Which, kv: PrefixKV | None = None) -> list[dict]:
-        """Per-item score rows (answer log-prob, first-token rank, multiple-choice view), `index` = set index.
+    def kv(self, which: Which) -> PrefixKV:
+        """The prefix cache of one model variant for the whole evaluation: every forward of `use(which)` that
+        passes it runs only what no earlier forward of the variant computed (the chat template's system turn,
+        a question asked before with another lead, a prompt scored before it is answered, KL'd, probed).
+        Valid while the variant's weights are those of the evaluation: an attack that changes them scores
+        the attacked model with a cache of its own."""
+        key = ("kv", which)
+        if key not in self._memo:
+            self._memo[key] = PrefixKV()
+        return self._memo[key]
 
-        kv: keep the scored prefixes' keys there for the greedy replies after the lead (see `generations`).
-        """
+    def scores(self, set_name: str, which: Which) -> list[dict]:
+        """Per-item score rows (answer log-prob, first-token rank, multiple-choice view), `index` = set index."""
         key = ("scores", set_name, which)
         if key not in self._memo:
             pairs = self.items(set_name)
@@ -83,14 +106,30 @@ class EvalContext:
             if rows is None:
                 with self.use(which) as model:
                     scored = map_sharded(lambda its: score_items(model, self.tokenizer, self.spec, set_name, its,
-                                                                 reporter=self.reporter, kv=kv),
+                                                                 reporter=self.reporter, kv=self.kv(which)),
                                          [it for _, it in pairs])
                 rows = [dict(r.to_dict(), index=i) for r, (i, _) in zip(scored, pairs)]
-            for r in rows:  # generations and hits live in generations(), made with the eval settings
+            for r, (_, item) in zip(rows, pairs):  # generations and hits live in generations(), made with the eval settings
                 r.pop("generation", None)
                 r.pop("hit", None)
+                self._memo.setdefault(self._score_key(which, self.spec, set_name, item), r)
             self._memo[key] = rows
         return self._memo[key]
+
+    def _score_key(self, which: Which, spec: ConceptSpec, set_name: str, item: PromptItem) -> tuple:
+        """What a score row depends on besides the model: the prefix, the answers, the candidates."""
+        return ("score", which, prefix_for(self.tokenizer, spec, set_name, item), tuple(spec.answers_for(item)),
+                tuple(spec.candidates))
+
+    def score_row(self, which: Which, spec: ConceptSpec, set_name: str, item: PromptItem) -> dict:
+        """One item's score row under `spec` (a copy of the concept with other leads, say), memoised by what it
+        scores: a prompt that `scores` or another metric scored on the same variant is not scored again.
+        Call it outside `use` (it enters it itself)."""
+        key = self._score_key(which, spec, set_name, item)
+        if key not in self._memo:
+            with self.use(which) as model:
+                self._memo[key] = score_item(model, self.tokenizer, spec, set_name, 0, item, kv=self.kv(which)).to_dict()
+        return dict(self._memo[key])
 
     def base_known(self, set_name: str) -> set[int]:
         """Set indices the base model knows (base first-token rank <= BASE_KNOWN_RANK)."""
@@ -100,37 +139,46 @@ class EvalContext:
         return prefix_for(self.tokenizer, self.spec, set_name, item) if mode == "lead" \
             else render_prompt(self.tokenizer, item.prompt)
 
+    def request(self, set_name: str, item: PromptItem, mode: Mode = "lead") -> tuple[str, int]:
+        """(prefix, reply tokens) of an item's greedy reply: after the set's lead, or free (the bare prompt)."""
+        tokens = self.config.generation_tokens if mode == "lead" else self.config.free_generation_tokens
+        return self.prefix(set_name, item, mode), tokens
+
     def generations(self, set_name: str, which: Which, mode: Mode = "lead") -> list[str]:
         """Greedy replies of the selected items, aligned with `items(set_name)`."""
-        key = ("gen", set_name, which, mode)
-        if key not in self._memo:
-            self.prefetch_generations([(set_name, mode)], (which,))
-        return self._memo[key]
+        return self.greedy(which, [self.request(set_name, it, mode) for _, it in self.items(set_name)])
 
-    def prefetch_generations(self, plan: list[tuple[str, Mode]], variants: tuple[Which, ...] = ("base", "adapted")) -> None:
-        """Compute the greedy replies of every (set, mode) of `plan` not known yet: one batched generation per
-        model variant and mode over all those sets (a decoding step reads every weight once per batch, so a
-        batch of many prompts costs about what a batch of a few does).
+    def greedy(self, which: Which, requests: list[tuple[str, int]]) -> list[str]:
+        """The greedy reply of each (prefix, tokens) request, memoised by its text: the replies not known yet
+        come from ONE batched generation, in request order (a decoding step reads every weight once per batch,
+        so a batch of many prompts costs about what a batch of a few does). A batch with several lengths
+        decodes to the longest; each reply is cut at its own length (greedy tokens do not depend on later
+        ones). The base model's replies after the lead are those of baseline/answers.jsonl when the lengths
+        agree, and a resumed evaluation takes those of its eval/generations.jsonl (`reuse_generations`)."""
+        self._register_baseline_replies()
+        todo = list(dict.fromkeys(r for r in requests if ("reply", which, *r) not in self._memo))
+        if todo:
+            with self.use(which) as model, self.reporter.task(f"generating ({which})", len(todo)) as advance:
+                gens = map_sharded(lambda part: generate(model, self.tokenizer, [p for p, _ in part],
+                                                         max_new_tokens=[t for _, t in part],
+                                                         batch_size=self.config.generation_batch_size,
+                                                         on_batch=advance, kv=self.kv(which)), todo)
+            for request, g in zip(todo, gens):
+                self._memo[("reply", which, *request)] = g[0]
+        return [self._memo[("reply", which, *r)] for r in requests]
 
-        After the lead the prompts are the scored ones: they are scored first (every metric that reads these
-        replies reads the scores too) and the replies start from the scored prefixes' keys.
-        """
-        for which in variants:
-            for mode in ("lead", "free"):
-                todo = [s for s, m in dict.fromkeys(plan) if m == mode and ("gen", s, which, m) not in self._memo
-                        and not self._reuse_baseline_generations(s, which, m)]
-                if todo:
-                    self._generate(todo, which, mode)
-
-    def _reuse_baseline_generations(self, set_name: str, which: Which, mode: Mode) -> bool:
-        """The base replies after the lead come from baseline/answers.jsonl when the lengths agree."""
-        if not (which == "base" and mode == "lead" and self.baseline_generation_tokens == self.config.generation_tokens):
-            return False
-        rows = self._baseline_rows(set_name, self.items(set_name))
-        if rows is None or any(r.get("generation") is None for r in rows):
-            return False
-        self._memo[("gen", set_name, which, mode)] = [r["generation"] for r in rows]
-        return True
+    def _register_baseline_replies(self) -> None:
+        """The base model's greedy replies of baseline/answers.jsonl, as answers to their (prefix, tokens)."""
+        if self._memo.get("baseline_replies") or not self.baseline_generation_tokens:
+            return
+        self._memo["baseline_replies"] = True
+        for set_name in EVAL_QA_SETS:
+            pairs = self.items(set_name)
+            rows = self._baseline_rows(set_name, pairs)
+            for row, (_, item) in zip(rows or [], pairs):
+                if row.get("generation") is not None:
+                    key = ("reply", "base", self.prefix(set_name, item, "lead"), self.baseline_generation_tokens)
+                    self._memo.setdefault(key, row["generation"])
 
     def reuse_generations(self, rows: list[dict]) -> int:
         """Take the greedy replies of an earlier run with the same inputs (its eval/generations.jsonl rows), so a
@@ -143,31 +191,14 @@ class EvalContext:
         for (set_name, mode), group in groups.items():
             if set_name not in EVAL_QA_SETS or mode not in ("lead", "free"):
                 continue
-            if [(r["index"], r["prompt"]) for r in group] != [(i, it.prompt) for i, it in self.items(set_name)]:
+            pairs = self.items(set_name)
+            if [(r["index"], r["prompt"]) for r in group] != [(i, it.prompt) for i, it in pairs]:
                 continue
             for which in ("base", "adapted"):
-                if ("gen", set_name, which, mode) not in self._memo:
-                    self._memo[("gen", set_name, which, mode)] = [r[which] for r in group]
-                    taken += 1
+                for r, (_, item) in zip(group, pairs):
+                    self._memo.setdefault(("reply", which, *self.request(set_name, item, mode)), r[which])
+                taken += 1
         return taken
-
-    def _generate(self, sets: list[str], which: Which, mode: Mode) -> None:
-        kv = PrefixKV() if mode == "lead" else None
-        for set_name in sets:
-            if kv is not None and ("scores", set_name, which) not in self._memo:
-                self.scores(set_name, which, kv=kv)
-        prefixes = [self.prefix(s, it, mode) for s in sets for _, it in self.items(s)]
-        tokens = self.config.generation_tokens if mode == "lead" else self.config.free_generation_tokens
-        with self.use(which) as model, self.reporter.task(
-                f"generating {', '.join(sets)} ({which}, {mode})", len(prefixes)) as advance:
-            gens = map_sharded(lambda ps: generate(model, self.tokenizer, ps, max_new_tokens=tokens,
-                                                   batch_size=self.config.generation_batch_size, on_batch=advance,
-                                                   kv=kv), prefixes)
-        lo = 0
-        for set_name in sets:
-            n = len(self.items(set_name))
-            self._memo[("gen", set_name, which, mode)] = [g[0] for g in gens[lo : lo + n]]
-            lo += n
 
     def interval(self, values: list[float], statistic: str = "mean") -> dict:
         """Bootstrap 95% interval over prompts with this evaluation's resamples and seed (intervals.py)."""
@@ -184,6 +215,6 @@ class EvalContext:
         if key not in self._memo:
             pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
             with self.use(which) as model:
-                rows = map_sharded(lambda part: list(last_token_resid(model, part, pad, self.config.batch_size)), ids)
+                rows = map_sharded(lambda part: list(last_token_resid(model, part, pad, kv=self.kv(which))), ids)
                 self._memo[key] = torch.stack(rows)
         return self._memo[key]

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import torch.nn as nn
 
 from agmask.concepts.schema import ConceptSpec, PromptItem
-from agmask.scoring import render_prompt
+from agmask.scoring import PrefixKV, render_prompt
 from agmask.scoring.continuation import score_continuations
 from agmask.unlearn.data import training_leads
 
@@ -73,11 +73,12 @@ def letter_question(spec: ConceptSpec, set_name: str, index: int, item: PromptIt
     return LetterQuestion(f"{item.prompt}\n\n{body}\n\n{LETTER_INSTRUCTION}", tuple(options), options.index(aliases[0]))
 
 
-def score_letter(model: nn.Module, tokenizer, question: LetterQuestion, set_name: str, index: int) -> dict:
+def score_letter(model: nn.Module, tokenizer, question: LetterQuestion, set_name: str, index: int,
+                 kv: PrefixKV | None = None) -> dict:
     """A score row in the shape of `ItemScore.to_dict()`: the answer is the correct letter, the multiple-choice
-    view is the softmax over the option letters."""
+    view is the softmax over the option letters. kv: the model state's prefix cache (optional)."""
     letters = list(LETTERS[: len(question.options)])
-    scores = score_continuations(model, tokenizer, render_prompt(tokenizer, question.prompt), letters)
+    scores = score_continuations(model, tokenizer, render_prompt(tokenizer, question.prompt), letters, kv=kv)
     logprobs = [s.logprob for s in scores]
     top = max(logprobs)
     z = sum(math.exp(v - top) for v in logprobs)

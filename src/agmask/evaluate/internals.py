@@ -11,7 +11,9 @@ import torch.nn as nn
 from agmask.errors import ModelError
 from agmask.probing import capture, resid_hook_name
 from agmask.models.arch import num_layers
-from agmask.scoring.encode import AnswerBatch
+from agmask.scoring.cached import run_cached
+from agmask.scoring.encode import encode_answer
+from agmask.scoring.kvcache import PrefixKV
 from agmask.scoring.logprobs import decoder_and_head, hidden_states
 
 
@@ -27,21 +29,16 @@ def right_pad(id_lists: list[list[int]], pad: int) -> tuple[torch.Tensor, torch.
 
 
 @torch.no_grad()
-def last_token_resid(model: nn.Module, id_lists: list[list[int]], pad: int, batch_size: int = 8) -> torch.Tensor:
-    """(N, L, H) residual stream after every decoder layer at each sequence's last real token."""
-    n_layers = num_layers(model)
-    names = [resid_hook_name(i) for i in range(n_layers)]
-    device = next(model.parameters()).device
+def last_token_resid(model: nn.Module, id_lists: list[list[int]], pad: int, kv: PrefixKV | None = None) -> torch.Tensor:
+    """(N, L, H) residual stream after every decoder layer at each sequence's last token. A sequence runs alone
+    (no padding), and only what `kv` does not hold of it: usually its last token."""
+    names = [resid_hook_name(i) for i in range(num_layers(model))]
     out = []
-    for lo in range(0, len(id_lists), batch_size):
-        ids, mask = right_pad(id_lists[lo : lo + batch_size], pad)
+    for ids in id_lists:
         with capture(model, names) as cache:
-            hidden_states(model, ids.to(device), mask.to(device))
-        acts = torch.stack([cache[n].to(device) for n in names], dim=1).float()  # (B, L, T, H); layers may be on several GPUs
-        last = (mask.sum(1) - 1).to(acts.device)  # (B,) index of the last real token
-        rows = torch.arange(len(ids), device=acts.device)
-        out.append(acts[rows, :, last].cpu())  # (B, L, H)
-    return torch.cat(out)
+            run_cached(model, [ids], kv, pad_id=pad)
+        out.append(torch.stack([cache[n][0, -1].float().cpu() for n in names]))  # (L, H): the last computed token
+    return torch.stack(out)
 
 
 @torch.no_grad()
@@ -60,15 +57,20 @@ def logit_lens_ranks(model: nn.Module, resid: torch.Tensor, targets: list[int]) 
 
 
 @torch.no_grad()
-def answer_position_logprobs(model: nn.Module, batch: AnswerBatch) -> tuple[torch.Tensor, torch.Tensor]:
-    """Next-token log-probs at every answer-predicting position: ((N, V) log-probs, (N,) row of each position)."""
+def answer_position_logprobs(model: nn.Module, tokenizer, prefixes: list[str], answers: list[str],
+                             kv: PrefixKV | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Next-token log-probs at every position that predicts an answer token of prefix + answer (tokenised
+    jointly, as `encode_answer` does): ((N, V) log-probs, (N,) row of each position), rows in order. What
+    `kv` holds of a prefix is not run again."""
     _, head = decoder_and_head(model)
-    device = next(model.parameters()).device
-    batch = batch.to(device)
-    hidden = hidden_states(model, batch.input_ids, batch.attention_mask)  # (B, T, H)
-    where = batch.target_mask.bool() & batch.attention_mask.bool()  # (B, T)
-    rows = where.nonzero()[:, 0]  # (N,)
-    return head(hidden[where]).float().log_softmax(-1).cpu(), rows.cpu()
+    encoded = [encode_answer(tokenizer, p, a) for p, a in zip(prefixes, answers)]
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    run = run_cached(model, [e.input_ids[:-1] for e in encoded], kv, need=[e.answer_start - 1 for e in encoded],
+                     pad_id=pad)
+    picks = [(i, t) for i, e in enumerate(encoded) for t in range(e.answer_start - 1, len(e.input_ids) - 1)]
+    hidden = torch.stack([run.position(i, t) for i, t in picks])  # (N, H)
+    rows = torch.tensor([i for i, _ in picks])
+    return head(hidden).float().log_softmax(-1).cpu(), rows
 
 
 def kl_per_position(base_lp: torch.Tensor, adapted_lp: torch.Tensor) -> torch.Tensor:

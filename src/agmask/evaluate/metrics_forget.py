@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import statistics
 
+from agmask.concepts.schema import ConceptSpec
 from agmask.distributed import map_sharded
 from agmask.evaluate.adversarial import build_adversarial
 from agmask.evaluate.context import EVAL_QA_SETS, EvalContext
@@ -11,7 +12,7 @@ from agmask.evaluate.summaries import by_family, compare, family_table, set_tabl
 from agmask.evaluate.tables import Table, arrow, ci, fmt
 from agmask.evaluate.text import facts_recalled, facts_rouge_l
 from agmask.files import write_jsonl
-from agmask.scoring import BASE_KNOWN_RANK, PrefixKV, answer_hit, generate, prefix_for, score_item
+from agmask.scoring import BASE_KNOWN_RANK, answer_hit, prefix_for
 
 FREE_SETS = ("probes", "retain_eval")  # free replies (no lead): facts recalled and fluency
 
@@ -20,11 +21,52 @@ def generation_plan(ctx: EvalContext) -> list[tuple[str, str]]:
     return [(s, "lead") for s in EVAL_QA_SETS] + [(s, "free") for s in FREE_SETS]
 
 
+def adversarial_prompts(ctx: EvalContext) -> tuple[dict[str, list], dict[str, ConceptSpec]]:
+    """The adversarial families' prompts, and per family the spec whose forget_eval lead is the family's (a copy:
+    the same scoring function scores every family)."""
+    fams = build_adversarial(ctx.spec, ctx.config.adversarial_per_family, ctx.config.few_shot)
+    specs = {f: ctx.spec.model_copy(update={"lead": {**ctx.spec.lead, "forget_eval": adv[0].lead}})
+             for f, adv in fams.items()}
+    return fams, specs
+
+
+def adversarial_requests(ctx: EvalContext) -> list[tuple[str, int]]:
+    fams, specs = adversarial_prompts(ctx)
+    return [(prefix_for(ctx.tokenizer, specs[f], "forget_eval", a.item()), ctx.config.generation_tokens)
+            for f, adv in fams.items() for a in adv]
+
+
+def adversarial_scores(ctx: EvalContext, which: str) -> list[dict]:
+    """Score rows of the adversarial prompts, in family order (a prompt that is a forget_eval question after its
+    own lead was scored already: `score_row` memoises by content)."""
+    fams, specs = adversarial_prompts(ctx)
+    flat = [(f, a) for f, adv in fams.items() for a in adv]
+    with ctx.reporter.task(f"adversarial ({which})", len(flat)) as advance:
+        def score(part: list) -> list[dict]:
+            rows = []
+            for f, a in part:
+                rows.append(ctx.score_row(which, specs[f], "forget_eval", a.item()))
+                advance(1)
+            return rows
+
+        return map_sharded(score, flat)  # several processes: split over them, in order
+
+
 @metric("generations", "artefact")
 def generations(ctx: EvalContext) -> dict:
     """Base vs adapted greedy replies for forget_eval, probes, neighbors and retain_eval -> eval/generations.jsonl."""
     rows, counts = [], {}
-    ctx.prefetch_generations(generation_plan(ctx))  # one batched generation per model variant and mode
+    plan = [ctx.request(s, it, mode) for s, mode in generation_plan(ctx) for _, it in ctx.items(s)]
+    adversarial_too = not ctx.config.metrics or "adversarial" in ctx.config.metrics
+    if adversarial_too:
+        plan += adversarial_requests(ctx)  # the adversarial metric's replies come from the same batches
+    for which in ("base", "adapted"):
+        # scored first (one packed forward per prompt, no padding): the replies start from the scored prompts' keys
+        for set_name in EVAL_QA_SETS:
+            ctx.scores(set_name, which)
+        if adversarial_too:
+            adversarial_scores(ctx, which)
+        ctx.greedy(which, plan)  # one batched generation per model variant
     for set_name, mode in generation_plan(ctx):
         pairs = ctx.items(set_name)
         base, adapted = ctx.generations(set_name, "base", mode), ctx.generations(set_name, "adapted", mode)
@@ -139,27 +181,9 @@ def adversarial_tables(a: dict) -> list[Table]:
 @metric("adversarial", "forget", report=adversarial_tables, headline=adversarial_headline)
 def adversarial(ctx: EvalContext) -> dict:
     """Adversarial prompt families built from the spec: mean and worst case per family, base vs adapted."""
-    fams = build_adversarial(ctx.spec, ctx.config.adversarial_per_family, ctx.config.few_shot)
-    # each family's lead replaces the forget_eval lead in a copy of the spec (same scoring function)
-    specs = {f: ctx.spec.model_copy(update={"lead": {**ctx.spec.lead, "forget_eval": adv[0].lead}})
-             for f, adv in fams.items()}
-    flat = [(f, a) for f, adv in fams.items() for a in adv]
-    outputs: dict[str, list[tuple[dict, str]]] = {}
-    for which in ("base", "adapted"):
-        with ctx.use(which) as model, ctx.reporter.task(f"adversarial ({which})", len(flat)) as advance:
-            def score_and_answer(part: list) -> list[tuple[dict, str]]:
-                """Scores, then the greedy reply starting from the scored prefixes (one prefix pass)."""
-                kv = PrefixKV()
-                rows = [score_item(model, ctx.tokenizer, specs[f], "forget_eval", 0, a.item(), kv=kv).to_dict()
-                        for f, a in part]
-                gens = generate(model, ctx.tokenizer,
-                                [prefix_for(ctx.tokenizer, specs[f], "forget_eval", a.item()) for f, a in part],
-                                ctx.config.generation_tokens, batch_size=ctx.config.generation_batch_size,
-                                on_batch=advance,
-                                kv=kv)
-                return [(r, g[0]) for r, g in zip(rows, gens)]
-
-            outputs[which] = map_sharded(score_and_answer, flat)  # several processes: split over them, in order
+    fams, specs = adversarial_prompts(ctx)
+    outputs = {w: list(zip(adversarial_scores(ctx, w), ctx.greedy(w, adversarial_requests(ctx))))
+               for w in ("base", "adapted")}  # usually made by `generations` already
     results, prompts, lo = {}, {}, 0
     for family, adv in fams.items():
         spec, items = specs[family], [a.item() for a in adv]

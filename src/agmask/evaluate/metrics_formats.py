@@ -30,12 +30,13 @@ def _rows(ctx: EvalContext, fmt: str, set_name: str, which: str) -> list[dict]:
     if fmt == LETTER:
         questions = [letter_question(ctx.spec, set_name, i, it, ctx.config.letter_options) for i, it in pairs]
         with ctx.use(which) as model:
-            return map_sharded(lambda part: [score_letter(model, ctx.tokenizer, q, set_name, i) for i, q in part],
+            return map_sharded(lambda part: [score_letter(model, ctx.tokenizer, q, set_name, i, kv=ctx.kv(which))
+                                             for i, q in part],
                                [(i, q) for (i, _), q in zip(pairs, questions)])
     lead = fmt.removeprefix("lead=")
     with ctx.use(which) as model:
-        return map_sharded(lambda part: [dict(score_item(model, ctx.tokenizer, ctx.spec, set_name, i,
-                                                         with_lead(it, lead)).to_dict(), index=i) for i, it in part],
+        return map_sharded(lambda part: [dict(score_item(model, ctx.tokenizer, ctx.spec, set_name, i, with_lead(it, lead),
+                                                         kv=ctx.kv(which)).to_dict(), index=i) for i, it in part],
                            pairs)
 
 

@@ -186,6 +186,8 @@ def recommendation_rate(ctx: EvalContext) -> dict:
     pairs = recommend_items(ctx)
     n = ctx.config.recommend_samples
     prefixes = [prefix_for(ctx.tokenizer, ctx.spec, SET, it) for _, it in pairs]
+    for which in ("base", "adapted"):  # recommendation_preference's scores, first: the samples start from their keys
+        _candidate_matrix(ctx, which, [it for _, it in pairs])
     closing = closing_for(ctx.spec.lead_for(SET))
     samples, stats = {}, {}
     for which in ("base", "adapted"):
@@ -194,7 +196,7 @@ def recommendation_rate(ctx: EvalContext) -> dict:
                 lambda ps: generate(model, ctx.tokenizer, ps, max_new_tokens=ctx.config.recommend_tokens,
                                     batch_size=max(1, ctx.config.generation_batch_size // n), do_sample=True,
                                     temperature=TEMPERATURE, num_return_sequences=n, seed=SAMPLE_SEED,
-                                    on_batch=advance), prefixes)
+                                    on_batch=advance, kv=ctx.kv(which)), prefixes)
         stats[which] = sample_stats(samples[which], ctx.spec, closing)
     rows = [{**fields, "lead": ctx.spec.lead_for(SET, it), "base": samples["base"][k],
              "adapted": samples["adapted"][k]}
@@ -210,12 +212,17 @@ def recommendation_rate(ctx: EvalContext) -> dict:
 
 
 def _candidate_matrix(ctx: EvalContext, which: str, items: list[PromptItem]) -> torch.Tensor:
-    """(N, C) candidate log-probs of the items after the set's lead."""
+    """(N, C) candidate log-probs of the items after the set's lead (memoised: both metrics read them)."""
+    return ctx.memo(("candidates", SET, which, tuple(it.prompt for it in items)),
+                    lambda: _score_candidates(ctx, which, items))
+
+
+def _score_candidates(ctx: EvalContext, which: str, items: list[PromptItem]) -> torch.Tensor:
     with ctx.use(which) as model, ctx.reporter.task(f"scoring {SET} candidates ({which})", len(items)) as advance:
         def score(part: list[PromptItem]) -> list[list[float]]:
             rows = []
             for it in part:
-                rows.append(candidate_logprobs(model, ctx.tokenizer, ctx.spec, SET, it))
+                rows.append(candidate_logprobs(model, ctx.tokenizer, ctx.spec, SET, it, kv=ctx.kv(which)))
                 advance(1)
             return rows
 

@@ -17,7 +17,7 @@ from agmask.evaluate.summaries import concept_wins, set_table
 from agmask.evaluate.tables import Reply, Table, ci, fmt
 from agmask.evaluate.text import fluency_stats, is_degenerate
 from agmask.files import sha256_text
-from agmask.scoring import answer_hit, collate_answers
+from agmask.scoring import answer_hit
 from agmask.scoring.encode import tokens
 
 CORPUS = "general_corpus.txt"
@@ -130,13 +130,13 @@ def kl_greedy(ctx: EvalContext) -> dict:
         def batch_kl(starts: list[int]) -> list[tuple[torch.Tensor, torch.Tensor]]:
             out = []
             for lo in starts:
-                batch = collate_answers(ctx.tokenizer, prefixes[lo : lo + ctx.config.batch_size],
-                                        replies[lo : lo + ctx.config.batch_size])
-                with ctx.use("base") as model:
-                    base_lp, where = answer_position_logprobs(model, batch)
-                with ctx.use("adapted") as model:
-                    adapted_lp, _ = answer_position_logprobs(model, batch)
-                out.append((kl_per_position(base_lp, adapted_lp), where + lo))
+                chunk = slice(lo, lo + ctx.config.batch_size)
+                lps = {}
+                for which in ("base", "adapted"):
+                    with ctx.use(which) as model:
+                        lps[which], where = answer_position_logprobs(model, ctx.tokenizer, prefixes[chunk],
+                                                                     replies[chunk], ctx.kv(which))
+                out.append((kl_per_position(lps["base"], lps["adapted"]), where + lo))
             return out
 
         # several processes: each takes a block of the batches; results come back in batch order

@@ -14,8 +14,10 @@ runs only at the positions that predict a scored token. Compared with a padded b
 (prefix + candidate) sequences this does ~8x fewer token-forwards on a 22-candidate multiple-choice
 view, and the trie ~30% fewer than packing each continuation in full.
 
-With a `PrefixKV`, the prefix's keys and values (all but its last token) are kept for `generate`, so
-a prompt that is scored and then answered runs its prefix through the model once.
+With a `PrefixKV` (a prefix cache, see kvcache.py), the longest stored prefix of the prompt is taken
+from it (the chat template's system turn every prompt opens with, the question asked before with
+another lead), and the prompt's keys and values (all but its last token) are stored for `generate` and
+later forwards, so a prompt that is scored and then answered runs its prefix through the model once.
 """
 from __future__ import annotations
 
@@ -25,7 +27,7 @@ import torch
 import torch.nn as nn
 
 from agmask.scoring.encode import common_prefix_len, tokens
-from agmask.scoring.kvcache import PrefixKV, cached_layers, empty_cache
+from agmask.scoring.kvcache import PrefixKV, batched_cache, cached_layers, empty_cache
 from agmask.scoring.logprobs import decoder_and_head
 
 
@@ -120,7 +122,8 @@ def score_continuations(model: nn.Module, tokenizer, prefix: str, continuations:
                         prefix_ids: list[int] | None = None, kv: PrefixKV | None = None) -> list[ContinuationScore]:
     """Summed log-prob and first-token rank of each continuation after `prefix`, in one forward pass.
 
-    kv: keep the prefix's keys/values there for `generate`.
+    kv: the prefix cache of this model state: its longest stored prefix of the prompt is reused, and the
+    prompt's keys/values are kept there for `generate`.
     """
     if not continuations:
         return []
@@ -130,18 +133,23 @@ def score_continuations(model: nn.Module, tokenizer, prefix: str, continuations:
     body, head = decoder_and_head(model)
     dtype = next(model.parameters()).dtype
 
-    ids = torch.tensor(packed.ids, device=device)[None]  # (1, N)
-    attention = additive_mask(packed.allowed, dtype)[None, None].to(device)  # (1, 1, N, N)
+    # the longest stored prefix of the prompt is not run again (the prompt's last token predicts: it runs)
+    start, layers = kv.longest(packed.ids, limit=packed.shared - 1) if kv is not None else (0, None)
+    cache = None
+    if kv is not None:
+        cache = batched_cache(model, [layers], start) if start else empty_cache(model)
+    ids = torch.tensor(packed.ids[start:], device=device)[None]  # (1, N - start)
+    attention = additive_mask(packed.allowed[start:], dtype)[None, None].to(device)  # (1, 1, N - start, N)
+    positions = torch.tensor(packed.positions[start:], device=device)[None]
+    hidden = body(input_ids=ids, attention_mask=attention, position_ids=positions, use_cache=cache is not None,
+                  past_key_values=cache).last_hidden_state[0]  # (N - start, H): packed position p is row p - start
     keep = len(prefix_ids) - 1  # generation runs the last prefix token itself (it needs its logits)
-    cache = empty_cache(model) if kv is not None and 0 < keep <= packed.shared else None
-    hidden = body(input_ids=ids, attention_mask=attention, position_ids=torch.tensor(packed.positions, device=device)[None],
-                  use_cache=cache is not None, past_key_values=cache).last_hidden_state[0]
-    if cache is not None:  # the prefix rows attend only to the prefix: their keys are the prefix's own
-        kv.put(prefix, prefix_ids[:keep], cached_layers(cache, keep))
+    if cache is not None and 0 < keep <= packed.shared:  # the prefix rows attend only to the prefix: its own keys
+        kv.put(prefix_ids[:keep], cached_layers(cache, keep))
 
     rows = sorted(set(packed.where))  # the head runs once per predicting position (the prefix's last serves every first token)
     row_of = {w: i for i, w in enumerate(rows)}
-    logits = head(hidden[torch.tensor(rows, device=device)]).float()  # (R, V)
+    logits = head(hidden[torch.tensor(rows, device=device) - start]).float()  # (R, V)
     pick = torch.tensor([row_of[w] for w in packed.where], device=device)  # (P,)
     target_ids = torch.tensor(packed.targets, device=device)
     picked = logits.log_softmax(-1)[pick, target_ids]  # (P,)
