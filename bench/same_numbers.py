@@ -18,8 +18,9 @@ from pathlib import Path
 
 SKIP_KEYS = {"seconds", "input_hash", "wall_s", "cpu_s", "command", "commit", "started", "finished", "run_dir", "source"}
 DEFAULT_FILES = ("baseline/answers.jsonl", "baseline/summary.json", "perturb/outputs.jsonl", "perturb/stability.json",
-                 "perturb/recommend_outputs.jsonl", "eval/metrics.json", "eval/generations.jsonl",
-                 "eval/recommendations.jsonl", "unlearn/log.jsonl")
+                 "perturb/recommend_outputs.jsonl", "similarity/similarity.json", "attribute/layers.json",
+                 "mask/mask.json", "unlearn/log.jsonl", "unlearn/summary.json", "eval/metrics.json",
+                 "eval/generations.jsonl", "eval/recommendations.jsonl")
 
 
 def differences(a, b, tol: float, path: str = "") -> list[str]:

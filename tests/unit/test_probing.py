@@ -100,3 +100,30 @@ def test_keep_grad_gives_the_full_gradient_of_every_layer(tiny):
     fd = (bumped(eps) - bumped(-eps)) / (2 * eps)
     assert grads[names[0]][unit].item() == pytest.approx(fd, rel=1e-2, abs=1e-4)
     assert all(g.abs().sum() > 0 for g in grads.values())
+
+
+def test_probe_stage_activations_equal_a_plain_forward_from_the_cache(tiny, tiny_concept_path):
+    """The probe stage runs each prompt from its last prompt token on (the rest from a prefix cache): its
+    `last` and `answer` activations are those of one plain forward of the whole prompt + answer."""
+    from agmask.concepts import load_concept
+    from agmask.scoring import PrefixKV, prefix_for
+    from agmask.scoring.encode import encode_answer
+    from agmask.scoring.logprobs import hidden_states
+    from agmask.stages.probe import probe_set
+
+    model, tok, _ = tiny
+    spec = load_concept(str(tiny_concept_path)).spec
+    items = spec.neighbors
+    kv = PrefixKV()
+    probe_set(model, tok, spec, "forget_eval", spec.forget_eval[:2], kv)  # something cached before
+    got = probe_set(model, tok, spec, "neighbors", items, kv)
+    names = [resid_hook_name(i) for i in range(model.config.num_hidden_layers)]
+    for n, item in enumerate(items):
+        enc = encode_answer(tok, prefix_for(tok, spec, "neighbors", item), item.answer)
+        ids = torch.tensor([enc.input_ids])
+        with torch.no_grad(), capture(model, names) as cache:
+            hidden_states(model, ids, torch.ones_like(ids))
+        acts = torch.stack([cache[name][0] for name in names])  # (L, T, H)
+        last = enc.answer_start - 1
+        assert torch.allclose(got["neighbors.last.resid"][n].float(), acts[:, last], rtol=1e-2, atol=1e-2)
+        assert torch.allclose(got["neighbors.answer.resid"][n].float(), acts[:, last + 1 :].mean(1), rtol=1e-2, atol=1e-2)

@@ -1,7 +1,8 @@
 """Stage 2, probe: MLP neuron and residual-stream activations of every layer, for every question set.
 
 Two positions per prompt: `last` (the last token of prompt + lead, which predicts the answer) and
-`answer` (the mean over the answer tokens, real tokens only). `probe/activations.safetensors` holds
+`answer` (the mean over the answer tokens). Each prompt runs alone from its last prompt token on: the
+tokens before it come from a prefix cache (the chat template's opening runs once for every prompt). `probe/activations.safetensors` holds
 one (items, layers, dim) float16 tensor per `{set}.{position}.{kind}`; `probe/keys.json` documents it.
 """
 from __future__ import annotations
@@ -11,12 +12,13 @@ from pathlib import Path
 
 import torch
 
-from agmask.config import NonNegativeInt, PositiveInt, stage_options
+from agmask.config import NonNegativeInt, stage_options
 from agmask.errors import StageError
 from agmask.files import save_tensors, write_json
 from agmask.probing import capture, mlp_hook_name, resid_hook_name
-from agmask.scoring import QA_SETS, collate_answers, prefix_for
-from agmask.scoring.logprobs import hidden_states
+from agmask.scoring import QA_SETS, PrefixKV, prefix_for
+from agmask.scoring.cached import run_cached
+from agmask.scoring.encode import encode_answer
 
 NAME = "probe"
 DIR = "probe"
@@ -29,38 +31,34 @@ KINDS = {"mlp": "MLP neuron activation = input of down_proj, dim = intermediate_
 
 @stage_options
 class Config:
-    batch_size: PositiveInt = field(default=8, metadata={"help": "prompts per forward pass"})
     max_items: NonNegativeInt = field(default=0, metadata={"help": "prompts per set (the first ones); 0 = all"})
 
 
 PRESETS = {"demo": {"max_items": 12}, "full": {}}
 
 
-def probe_set(model, tokenizer, spec, set_name: str, items, batch_size: int) -> dict[str, torch.Tensor]:
-    """{'{set}.{position}.{kind}': (N, L, D)} for one prompt set."""
+def probe_set(model, tokenizer, spec, set_name: str, items, kv: PrefixKV | None = None) -> dict[str, torch.Tensor]:
+    """{'{set}.{position}.{kind}': (N, L, D)} for one prompt set.
+
+    Each prompt + answer runs alone (no padding), from the last prompt token on: what `kv` holds before it
+    (the chat template's opening every prompt shares, a prompt probed before) is not run again."""
     if not items:
         raise StageError(f"prompt set {set_name} is empty: nothing to probe")
     n_layers = model.config.num_hidden_layers
     names = [mlp_hook_name(i) for i in range(n_layers)] + [resid_hook_name(i) for i in range(n_layers)]
     out: dict[str, list[torch.Tensor]] = {f"{set_name}.{p}.{k}": [] for p in POSITIONS for k in KINDS}
-    for lo in range(0, len(items), batch_size):
-        chunk = items[lo : lo + batch_size]
-        batch = collate_answers(tokenizer, [prefix_for(tokenizer, spec, set_name, it) for it in chunk],
-                                [spec.answers_for(it)[0] for it in chunk])
-        batch = batch.to(next(model.parameters()).device)
-        answer_mask = batch.target_mask.roll(1, dims=1) * batch.attention_mask  # (B, T) 1 on answer tokens
-        last_pos = batch.target_mask.argmax(1)  # (B,) first predicting position = last prefix token
-        rows = torch.arange(len(chunk), device=batch.input_ids.device)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    for item in items:
+        enc = encode_answer(tokenizer, prefix_for(tokenizer, spec, set_name, item), spec.answers_for(item)[0])
+        last = enc.answer_start - 1  # the last prompt token: it predicts the first answer token
         with torch.no_grad(), capture(model, names) as cache:
-            hidden_states(model, batch.input_ids, batch.attention_mask)
+            run = run_cached(model, [enc.input_ids], kv, need=[last], pad_id=pad)
+        first = last - run.starts[0]  # computed positions start at run.starts[0]
         for kind, hook in (("mlp", mlp_hook_name), ("resid", resid_hook_name)):
-            # (B, L, T, D); under device_map="auto" layers sit on several GPUs: stack on the inputs' device
-            acts = torch.stack([cache[hook(i)].to(rows.device) for i in range(n_layers)], dim=1).float()
-            last = acts[rows, :, last_pos]  # (B, L, D)
-            w = answer_mask[:, None, :, None].to(acts.dtype)  # (B, 1, T, 1)
-            mean = (acts * w).sum(2) / w.sum(2).clamp(min=1)  # (B, L, D)
-            out[f"{set_name}.last.{kind}"].append(last.half().cpu())
-            out[f"{set_name}.answer.{kind}"].append(mean.half().cpu())
+            # (L, T, D) of the computed positions; under device_map="auto" layers sit on several GPUs
+            acts = torch.stack([cache[hook(i)][0].to(run.hidden.device) for i in range(n_layers)]).float()
+            out[f"{set_name}.last.{kind}"].append(acts[None, :, first].half().cpu())  # (1, L, D)
+            out[f"{set_name}.answer.{kind}"].append(acts[None, :, first + 1 :].mean(2).half().cpu())  # answer tokens
     return {k: torch.cat(v) for k, v in out.items()}
 
 
@@ -69,10 +67,11 @@ def run(cfg, run_dir: Path, session) -> None:
     model, tokenizer, info = session.model()
     spec = session.spec
     tensors, sets = {}, {}
+    kv = PrefixKV()  # every prompt shares the chat template's opening: it runs once
     with session.reporter.task("probing activations", len(QA_SETS)) as advance:
         for set_name in QA_SETS:
             items = spec.items(set_name)[: conf.max_items or None]
-            tensors.update(probe_set(model, tokenizer, spec, set_name, items, conf.batch_size))
+            tensors.update(probe_set(model, tokenizer, spec, set_name, items, kv))
             sets[set_name] = {"n": len(items), "prompts": [it.prompt for it in items]}
             advance(1)
     save_tensors(Path(run_dir) / DIR / "activations.safetensors", tensors)
