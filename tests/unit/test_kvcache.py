@@ -97,16 +97,21 @@ def _layers(n: int, value: float = 0.0, n_layers: int = 2) -> list:
 def test_longest_finds_the_longest_stored_prefix_and_slices_its_keys():
     kv = PrefixKV()
     kv.put([1, 2, 3, 4], _layers(4))
-    kv.put([1, 2, 7], _layers(3, value=10))
-    assert len(kv) == 2 and kv.tokens() == 7
+    kv.put([1, 2, 7], _layers(3, value=10))  # keeps only its own position: the first two are [1, 2, 3, 4]'s
+    assert len(kv) == 2 and kv.tokens() == 5
     m, layers = kv.longest([1, 2, 3, 9])
     assert m == 3 and layers[0][0].flatten().tolist() == [0, 1, 2] and layers[1][1].flatten().tolist() == [0, -1, -2]
     m, layers = kv.longest([1, 2, 7, 7])
-    assert m == 3 and layers[0][0].flatten().tolist() == [10, 11, 12]
+    assert m == 3 and layers[0][0].flatten().tolist() == [0, 1, 12]
+    kv.put([1, 2, 7, 8, 9], _layers(5, value=20))  # a chain: [1, 2, 3, 4] -> [1, 2, 7] -> this
+    assert kv.longest([1, 2, 7, 8, 9])[1][0][0].flatten().tolist() == [0, 1, 12, 23, 24] and kv.tokens() == 7
+    view = kv.lookup_only()
+    view.put([5, 6], _layers(2))
+    assert kv.longest([5, 6]) == (0, None) and view.longest([1, 2, 3])[0] == 3
     assert kv.longest([1, 2, 3, 4, 5], limit=2)[0] == 2
     assert kv.longest([5, 1]) == (0, None) and kv.longest([]) == (0, None)
     kv.put([1, 2, 3], _layers(3, value=99))  # covered by a stored sequence: nothing new is kept
-    assert len(kv) == 2 and kv.longest([1, 2, 3])[1][0][0].flatten().tolist() == [0, 1, 2]
+    assert len(kv) == 3 and kv.longest([1, 2, 3])[1][0][0].flatten().tolist() == [0, 1, 2]
 
 
 def test_length_groups_keep_padding_small():

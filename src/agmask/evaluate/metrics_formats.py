@@ -30,8 +30,8 @@ def _rows(ctx: EvalContext, fmt: str, set_name: str, which: str) -> list[dict]:
     if fmt == LETTER:
         questions = [letter_question(ctx.spec, set_name, i, it, ctx.config.letter_options) for i, it in pairs]
         with ctx.use(which) as model:
-            return map_sharded(lambda part: [score_letter(model, ctx.tokenizer, q, set_name, i, kv=ctx.kv(which))
-                                             for i, q in part],
+            kv = ctx.kv(which).lookup_only()  # the question's tokens are cached; its options are asked once
+            return map_sharded(lambda part: [score_letter(model, ctx.tokenizer, q, set_name, i, kv=kv) for i, q in part],
                                [(i, q) for (i, _), q in zip(pairs, questions)])
     lead = fmt.removeprefix("lead=")
     with ctx.use(which) as model:

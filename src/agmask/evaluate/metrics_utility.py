@@ -135,7 +135,7 @@ def kl_greedy(ctx: EvalContext) -> dict:
                 for which in ("base", "adapted"):
                     with ctx.use(which) as model:
                         lps[which], where = answer_position_logprobs(model, ctx.tokenizer, prefixes[chunk],
-                                                                     replies[chunk], ctx.kv(which))
+                                                                     replies[chunk], ctx.kv(which).lookup_only())
                 out.append((kl_per_position(lps["base"], lps["adapted"]), where + lo))
             return out
 

@@ -25,17 +25,20 @@ class PrefixKV:
     """Token ids -> their per-layer keys/values; `longest(ids)` finds the longest stored prefix of `ids`.
 
     A trie over token ids points each node at one stored sequence that passes through it, so a lookup
-    walks the query's tokens once."""
+    walks the query's tokens once. A sequence is stored as its parent (the stored sequence it extends)
+    and the positions it adds, so memory grows with the distinct positions, not with the sequences."""
 
     def __init__(self):
-        self._entries: list[tuple[list[int], Layers]] = []
+        self._entries: list[tuple[int | None, int, Layers]] = []  # (parent entry, positions from it, own positions)
         self._trie: dict = {}  # token -> (entry index, child trie)
 
     def put(self, ids: list[int], layers: Layers) -> None:
         """Store the keys/values of exactly `ids` (each layer's tensors hold len(ids) positions)."""
-        if not ids or self.longest(ids)[0] == len(ids):
-            return  # nothing new: an existing entry already covers every token
-        self._entries.append((list(ids), layers))
+        m, parent = self._walk(ids)
+        if not ids or m == len(ids):
+            return  # nothing new: a stored sequence already covers every token
+        own = [(k[:, :, m:].clone(), v[:, :, m:].clone()) for k, v in layers]  # a copy: the caller's tensors can go
+        self._entries.append((parent if m else None, m, own))
         index, node = len(self._entries) - 1, self._trie
         for token in ids:
             if token not in node:
@@ -44,23 +47,46 @@ class PrefixKV:
 
     def longest(self, ids: list[int], limit: int | None = None) -> tuple[int, Layers | None]:
         """(m, keys/values of ids[:m]) for the longest stored prefix of ids[:limit]; (0, None) if none."""
+        m, index = self._walk(ids[:limit])
+        return (m, self._layers(index, m)) if m else (0, None)
+
+    def lookup_only(self) -> "PrefixKV":
+        """A view that finds what this cache holds but keeps nothing new (prompts no later forward extends)."""
+        view = _LookupOnly()
+        view._entries, view._trie = self._entries, self._trie
+        return view
+
+    def _walk(self, ids: list[int]) -> tuple[int, int | None]:
         node, m, index = self._trie, 0, None
-        for token in ids[:limit]:
+        for token in ids:
             if token not in node:
                 break
             index, node = node[token]
             m += 1
-        if not m:
-            return 0, None
-        layers = self._entries[index][1]
-        return m, [(k[:, :, :m], v[:, :, :m]) for k, v in layers]
+        return m, index
+
+    def _layers(self, index: int, m: int) -> Layers:
+        """The first m positions of entry `index`: its parent's, then its own."""
+        parent, offset, own = self._entries[index]
+        if m <= offset:
+            return self._layers(parent, m)
+        mine = [(k[:, :, : m - offset], v[:, :, : m - offset]) for k, v in own]
+        if not offset:
+            return mine
+        return [(torch.cat([pk, k], dim=2), torch.cat([pv, v], dim=2))
+                for (pk, pv), (k, v) in zip(self._layers(parent, offset), mine)]
 
     def __len__(self) -> int:
         return len(self._entries)
 
     def tokens(self) -> int:
         """Positions stored (memory: positions x layers x 2 x kv_heads x head_dim values)."""
-        return sum(len(ids) for ids, _ in self._entries)
+        return sum(own[0][0].shape[2] for _, _, own in self._entries)
+
+
+class _LookupOnly(PrefixKV):
+    def put(self, ids: list[int], layers: Layers) -> None:
+        return None
 
 
 def empty_cache(model: nn.Module):
