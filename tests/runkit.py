@@ -1,4 +1,5 @@
-"""A finished tiny run directory (the shared `finished_tiny_run` fixture makes one), and helpers to copy and compare one."""
+"""A finished tiny run directory (the shared `finished_tiny_run` fixture makes one), and helpers to copy and
+compare one."""
 from __future__ import annotations
 
 import hashlib

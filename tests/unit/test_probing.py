@@ -126,4 +126,5 @@ def test_probe_stage_activations_equal_a_plain_forward_from_the_cache(tiny, tiny
         acts = torch.stack([cache[name][0] for name in names])  # (L, T, H)
         last = enc.answer_start - 1
         assert torch.allclose(got["neighbors.last.resid"][n].float(), acts[:, last], rtol=1e-2, atol=1e-2)
-        assert torch.allclose(got["neighbors.answer.resid"][n].float(), acts[:, last + 1 :].mean(1), rtol=1e-2, atol=1e-2)
+        answer = acts[:, last + 1 :].mean(1)  # (L, H) mean over the answer tokens
+        assert torch.allclose(got["neighbors.answer.resid"][n].float(), answer, rtol=1e-2, atol=1e-2)

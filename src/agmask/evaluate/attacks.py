@@ -93,8 +93,8 @@ def answer_logprob(model: nn.Module, tokenizer, spec: ConceptSpec, set_name: str
     """The item's answer log-prob exactly as `score_items` computes it (max over aliases), without the MC view."""
     close = closing_for(spec.lead_for(set_name, item))
     prefix = prefix_for(tokenizer, spec, set_name, item)
-    return max(s.logprob for s in score_continuations(model, tokenizer, prefix, [a + close for a in spec.answers_for(item)],
-                                                      kv=kv))
+    answers = [a + close for a in spec.answers_for(item)]
+    return max(s.logprob for s in score_continuations(model, tokenizer, prefix, answers, kv=kv))
 
 
 def answer_view(rows: list[dict]) -> dict:

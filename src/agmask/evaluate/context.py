@@ -92,10 +92,7 @@ class EvalContext:
         a question asked before with another lead, a prompt scored before it is answered, KL'd, probed).
         Valid while the variant's weights are those of the evaluation: an attack that changes them scores
         the attacked model with a cache of its own."""
-        key = ("kv", which)
-        if key not in self._memo:
-            self._memo[key] = PrefixKV()
-        return self._memo[key]
+        return self.memo(("kv", which), PrefixKV)
 
     def scores(self, set_name: str, which: Which) -> list[dict]:
         """Per-item score rows (answer log-prob, first-token rank, multiple-choice view), `index` = set index."""
@@ -109,7 +106,7 @@ class EvalContext:
                                                                  reporter=self.reporter, kv=self.kv(which)),
                                          [it for _, it in pairs])
                 rows = [dict(r.to_dict(), index=i) for r, (i, _) in zip(scored, pairs)]
-            for r, (_, item) in zip(rows, pairs):  # generations and hits live in generations(), made with the eval settings
+            for r, (_, item) in zip(rows, pairs):  # replies and hits live in generations(), with the eval settings
                 r.pop("generation", None)
                 r.pop("hit", None)
                 self._memo.setdefault(self._score_key(which, self.spec, set_name, item), r)
@@ -128,7 +125,8 @@ class EvalContext:
         key = self._score_key(which, spec, set_name, item)
         if key not in self._memo:
             with self.use(which) as model:
-                self._memo[key] = score_item(model, self.tokenizer, spec, set_name, 0, item, kv=self.kv(which)).to_dict()
+                row = score_item(model, self.tokenizer, spec, set_name, 0, item, kv=self.kv(which))
+                self._memo[key] = row.to_dict()
         return dict(self._memo[key])
 
     def base_known(self, set_name: str) -> set[int]:

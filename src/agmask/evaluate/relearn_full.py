@@ -120,7 +120,8 @@ def attack_relearn_full(ctx: EvalContext, checkpoints: tuple[int, ...], ref: dic
 
             lm_train(ctx.model, params, sequences, max(checkpoints), ctx.config.relearn_batch,
                      ctx.config.full_relearn_lr, pad_id(ctx.tokenizer), on_step=measure)
-    return attack_result(ctx, variants, scope=f"a fresh LoRA (r {ctx.config.full_relearn_r}) on every decoder Linear, "
-                                              "the unlearning adapter merged; one run per data, measured at each checkpoint",
+    return attack_result(ctx, variants, scope=f"a fresh LoRA (r {ctx.config.full_relearn_r}) on every decoder "
+                                              "Linear, the unlearning adapter merged; one run per data, measured at "
+                                              "each checkpoint",
                          checkpoints=list(checkpoints),
                          control="general_corpus.txt windows of the relearn passages' token counts", **info)

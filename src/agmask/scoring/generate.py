@@ -20,8 +20,9 @@ from agmask.scoring.kvcache import PrefixKV
 
 
 @torch.no_grad()
-def generate(model: nn.Module, tokenizer, prefixes: list[str], max_new_tokens: int | list[int] = 24, batch_size: int = 8,
-             do_sample: bool = False, temperature: float = 1.0, top_p: float = 1.0, num_return_sequences: int = 1,
+def generate(model: nn.Module, tokenizer, prefixes: list[str], max_new_tokens: int | list[int] = 24,
+             batch_size: int = 8, do_sample: bool = False, temperature: float = 1.0, top_p: float = 1.0,
+             num_return_sequences: int = 1,
              seed: int = 0, on_batch: Callable[[int], None] | None = None,
              kv: PrefixKV | None = None) -> list[list[str]]:
     """Return, for every prefix, `num_return_sequences` continuations (text after the prefix).
@@ -42,7 +43,7 @@ def generate(model: nn.Module, tokenizer, prefixes: list[str], max_new_tokens: i
             chunk = [tokens(tokenizer, p) for p in prefixes[lo : lo + batch_size]]
             cut = lengths[lo : lo + batch_size]
             ids, mask, cache = prompt_cache(model, [c[:-1] for c in chunk], kv, pad_id=pad)  # left-padded
-            last = torch.tensor([[c[-1]] for c in chunk], device=device)  # (B, 1): generation runs it (needs its logits)
+            last = torch.tensor([[c[-1]] for c in chunk], device=device)  # (B, 1): generation runs it (its logits)
             ids, mask = torch.cat([ids, last], dim=1), torch.cat([mask, torch.ones_like(last)], dim=1)
             if num_return_sequences > 1:  # every sample starts from the one prefill
                 ids = ids.repeat_interleave(num_return_sequences, dim=0)

@@ -1,9 +1,10 @@
 """Stage 2, probe: MLP neuron and residual-stream activations of every layer, for every question set.
 
 Two positions per prompt: `last` (the last token of prompt + lead, which predicts the answer) and
-`answer` (the mean over the answer tokens). Each prompt runs alone from its last prompt token on: the
-tokens before it come from a prefix cache (the chat template's opening runs once for every prompt). `probe/activations.safetensors` holds
-one (items, layers, dim) float16 tensor per `{set}.{position}.{kind}`; `probe/keys.json` documents it.
+`answer` (the mean over the answer tokens). `probe/activations.safetensors` holds one (items, layers,
+dim) float16 tensor per `{set}.{position}.{kind}`; `probe/keys.json` documents it. Each prompt runs
+alone from its last prompt token on: the tokens before it come from a prefix cache (the chat
+template's opening runs once for the stage).
 """
 from __future__ import annotations
 
