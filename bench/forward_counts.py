@@ -4,6 +4,7 @@ per stage and per evaluation metric, counted through hooks on the model.
     python bench/forward_counts.py [--model tiny:llama] [--concept inception] [--budget demo]
                                    [--stages baseline,perturb,...] [--set STAGE.OPTION=VALUE] [--tasks]
                                    [--json out.json]
+    python bench/forward_counts.py --diff BEFORE.json AFTER.json   # two --json outputs side by side
 
 On a machine shared with other jobs a wall clock measures the neighbours; these counts are deterministic
 (the same code and inputs give the same numbers) and proportional to the work. Per row:
@@ -189,7 +190,11 @@ def main() -> None:
     add_run_options(ap, "tiny:llama", default_threads=1)
     ap.add_argument("--tasks", action="store_true", help="also count per progress task inside stages and metrics")
     ap.add_argument("--json", type=Path, default=None, help="also write the counts as JSON here")
+    ap.add_argument("--diff", type=Path, nargs=2, metavar=("BEFORE", "AFTER"), help="compare two --json outputs")
     args = ap.parse_args()
+    if args.diff:
+        print_diff(*(json.loads(p.read_text())["counts"] for p in args.diff))
+        return
 
     from agmask.pipeline import run_stage, write_manifest
 
@@ -232,6 +237,32 @@ def print_table(rows: dict[str, dict[str, int]], model: str, budget: str) -> Non
         print(f"{stage + ' (all)':<{width}} " + _cells(row))
     total = {f: sum(r[f] for r in stages.values()) for f in FIELDS}
     print(f"{'total':<{width}} " + _cells(total))
+
+
+def print_diff(before: dict[str, dict], after: dict[str, dict]) -> None:
+    """Per stage/metric (and per stage): calls, prefill, decode, train and head rows, before -> after."""
+    fields = ("calls", "prefill", "decode", "train", "head_rows")
+
+    def totals(rows: dict[str, dict]) -> dict[str, dict]:
+        out: dict[str, dict] = {}
+        for label, row in rows.items():
+            stage = label.split("/")[0]
+            for key in ([label, f"{stage} (all)"] if "/" in label else [f"{stage} (all)"]):
+                into = out.setdefault(key, dict.fromkeys(fields, 0))
+                for f in fields:
+                    into[f] += row.get(f, 0)
+        out["total"] = {f: sum(v[f] for k, v in out.items() if k.endswith(" (all)")) for f in fields}
+        return out
+
+    a, b = totals(before), totals(after)
+    stages = list(dict.fromkeys(k.split("/")[0].removesuffix(" (all)") for k in [*a, *b] if k != "total"))
+    labels = [k for stage in stages for k in dict.fromkeys([*a, *b])
+              if k.split("/")[0] == stage and "/" in k] + [f"{stage} (all)" for stage in stages] + ["total"]
+    width = max(len(k) for k in labels)
+    print(f"{'stage/metric':<{width}} " + " ".join(f"{f:>21}" for f in fields))
+    for label in labels:
+        x, y = a.get(label, dict.fromkeys(fields, 0)), b.get(label, dict.fromkeys(fields, 0))
+        print(f"{label:<{width}} " + " ".join(f"{x[f]:>10} ->{y[f]:>8}" for f in fields))
 
 
 def _cells(row: dict) -> str:
