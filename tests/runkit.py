@@ -3,7 +3,9 @@ compare one."""
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import shlex
+import sys
 import shutil
 from contextlib import contextmanager
 from pathlib import Path
@@ -67,6 +69,28 @@ def copy_run(cfg: RunConfig, dest: Path) -> RunConfig:
     manifest["concept"]["source"] = str(concept)  # as if the run had been made with the copy
     write_json(dest / "run" / "manifest.json", manifest)
     return cfg.model_copy(update={"run_dir": dest / "run", "concepts": [str(concept)]})
+
+
+BENCH = Path(__file__).resolve().parents[1] / "bench"
+
+
+def bench_module(name: str):
+    """A bench/ script as a module (its sibling benchkit importable)."""
+    sys.path.insert(0, str(BENCH))
+    try:
+        spec = importlib.util.spec_from_file_location(f"bench_{name}", BENCH / f"{name}.py")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module
+    finally:
+        sys.path.remove(str(BENCH))
+
+
+def number_differences(a, b, tol: float = 1e-4) -> list[str]:
+    """Where two results trees differ beyond `tol` (bench/same_numbers.py's rule; timings skipped). Forwards
+    that reuse cached prefixes differ from the same forwards run whole by float rounding (~1e-7), so a
+    resumed run, which caches other prefixes, agrees with an uninterrupted one to this tolerance."""
+    return bench_module("same_numbers").differences(a, b, tol)
 
 
 def snapshot(run_dir: Path) -> dict[str, str]:

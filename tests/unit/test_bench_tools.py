@@ -1,25 +1,10 @@
 """The measuring tools of bench/: forward counts (known answers on a tiny model) and the run comparison."""
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import pytest
 import torch
 
-BENCH = Path(__file__).resolve().parents[2] / "bench"
-
-
-def bench_module(name: str):
-    sys.path.insert(0, str(BENCH))  # the scripts import their sibling benchkit
-    try:
-        spec = importlib.util.spec_from_file_location(f"bench_{name}", BENCH / f"{name}.py")
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-        return module
-    finally:
-        sys.path.remove(str(BENCH))
+from runkit import bench_module
 
 
 @pytest.fixture(scope="module")
