@@ -109,6 +109,30 @@ def test_an_interrupted_search_keeps_its_finished_trials_and_runs_to_the_budget(
     assert len(calls) == 4 and [r["trial"] for r in read_jsonl(cfg.run_dir / "tune" / "trials.jsonl")] == [0, 1, 2, 3]
 
 
+def test_an_interrupted_search_settles_with_a_lower_trial_count_on_the_trials_it_finished(tmp_path,
+                                                                                         tiny_concept_path, monkeypatch):
+    real_trial = search_module.run_trial
+    calls = []
+
+    def counting(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real_trial(*args, **kwargs)
+
+    monkeypatch.setattr(search_module, "run_trial", counting)
+    with pytest.raises(KeyboardInterrupt):  # during the third of 4 trials
+        pipeline.run_pipeline(_cfg(tmp_path, tiny_concept_path, trials=4), stages=["tune"])
+    calls.clear()
+    pipeline.run_pipeline(_cfg(tmp_path, tiny_concept_path, trials=2), stages=["tune"])
+    assert calls == []  # the two finished trials are kept and settle the search
+    rows = read_jsonl(tmp_path / "run" / "tune" / "trials.jsonl")
+    assert [r["trial"] for r in rows] == [0, 1] and read_json(tmp_path / "run" / "tune" / "choice.json")["trials"] == 2
+    calls.clear()  # another option than the trial count starts afresh
+    pipeline.run_pipeline(_cfg(tmp_path, tiny_concept_path, trials=1, startup_trials=3), stages=["tune"])
+    assert len(calls) == 1
+
+
 def _unlearn_summary(cfg: RunConfig) -> dict:
     return read_json(cfg.run_dir / "unlearn" / "summary.json")
 
