@@ -161,7 +161,7 @@ def test_the_choice_trains_the_adapter_under_auto_and_not_under_defaults_and_set
     assert ran == [True, True, True]  # the recipe is part of their input hashes
     summary = _unlearn_summary(defaults)
     assert summary["recipe"]["name"] == "defaults" and "--recipe defaults" in summary["recipe"]["note"]
-    assert summary["config"]["lr"] == 2e-3 and _resolved(defaults, "attribute")["retain_weight"] == 1.0
+    assert summary["config"]["lr"] == 2e-3 and _resolved(defaults, "attribute")["retain_weight"] == 0.5
     assert read_json(cfg.run_dir / "manifest.json")["recipe"] == {"name": "defaults", "trial": None}
     auto = Session.create(cfg)  # the adapter now on disk is not the one --recipe auto asks for, and it says why
     auto.model_sha256 = read_json(cfg.run_dir / "manifest.json")["model"]["sha256"]
