@@ -107,6 +107,16 @@ def input_hash(session, name: str) -> str:
     return hash_of(input_parts(session, name))
 
 
+def staging_hash(module, parts: dict) -> str:
+    """The hash an interrupted attempt's staging view is kept under: the input hash without the options the
+    stage declares in RESUMES_ACROSS (tune.trials: finished trials stay valid when the trial count changes)."""
+    across = getattr(module, "RESUMES_ACROSS", ())
+    if not across:
+        return hash_of(parts)
+    config = {k: v for k, v in json.loads(parts["stage_config"]).items() if k not in across}
+    return hash_of({**parts, "stage_config": config})
+
+
 def recorded_inputs(parts: dict) -> dict:
     """The per-input digests a DONE marker keeps, to say later which input changed."""
     out = {k: digest(v) for k, v in parts.items() if k not in ("upstream", "uses")}

@@ -32,7 +32,7 @@ from typing import Iterator
 from agmask import __version__, distributed, transaction
 from agmask.config import RunConfig, nearest
 from agmask.currency import (check_upstream, digest, hash_of, input_hash, input_parts, invalidate_dependants,
-                             output_hashes, read_done, recorded_inputs, stage_dir, verify_outputs)
+                             output_hashes, read_done, recorded_inputs, stage_dir, staging_hash, verify_outputs)
 from agmask.errors import AgmaskError
 from agmask.files import read_json, sha256_text, write_json
 from agmask.progress import SILENT, Reporter
@@ -210,7 +210,7 @@ def run_stage(session: Session, name: str) -> bool:
     main = distributed.is_main()
     view = RunDir(real).staging(name)
     if main:
-        transaction.prepare(real, module, expected, fresh=session.cfg.force)
+        transaction.prepare(real, module, staging_hash(module, parts), fresh=session.cfg.force)
     distributed.barrier()  # the view exists before the other processes mirror it
     start = time.perf_counter()
     with _staged(session, view):

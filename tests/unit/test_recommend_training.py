@@ -29,6 +29,7 @@ from agmask.unlearn.candidates import (base_candidate_logprobs, candidate_logpro
 from agmask.unlearn.objectives import preference_kl
 from agmask.unlearn.sources import Setup
 from agmask.unlearn.trainer import train
+from runkit import PLAIN_NPO
 
 RECOMMEND = "recommend_train"
 
@@ -39,7 +40,7 @@ def spec(tiny_concept_path):
 
 
 def _conf(**kw):
-    return dataclasses.replace(Config(), **{"steps": 3, "batch_size": 2, "lr": 5e-2, **kw})
+    return dataclasses.replace(Config(), **{**PLAIN_NPO, "steps": 3, "batch_size": 2, "lr": 5e-2, **kw})
 
 
 class _Notes(Reporter):

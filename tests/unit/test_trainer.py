@@ -19,6 +19,7 @@ from agmask.unlearn import METHODS, data, objectives, trainer
 from agmask.unlearn.methods import Method
 from agmask.unlearn.sources import Plan, Setup, Source, forget_source, retain_source
 from agmask.unlearn.trainer import _draw_orders, _draw_sizes, _step_indices, train
+from runkit import PLAIN_NPO
 
 
 @pytest.fixture
@@ -27,7 +28,7 @@ def spec(tiny_concept_path):
 
 
 def _conf(**kw):
-    return dataclasses.replace(Config(), **{"steps": 3, "batch_size": 2, "lr": 5e-2, **kw})
+    return dataclasses.replace(Config(), **{**PLAIN_NPO, "steps": 3, "batch_size": 2, "lr": 5e-2, **kw})
 
 
 def _examples(n: int) -> list[data.Example]:

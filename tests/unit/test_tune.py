@@ -55,7 +55,7 @@ def test_tune_reads_only_the_training_sets_and_writes_its_outputs(tmp_path, tiny
     assert pipeline.run_stage(session, "tune") is True  # the real stage: training view, halves, Optuna, rule
     out = cfg.run_dir / "tune"
     rows = read_jsonl(out / "trials.jsonl")
-    assert [r["trial"] for r in rows] == [0, 1, 2] and [r["start"] for r in rows] == ["defaults", "README recipe",
+    assert [r["trial"] for r in rows] == [0, 1, 2] and [r["start"] for r in rows] == ["defaults", "plain NPO",
                                                                                      "sampled"]
     assert all(r["state"] == "complete" and r["steps"] == 2 and r["mask"]["neurons"] == 12 for r in rows)
     for r in rows:  # measured on half B: 2 of tiny_concept's 4 forget_train prompts, under both training leads
@@ -109,6 +109,30 @@ def test_an_interrupted_search_keeps_its_finished_trials_and_runs_to_the_budget(
     assert len(calls) == 4 and [r["trial"] for r in read_jsonl(cfg.run_dir / "tune" / "trials.jsonl")] == [0, 1, 2, 3]
 
 
+def test_an_interrupted_search_settles_with_a_lower_trial_count_on_the_trials_it_finished(tmp_path,
+                                                                                         tiny_concept_path, monkeypatch):
+    real_trial = search_module.run_trial
+    calls = []
+
+    def counting(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real_trial(*args, **kwargs)
+
+    monkeypatch.setattr(search_module, "run_trial", counting)
+    with pytest.raises(KeyboardInterrupt):  # during the third of 4 trials
+        pipeline.run_pipeline(_cfg(tmp_path, tiny_concept_path, trials=4), stages=["tune"])
+    calls.clear()
+    pipeline.run_pipeline(_cfg(tmp_path, tiny_concept_path, trials=2), stages=["tune"])
+    assert calls == []  # the two finished trials are kept and settle the search
+    rows = read_jsonl(tmp_path / "run" / "tune" / "trials.jsonl")
+    assert [r["trial"] for r in rows] == [0, 1] and read_json(tmp_path / "run" / "tune" / "choice.json")["trials"] == 2
+    calls.clear()  # another option than the trial count starts afresh
+    pipeline.run_pipeline(_cfg(tmp_path, tiny_concept_path, trials=1, startup_trials=3), stages=["tune"])
+    assert len(calls) == 1
+
+
 def _unlearn_summary(cfg: RunConfig) -> dict:
     return read_json(cfg.run_dir / "unlearn" / "summary.json")
 
@@ -137,7 +161,7 @@ def test_the_choice_trains_the_adapter_under_auto_and_not_under_defaults_and_set
     assert ran == [True, True, True]  # the recipe is part of their input hashes
     summary = _unlearn_summary(defaults)
     assert summary["recipe"]["name"] == "defaults" and "--recipe defaults" in summary["recipe"]["note"]
-    assert summary["config"]["lr"] == 2e-3 and _resolved(defaults, "attribute")["retain_weight"] == 1.0
+    assert summary["config"]["lr"] == 2e-3 and _resolved(defaults, "attribute")["retain_weight"] == 0.5
     assert read_json(cfg.run_dir / "manifest.json")["recipe"] == {"name": "defaults", "trial": None}
     auto = Session.create(cfg)  # the adapter now on disk is not the one --recipe auto asks for, and it says why
     auto.model_sha256 = read_json(cfg.run_dir / "manifest.json")["model"]["sha256"]

@@ -161,9 +161,10 @@ def test_the_search_holds_what_the_user_set_and_what_it_may_not_search():
     assert values["unlearn.first_token_margin"] == 0.0 and values["unlearn.lr"] == 1e-3
     values = plan.sample(optuna.trial.FixedTrial({**params, "unlearn.first_token_weight": 1.0}))
     assert values["unlearn.first_token_margin"] == 6.0
-    # starting points: the defaults (mask.k unset counts as 256) and the README recipe, searched options only
-    (label0, defaults), (label1, readme) = plan.start_points(base)
-    assert (label0, label1) == ("defaults", "README recipe")
-    assert defaults["mask.k"] == 256 and defaults["attribute.retain_weight"] == 1.0 and "unlearn.lr" not in defaults
-    assert "unlearn.first_token_margin" not in defaults and readme["unlearn.first_token_margin"] == 8.0
-    assert readme["attribute.retain_weight"] == 0.5 and readme["unlearn.retain_all_leads"] is True
+    # starting points: the defaults (mask.k unset counts as 256; the tuned recipe) and plain NPO, searched options only
+    (label0, defaults), (label1, plain) = plan.start_points(base)
+    assert (label0, label1) == ("defaults", "plain NPO")
+    assert defaults["mask.k"] == 256 and defaults["attribute.retain_weight"] == 0.5 and "unlearn.lr" not in defaults
+    assert defaults["unlearn.first_token_margin"] == 8.0 and defaults["unlearn.retain_all_leads"] is True
+    assert "unlearn.first_token_margin" not in plain and plain["unlearn.first_token_weight"] == 0.0
+    assert plain["attribute.retain_weight"] == 1.0 and plain["unlearn.retain_all_leads"] is False

@@ -1,7 +1,8 @@
 """Every method's loss rows on the tiny models match rows recorded before the recommendation terms existed
 (issue 17 item 4 adds options that default to off: with them off, no number may move).
 
-The recorded file was written by this module at commit 7f582b6, whose sources lack those options:
+The recorded file was written by this module at commit 7f582b6, whose sources lack those options (the defaults
+were plain NPO then: the rows train with PLAIN_NPO):
     PYTHONPATH=<that commit's src> python tests/unit/test_unlearn_rows.py tests/fixtures/unlearn_rows.json 7f582b6
 Rows are compared with a tolerance for other CPUs' float rounding, far below any change of the loss.
 """
@@ -20,6 +21,7 @@ from agmask.lora import attach_lora
 from agmask.stages.unlearn import Config
 from agmask.unlearn import METHODS
 from agmask.unlearn.trainer import train
+from runkit import PLAIN_NPO
 
 FIXTURES = Path(__file__).parent.parent / "fixtures"
 RECORDED = FIXTURES / "unlearn_rows.json"
@@ -37,7 +39,7 @@ def loss_rows(model_name: str, method: str, options: dict) -> list[dict]:
     mask[2, 30:35] = True
     param = {"mask": mask, "random": mask.roll(7, 1), "unmasked": None}[METHODS[method].parameterisation]
     adapter = attach_lora(model, param, layers=[1, 2], r=4)
-    conf = dataclasses.replace(Config(), steps=3, batch_size=2, lr=5e-2, **options)
+    conf = dataclasses.replace(Config(), **{**PLAIN_NPO, "steps": 3, "batch_size": 2, "lr": 5e-2, **options})
     spec = load_concept(str(FIXTURES / "tiny_concept.yaml")).spec
     rows = train(adapter, METHODS[method], tok, spec, conf, seed=3)
     return [{k: v for k, v in row.items() if k != "seconds"} for row in rows]

@@ -29,7 +29,7 @@ class Config:
     batch_size: PositiveInt = field(default=8, metadata={"help": "prompts per forward + backward pass"})
     max_items: NonNegativeInt = field(default=0, metadata={
         "help": "forget_train and retain_train prompts used (the first ones); 0 = all"})
-    retain_weight: NonNegativeFloat = field(default=1.0, metadata={
+    retain_weight: NonNegativeFloat = field(default=0.5, metadata={
         "help": "lambda in the contrastive score rank(forget) - lambda * rank(retain)"})
     top_k: PositiveInt = field(default=100, metadata={"help": "neurons listed in layers.json (and counted per layer)"})
     positions: Literal["answer", "all", "subject", "prompt"] = field(default="answer", metadata={

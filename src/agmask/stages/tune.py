@@ -23,12 +23,14 @@ DEPENDS: tuple[str, ...] = ()
 READS_OPTIONS = ("attribute", "mask", "unlearn")  # their options are part of its input hash
 WITH_RECIPE = False  # ... as the user set them: the recipe is what tune itself writes
 RESUMABLE = True  # an interrupted search continues from tune/optuna.db
+RESUMES_ACROSS = ("trials",)  # ... also under another trial count: lower it to settle a search early
 
 
 @stage_options
 class Config:
     trials: PositiveInt = field(default=24, metadata={
-        "help": "trials the search runs in all (finished ones in tune/optuna.db count: raise it to continue a search)"})
+        "help": "trials the search runs in all (finished ones in tune/optuna.db count, an interrupted search's too: raise "
+                "it to continue a search, or lower it to settle one with the trials it has)"})
     startup_trials: PositiveInt = field(default=8, metadata={
         "help": "trials drawn at random (the starting points included) before TPE models the results"})
     start_points: bool = field(default=True, metadata={

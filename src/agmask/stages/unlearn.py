@@ -27,6 +27,7 @@ PARALLEL = True  # several processes: the trainer shards each batch; DDP (throug
 
 @stage_options
 class Config:
+    # The defaults are `agmask tune --budget full`'s choice on inception (default model; docs/TUNING.md).
     method: str = field(default="masked_lora", metadata={
         "help": "masked_lora, masked_refusal, unmasked_lora, random_mask, ga, npo or rmu (see agmask.unlearn.METHODS)"})
     steps: PositiveInt = field(default=40, metadata={"help": "optimiser steps"})
@@ -38,11 +39,11 @@ class Config:
     max_grad_norm: PositiveFloat = field(default=1.0, metadata={"help": "gradient clipping norm"})
     npo_beta: PositiveFloat = field(default=0.1, metadata={"help": "NPO temperature beta"})
     forget_weight: NonNegativeFloat = field(default=1.0, metadata={"help": "weight of the forget term"})
-    first_token_weight: NonNegativeFloat = field(default=0.0, metadata={
+    first_token_weight: NonNegativeFloat = field(default=1.0, metadata={
         "help": "NPO on the answer's first token alone (masked_lora and its ablations); 0 = off"})
-    first_token_margin: NonNegativeFloat = field(default=0.0, metadata={
+    first_token_margin: NonNegativeFloat = field(default=8.0, metadata={
         "help": "> 0: a hinge instead of NPO, pushing the first token `margin` nats down, no more"})
-    retain_weight: NonNegativeFloat = field(default=1.0, metadata={"help": "weight of the KL to the base on retain_train"})
+    retain_weight: NonNegativeFloat = field(default=8.0, metadata={"help": "weight of the KL to the base on retain_train"})
     target_weight: NonNegativeFloat = field(default=0.0, metadata={
         "help": "weight of the optional CE to the forget target (refusal); 0 = off"})
     rmu_steering: PositiveFloat = field(default=6.5, metadata={"help": "RMU: norm of the random control vector"})
@@ -50,11 +51,11 @@ class Config:
     early_stop_nats: NonNegativeFloat = field(default=0.0, metadata={
         "help": "stop once the forget log-ratio (train batches) is below -this; 0 = off"})
     max_forget: NonNegativeInt = field(default=0, metadata={"help": "use only the first N forget_train prompts; 0 = all"})
-    forget_all_leads: bool = field(default=False, metadata={
+    forget_all_leads: bool = field(default=True, metadata={
         "help": "forget each forget_train prompt under every answer lead the training sets use"})
-    retain_all_leads: bool = field(default=False, metadata={
+    retain_all_leads: bool = field(default=True, metadata={
         "help": "retain KL on each retain_train prompt under every answer lead the training sets use"})
-    retain_without_concept_start: bool = field(default=False, metadata={
+    retain_without_concept_start: bool = field(default=True, metadata={
         "help": "retain KL: leave the concept's first answer token out at a retain answer's start"})
     cache_frozen_layers: bool = field(default=True, metadata={
         "help": "run the frozen layers below the adapter once, not every step"})

@@ -70,10 +70,9 @@ SPACE: tuple[Option, ...] = (
 # defaults, and the recipe the README's last training-halves table chose for inception on the default model.
 START_POINTS: tuple[tuple[str, dict], ...] = (
     ("defaults", {}),
-    ("README recipe", {"attribute.retain_weight": 0.5, "unlearn.first_token_weight": 1.0,
-                       "unlearn.first_token_margin": 8.0, "unlearn.retain_weight": 8.0,
-                       "unlearn.forget_all_leads": True, "unlearn.retain_without_concept_start": True,
-                       "unlearn.retain_all_leads": True}),
+    ("plain NPO", {"attribute.retain_weight": 1.0, "unlearn.first_token_weight": 0.0,  # the defaults before
+                   "unlearn.retain_weight": 1.0, "unlearn.forget_all_leads": False,  # the first full tune
+                   "unlearn.retain_without_concept_start": False, "unlearn.retain_all_leads": False}),
 )
 
 
