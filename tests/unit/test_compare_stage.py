@@ -153,6 +153,29 @@ def test_an_interrupted_compare_continues_after_its_finished_rows(prepared, tmp_
     assert "compare/causal/seed0/metrics.json" in read_done(cfg.run_dir, "compare")["outputs"]
 
 
+def test_an_interrupted_compare_keeps_its_rows_when_the_variants_change(prepared, tmp_path, tiny_concept_path,
+                                                                       trainings, monkeypatch):
+    cfg = _cfg(prepared, tmp_path, tiny_concept_path, seeds=2, variants=["saliency", "random_same_layers"])
+    real = runner.evaluate_model
+    calls = []
+
+    def fails_on_the_second_row(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise RuntimeError("killed during the second row")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(runner, "evaluate_model", fails_on_the_second_row)
+    with pytest.raises(RuntimeError, match="second row"):
+        run_pipeline(cfg, stages=["compare"])
+    monkeypatch.setattr(runner, "evaluate_model", real)
+    trainings.clear()  # fewer seeds, another variant list: the finished row is kept
+    run_pipeline(_cfg(prepared, tmp_path, tiny_concept_path, seeds=1, variants=["saliency", "unmasked"]),
+                 stages=["compare"])
+    assert trainings == [("masked_lora", 0)]  # only unmasked trains
+    assert _rows(read_json(cfg.run_dir / "compare" / "compare.json")) == [("saliency", 0), ("unmasked", 0)]
+
+
 def test_adding_a_variant_trains_only_the_new_one_and_force_retrains_all(prepared, tmp_path, tiny_concept_path,
                                                                          trainings):
     run_pipeline(_cfg(prepared, tmp_path, tiny_concept_path, seeds=1, variants=["saliency"]), stages=["compare"])

@@ -32,6 +32,7 @@ DIR = "compare"
 DEPENDS: tuple[str, ...] = ("baseline", "attribute", "mask")
 READS_OPTIONS: tuple[str, ...] = ("mask", "unlearn", "evaluate")  # it trains and evaluates with their options
 RESUMABLE = True  # an interrupted compare keeps its finished rows (compare.json) and continues
+RESUMES_ACROSS = ("variants", "seeds")  # ... also when the variants or seeds listed change
 # Several processes: every process runs it, as unlearn and evaluate do (the trainer's DDP and the evaluation's
 # sharded scoring need every process); the others write into a throwaway mirror (see agmask.pipeline).
 PARALLEL = True
