@@ -120,9 +120,8 @@ def test_the_causal_mask_made_by_compare_is_the_mask_stage_s_causal_selection(pr
     assert "run's mask" in data["masks"]["causal"]["source"]  # reused, not made again
 
 
-def test_an_interrupted_compare_continues_after_its_finished_rows(prepared, tmp_path, tiny_concept_path, trainings,
-                                                                  monkeypatch):
-    cfg = _cfg(prepared, tmp_path, tiny_concept_path, seeds=1, variants=["causal", "random_same_layers", "ga"])
+def _killed_during_the_second_row(cfg: RunConfig, monkeypatch) -> None:
+    """Run compare with its second row's evaluation failing; evaluations work again afterwards."""
     real = runner.evaluate_model
     calls = []
 
@@ -135,12 +134,18 @@ def test_an_interrupted_compare_continues_after_its_finished_rows(prepared, tmp_
     monkeypatch.setattr(runner, "evaluate_model", fails_on_the_second_row)
     with pytest.raises(RuntimeError, match="second row"):
         run_pipeline(cfg, stages=["compare"])
+    monkeypatch.setattr(runner, "evaluate_model", real)
+
+
+def test_an_interrupted_compare_continues_after_its_finished_rows(prepared, tmp_path, tiny_concept_path, trainings,
+                                                                  monkeypatch):
+    cfg = _cfg(prepared, tmp_path, tiny_concept_path, seeds=1, variants=["causal", "random_same_layers", "ga"])
+    _killed_during_the_second_row(cfg, monkeypatch)
     assert read_done(cfg.run_dir, "compare") is None and not (cfg.run_dir / "compare").exists()
     staged = read_json(cfg.run_dir / ".staging" / "compare" / "compare" / "compare.json")
     assert _rows(staged) == [("causal", 0)] and not staged["complete"]
     first = staged["variants"]["causal"]["rows"][0]
 
-    monkeypatch.setattr(runner, "evaluate_model", real)
     import agmask.stages.mask as mask_stage
 
     monkeypatch.setattr(mask_stage, "causal_selection", lambda *a, **k: pytest.fail("the causal selection ran again"))
@@ -156,19 +161,7 @@ def test_an_interrupted_compare_continues_after_its_finished_rows(prepared, tmp_
 def test_an_interrupted_compare_keeps_its_rows_when_the_variants_change(prepared, tmp_path, tiny_concept_path,
                                                                        trainings, monkeypatch):
     cfg = _cfg(prepared, tmp_path, tiny_concept_path, seeds=2, variants=["saliency", "random_same_layers"])
-    real = runner.evaluate_model
-    calls = []
-
-    def fails_on_the_second_row(*args, **kwargs):
-        calls.append(1)
-        if len(calls) == 2:
-            raise RuntimeError("killed during the second row")
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(runner, "evaluate_model", fails_on_the_second_row)
-    with pytest.raises(RuntimeError, match="second row"):
-        run_pipeline(cfg, stages=["compare"])
-    monkeypatch.setattr(runner, "evaluate_model", real)
+    _killed_during_the_second_row(cfg, monkeypatch)
     trainings.clear()  # fewer seeds, another variant list: the finished row is kept
     run_pipeline(_cfg(prepared, tmp_path, tiny_concept_path, seeds=1, variants=["saliency", "unmasked"]),
                  stages=["compare"])
