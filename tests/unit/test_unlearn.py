@@ -286,3 +286,40 @@ def test_training_halves_are_disjoint_every_other_item_and_cover_the_set(spec):
     a, b = training_halves(spec.forget_train)
     assert a == list(spec.forget_train[0::2]) and b == list(spec.forget_train[1::2])
     assert len(a) + len(b) == len(spec.forget_train) and not {i.prompt for i in a} & {i.prompt for i in b}
+
+
+def test_rest_kl_at_start_ignores_the_concept_start_and_sees_the_rest(tiny, spec):
+    from agmask.unlearn import data
+    from agmask.unlearn.objectives import rest_kl_at_start
+
+    model, tok, info = tiny
+    forget = data.forget_examples(tok, spec, spec.forget_train)
+    starts = data.first_answer_tokens(tok, forget)
+    base = data.base_start_distributions(model, tok, forget)
+    vocab = base.shape[-1]
+    assert base.shape == (len(forget), model.config.vocab_size)
+    batch = data.collate(tok, forget, torch.device("cpu"))
+    with torch.no_grad():
+        assert rest_kl_at_start(model, batch, base, starts).item() == pytest.approx(0.0, abs=1e-6)
+        moved = base.clone()
+        moved[:, starts] -= 5.0  # only the concept's starts moved: nothing the term sees
+        assert rest_kl_at_start(model, batch, moved, starts).item() == pytest.approx(0.0, abs=1e-5)
+        other = int(next(i for i in range(vocab) if i not in set(starts.tolist())))
+        moved[:, other] += 3.0  # another token moved: the renormalised rest differs
+        direct = []
+        for row in range(len(forget)):
+            keep = torch.ones(vocab, dtype=torch.bool)
+            keep[starts] = False
+            p = moved[row][keep].log_softmax(-1)
+            q = base[row][keep].log_softmax(-1)
+            direct.append((p.exp() * (p - q)).sum())
+        assert rest_kl_at_start(model, batch, moved, starts).item() == pytest.approx(torch.stack(direct).mean().item(),
+                                                                                     rel=1e-4)
+
+
+def test_keep_rest_weight_trains_and_is_logged(tiny, spec):
+    model, tok, info = tiny
+    adapter = attach_lora(model, torch.ones(info.num_layers, info.intermediate_size, dtype=torch.bool), r=4)
+    rows = train(adapter, METHODS["masked_lora"], tok, spec, _conf(keep_rest_weight=1.0))
+    assert all(math.isfinite(r["forget_rest_kl"]) for r in rows) and rows[-1]["forget_rest_kl"] > 0
+    assert rows[0]["forget_rest_kl"] == pytest.approx(0.0, abs=1e-5)  # the adapter starts as the identity

@@ -177,6 +177,14 @@ def base_answer_distributions(model: nn.Module, tokenizer, examples: list[Exampl
 
 
 @torch.no_grad()
+def base_start_distributions(model: nn.Module, tokenizer, examples: list[Example], batch_size: int = 8,
+                             start: tuple[int, list[torch.Tensor]] | None = None) -> torch.Tensor:
+    """(N, V) log-softmax of the base at each example's first answer-predicting position (where the answer
+    starts)."""
+    return torch.stack([d[0] for d in base_answer_distributions(model, tokenizer, examples, batch_size, start)])
+
+
+@torch.no_grad()
 def base_residuals(model: nn.Module, tokenizer, examples: list[Example], layer: int, batch_size: int = 8) -> list[torch.Tensor]:
     """Per example, (n_answer_positions, H) residual stream after `layer` (RMU's retain reference)."""
     device = next(model.parameters()).device

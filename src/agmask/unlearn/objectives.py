@@ -101,6 +101,27 @@ def _first_position_drop(batch: AnswerBatch, where: torch.Tensor, ids: torch.Ten
     return drop
 
 
+def rest_kl_at_start(model, batch: AnswerBatch, base_start: torch.Tensor, drop: torch.Tensor) -> torch.Tensor:
+    """Mean over samples of KL(base || adapted) over the vocabulary at each sample's FIRST answer position, the
+    ids `drop` (the concept's first answer tokens) removed from both and the rest renormalised.
+
+    base_start: (B, V) the base's log-softmax at those positions. The adapter may lower the concept's start
+    freely (it is not in the term), but not reshuffle what else the model would say there.
+    """
+    _, head = decoder_and_head(model)
+    hidden = hidden_states(model, batch.input_ids, batch.attention_mask, batch.start_layer,
+                           batch.start_hidden)  # (B, T, H)
+    where = batch.target_mask.bool() & batch.attention_mask.bool()
+    first = where.int().argmax(-1)  # (B,) the first answer-predicting position of each sample
+    logq = head(hidden[torch.arange(hidden.shape[0], device=hidden.device), first]).float().log_softmax(-1)
+    logp = base_start.to(logq.device)
+    removed = torch.zeros(logq.shape[-1], dtype=torch.bool, device=logq.device)
+    removed[drop.to(logq.device)] = True
+    logq = logq.masked_fill(removed, -1e9).log_softmax(-1)
+    logp = logp.masked_fill(removed, -1e9).log_softmax(-1)
+    return (logp.exp() * (logp - logq)).sum(-1).mean()
+
+
 def residual_at(model, batch: AnswerBatch, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
     """(N, H) residual stream after `layer` at the answer-predicting positions (differentiable), and `where`."""
     with capture(model, [resid_hook_name(layer)], keep_grad=True) as cache:
