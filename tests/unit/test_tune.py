@@ -56,7 +56,7 @@ def test_tune_reads_only_the_training_sets_and_writes_its_outputs(tmp_path, tiny
     out = cfg.run_dir / "tune"
     rows = read_jsonl(out / "trials.jsonl")
     assert [r["trial"] for r in rows] == [0, 1, 2] and [r["start"] for r in rows] == ["defaults", "plain NPO",
-                                                                                     "sampled"]
+                                                                                     "keep the rest"]
     assert all(r["state"] == "complete" and r["steps"] == 2 and r["mask"]["neurons"] == 12 for r in rows)
     for r in rows:  # measured on half B: 2 of tiny_concept's 4 forget_train prompts, under both training leads
         assert set(r["measurements"]["median_rank_by_lead"]) == {'The movie is "', 'The answer is "'}
@@ -97,7 +97,9 @@ def test_an_interrupted_search_keeps_its_finished_trials_and_runs_to_the_budget(
     assert len(calls) == 2  # trial 0 was kept; the interrupted one ran again, then one more
     rows = read_jsonl(cfg.run_dir / "tune" / "trials.jsonl")
     assert len(rows) == 3 and [r["trial"] for r in rows] == [0, 2, 3]  # trial 1 was the interrupted one
-    assert _comparable(rows) == _comparable(expected)  # the same trials as a search that was never interrupted
+    # the same trials as a search that was never interrupted (the interrupted one reruns after the start points
+    # still queued, so the order may differ)
+    assert sorted(_comparable(rows)) == sorted(_comparable(expected))
 
     calls.clear()  # a larger budget continues the finished search
     more = _cfg(tmp_path / "resumed", tiny_concept_path, trials=4)

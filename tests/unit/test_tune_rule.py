@@ -156,14 +156,17 @@ def test_the_search_holds_what_the_user_set_and_what_it_may_not_search():
     # the hinge margin is searched only when the first-token term is on
     params = {"attribute.retain_weight": 0.5, "mask.k": 128, "mask.num_layers": 2, "unlearn.first_token_weight": 0.0,
               "unlearn.retain_weight": 3.0, "unlearn.forget_all_leads": True, "unlearn.retain_all_leads": False,
-              "unlearn.retain_without_concept_start": True, "unlearn.first_token_margin": 6.0}
+              "unlearn.retain_without_concept_start": True, "unlearn.first_token_margin": 6.0,
+              "unlearn.keep_rest_weight": 0.0}
     values = plan.sample(optuna.trial.FixedTrial(params))
     assert values["unlearn.first_token_margin"] == 0.0 and values["unlearn.lr"] == 1e-3
     values = plan.sample(optuna.trial.FixedTrial({**params, "unlearn.first_token_weight": 1.0}))
     assert values["unlearn.first_token_margin"] == 6.0
-    # starting points: the defaults (mask.k unset counts as 256; the tuned recipe) and plain NPO, searched options only
-    (label0, defaults), (label1, plain) = plan.start_points(base)
-    assert (label0, label1) == ("defaults", "plain NPO")
+    # starting points: the defaults (mask.k unset counts as 256; the tuned recipe), plain NPO and the defaults with
+    # the forget answer start's rest held, searched options only
+    (label0, defaults), (label1, plain), (label2, keep) = plan.start_points(base)
+    assert (label0, label1, label2) == ("defaults", "plain NPO", "keep the rest")
+    assert keep == {**defaults, "unlearn.keep_rest_weight": 8.0} and defaults["unlearn.keep_rest_weight"] == 0.0
     assert defaults["mask.k"] == 256 and defaults["attribute.retain_weight"] == 0.5 and "unlearn.lr" not in defaults
     assert defaults["unlearn.first_token_margin"] == 8.0 and defaults["unlearn.retain_all_leads"] is True
     assert "unlearn.first_token_margin" not in plain and plain["unlearn.first_token_weight"] == 0.0

@@ -62,6 +62,7 @@ SPACE: tuple[Option, ...] = (
     Option("unlearn", "forget_all_leads", (False, True)),
     Option("unlearn", "retain_all_leads", (False, True)),
     Option("unlearn", "retain_without_concept_start", (False, True)),
+    Option("unlearn", "keep_rest_weight", (0.0, 2.0, 8.0)),
     Option("unlearn", "recommend_weight", (0.0, 0.5, 1.0), needs_recommend=True),
     Option("unlearn", "preference_weight", (0.0, 1.0, 4.0), needs_recommend=True),
 )
@@ -73,6 +74,7 @@ START_POINTS: tuple[tuple[str, dict], ...] = (
     ("plain NPO", {"attribute.retain_weight": 1.0, "unlearn.first_token_weight": 0.0,  # the defaults before
                    "unlearn.retain_weight": 1.0, "unlearn.forget_all_leads": False,  # the first full tune
                    "unlearn.retain_without_concept_start": False, "unlearn.retain_all_leads": False}),
+    ("keep the rest", {"unlearn.keep_rest_weight": 8.0}),  # the defaults with the forget answer start's rest held
 )
 
 
