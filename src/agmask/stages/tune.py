@@ -41,7 +41,7 @@ class Config:
 
 
 # demo: 4 trials of ~3.5 min on the default model (20 training steps, ~1 min half-B scoring) after ~2 min of base
-# scoring and attribution: under 20 minutes on 2 cores. The two starting points plus two sampled trials.
+# scoring and attribution: under 20 minutes on 2 cores. The three starting points plus one sampled trial.
 PRESETS = {"demo": {"trials": 4, "search_localisation": False}, "full": {}}
 
 
