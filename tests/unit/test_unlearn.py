@@ -290,7 +290,7 @@ def test_training_halves_are_disjoint_every_other_item_and_cover_the_set(spec):
 
 def test_rest_kl_at_start_ignores_the_concept_start_and_sees_the_rest(tiny, spec):
     from agmask.unlearn import data
-    from agmask.unlearn.objectives import rest_kl_at_start
+    from agmask.unlearn.objectives import answer_and_first_logprob, answer_first_and_start, rest_kl_at_start
 
     model, tok, info = tiny
     forget = data.forget_examples(tok, spec, spec.forget_train)
@@ -300,10 +300,14 @@ def test_rest_kl_at_start_ignores_the_concept_start_and_sees_the_rest(tiny, spec
     assert base.shape == (len(forget), model.config.vocab_size)
     batch = data.collate(tok, forget, torch.device("cpu"))
     with torch.no_grad():
-        assert rest_kl_at_start(model, batch, base, starts).item() == pytest.approx(0.0, abs=1e-6)
+        logp, first, start = answer_first_and_start(model, batch)  # one forward gives all three
+        expected_logp, expected_first = answer_and_first_logprob(model, batch)
+        assert torch.allclose(logp, expected_logp) and torch.allclose(first, expected_first)
+        assert torch.allclose(start, base, atol=1e-5)  # the start rows are where each answer starts
+        assert rest_kl_at_start(start, base, starts).item() == pytest.approx(0.0, abs=1e-6)
         moved = base.clone()
         moved[:, starts] -= 5.0  # only the concept's starts moved: nothing the term sees
-        assert rest_kl_at_start(model, batch, moved, starts).item() == pytest.approx(0.0, abs=1e-5)
+        assert rest_kl_at_start(start, moved, starts).item() == pytest.approx(0.0, abs=1e-5)
         other = int(next(i for i in range(vocab) if i not in set(starts.tolist())))
         moved[:, other] += 3.0  # another token moved: the renormalised rest differs
         direct = []
@@ -313,7 +317,7 @@ def test_rest_kl_at_start_ignores_the_concept_start_and_sees_the_rest(tiny, spec
             p = moved[row][keep].log_softmax(-1)
             q = base[row][keep].log_softmax(-1)
             direct.append((p.exp() * (p - q)).sum())
-        assert rest_kl_at_start(model, batch, moved, starts).item() == pytest.approx(torch.stack(direct).mean().item(),
+        assert rest_kl_at_start(start, moved, starts).item() == pytest.approx(torch.stack(direct).mean().item(),
                                                                                      rel=1e-4)
 
 

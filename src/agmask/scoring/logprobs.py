@@ -43,16 +43,26 @@ def hidden_states(model: nn.Module, input_ids: torch.Tensor, attention_mask: tor
                     use_cache=False).last_hidden_state
 
 
-def token_logprobs(model: nn.Module, batch: AnswerBatch) -> torch.Tensor:
-    """(B, T) log-prob of the next token at every answer-predicting position, 0 elsewhere."""
+def answer_log_softmax(model: nn.Module, batch: AnswerBatch) -> tuple[torch.Tensor, torch.Tensor]:
+    """(N, V) log-softmax at every answer-predicting position (row-major over the batch; N = number of answer
+    tokens in the batch) and `where` (B, T), True at those positions."""
     _, head = decoder_and_head(model)
     hidden = hidden_states(model, batch.input_ids, batch.attention_mask, batch.start_layer, batch.start_hidden)
     where = batch.target_mask.bool() & batch.attention_mask.bool()  # hidden: (B, T, H)
-    logits = head(hidden[where]).float()  # (N, V), N = number of answer tokens in the batch
-    lp = logits.log_softmax(-1).gather(-1, batch.targets[where].unsqueeze(-1)).squeeze(-1)  # (N,)
+    return head(hidden[where]).float().log_softmax(-1), where
+
+
+def answer_token_logprobs(batch: AnswerBatch, log_softmax: torch.Tensor, where: torch.Tensor) -> torch.Tensor:
+    """(B, T) the log-prob of each answer token, from `answer_log_softmax`'s output; 0 elsewhere."""
+    lp = log_softmax.gather(-1, batch.targets[where].unsqueeze(-1)).squeeze(-1)  # (N,)
     out = torch.zeros(batch.input_ids.shape, dtype=lp.dtype, device=lp.device)
     out[where] = lp
     return out
+
+
+def token_logprobs(model: nn.Module, batch: AnswerBatch) -> torch.Tensor:
+    """(B, T) log-prob of the next token at every answer-predicting position, 0 elsewhere."""
+    return answer_token_logprobs(batch, *answer_log_softmax(model, batch))
 
 
 def answer_logprobs(model: nn.Module, batch: AnswerBatch) -> torch.Tensor:

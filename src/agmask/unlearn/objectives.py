@@ -7,7 +7,8 @@ import torch.nn.functional as F
 
 from agmask.probing import capture, resid_hook_name
 from agmask.scoring.encode import AnswerBatch
-from agmask.scoring.logprobs import decoder_and_head, hidden_states, token_logprobs
+from agmask.scoring.logprobs import (answer_log_softmax, answer_token_logprobs, decoder_and_head, hidden_states,
+                                     token_logprobs)
 from agmask.scoring.preference import kl_remaining
 
 
@@ -20,6 +21,15 @@ def answer_and_first_logprob(model, batch: AnswerBatch) -> tuple[torch.Tensor, t
     """(B,) summed answer log-prob and (B,) log-prob of the answer's FIRST token (both differentiable)."""
     lp = token_logprobs(model, batch)  # (B, T), 0 off the answer
     return lp.sum(-1), first_answer_token(lp, batch)
+
+
+def answer_first_and_start(model, batch: AnswerBatch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One forward: (B,) summed answer log-prob, (B,) its first token's log-prob and (B, V) the log-softmax at
+    each sample's first answer-predicting position, where the answer starts (all differentiable)."""
+    log_softmax, where = answer_log_softmax(model, batch)  # (N, V), row-major over the batch
+    lp = answer_token_logprobs(batch, log_softmax, where)
+    counts = where.sum(1)
+    return lp.sum(-1), first_answer_token(lp, batch), log_softmax[counts.cumsum(0) - counts]
 
 
 def first_answer_token(lp: torch.Tensor, batch: AnswerBatch) -> torch.Tensor:
@@ -101,24 +111,18 @@ def _first_position_drop(batch: AnswerBatch, where: torch.Tensor, ids: torch.Ten
     return drop
 
 
-def rest_kl_at_start(model, batch: AnswerBatch, base_start: torch.Tensor, drop: torch.Tensor) -> torch.Tensor:
-    """Mean over samples of KL(base || adapted) over the vocabulary at each sample's FIRST answer position, the
-    ids `drop` (the concept's first answer tokens) removed from both and the rest renormalised.
+def rest_kl_at_start(start_logq: torch.Tensor, base_start: torch.Tensor, drop: torch.Tensor) -> torch.Tensor:
+    """Mean over samples of KL(base || adapted) over the vocabulary where each answer starts, the ids `drop`
+    (the concept's first answer tokens) removed from both and the rest renormalised.
 
-    base_start: (B, V) the base's log-softmax at those positions. The adapter may lower the concept's start
-    freely (it is not in the term), but not reshuffle what else the model would say there.
+    start_logq, base_start: (B, V) the adapted model's (`answer_first_and_start`) and the base's log-softmax
+    there. The adapter may lower the concept's start freely (it is not in the term), but not reshuffle what
+    else the model would say there.
     """
-    _, head = decoder_and_head(model)
-    hidden = hidden_states(model, batch.input_ids, batch.attention_mask, batch.start_layer,
-                           batch.start_hidden)  # (B, T, H)
-    where = batch.target_mask.bool() & batch.attention_mask.bool()
-    first = where.int().argmax(-1)  # (B,) the first answer-predicting position of each sample
-    logq = head(hidden[torch.arange(hidden.shape[0], device=hidden.device), first]).float().log_softmax(-1)
-    logp = base_start.to(logq.device)
-    removed = torch.zeros(logq.shape[-1], dtype=torch.bool, device=logq.device)
-    removed[drop.to(logq.device)] = True
-    logq = logq.masked_fill(removed, -1e9).log_softmax(-1)
-    logp = logp.masked_fill(removed, -1e9).log_softmax(-1)
+    removed = torch.zeros(start_logq.shape[-1], dtype=torch.bool, device=start_logq.device)
+    removed[drop.to(start_logq.device)] = True
+    logq = start_logq.masked_fill(removed, -1e9).log_softmax(-1)
+    logp = base_start.to(start_logq.device).masked_fill(removed, -1e9).log_softmax(-1)
     return (logp.exp() * (logp - logq)).sum(-1).mean()
 
 

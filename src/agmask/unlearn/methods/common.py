@@ -30,13 +30,13 @@ def prepare(setup: Setup) -> Plan:
         else:
             setup.reporter.log(f"concept {setup.spec.name} has no recommend_train prompts: recommend_weight and "
                                "preference_weight have nothing to act on; training without them")
-    starts = data.first_answer_tokens(setup.tokenizer, sources["forget"].examples)
+    starts = data.first_answer_tokens(setup.tokenizer, sources["forget"].examples) \
+        if conf.retain_without_concept_start or conf.keep_rest_weight > 0 else None
     if conf.keep_rest_weight > 0:
         forget = sources["forget"]
         forget.refs["start_distribution"] = data.base_start_distributions(setup.model, setup.tokenizer,
                                                                           forget.examples, start=forget.start)
-    return Plan(sources, partial(forget_and_retain, conf=conf, titles=titles, starts=starts,
-                                 concept_start=starts if conf.retain_without_concept_start else None),
+    return Plan(sources, partial(forget_and_retain, conf=conf, starts=starts, titles=titles),
                 early_stop_term="forget_logratio")
 
 
@@ -55,35 +55,36 @@ def _npo_terms(side: str, logp: torch.Tensor, first: torch.Tensor, ref: torch.Te
     return terms
 
 
-def forget_and_retain(model, batches: dict[str, Batch], conf, concept_start: torch.Tensor | None,
-                      titles: Titles | None = None, starts: torch.Tensor | None = None) -> dict:
+def forget_and_retain(model, batches: dict[str, Batch], conf, starts: torch.Tensor | None,
+                      titles: Titles | None = None) -> dict:
     """NPO on the concept's answer after the lead (+ optional NPO on its first token alone) + optional
     refusal CE + KL to the base on retain_train (+ the recommendation terms, below).
 
     The first-token term exists because NPO on the whole answer is satisfied most cheaply by breaking
     a LATER token ("In|ception": "ception" becomes unlikely while "In" keeps its rank); pushing the
     first token down as well removes the start of the answer, which is what the first-token rank sees.
-    concept_start: the token ids that start the concept's answers, left out of the retain KL at each retain
-    answer's start (`retain_without_concept_start`); None keeps them.
+    starts: the token ids that start the concept's answers (None when no option needs them). With
+    `retain_without_concept_start` they are left out of the retain KL at each retain answer's start; with
+    `keep_rest_weight` > 0, a KL to the base at each forget answer's start over every other token
+    (renormalised): lower the concept, keep the rest.
     titles: the titles packed after each recommendation prompt (the "recommend" batch), None without one.
-    starts: the token ids that start the concept's answers; with `keep_rest_weight` > 0, a KL to the base at
-    each forget answer's start over every other token (renormalised): lower the concept, keep the rest.
     """
     forget = batches["forget"]
-    logp, first = obj.answer_and_first_logprob(model, forget.tokens)
+    logp, first, start = obj.answer_first_and_start(model, forget.tokens)
     terms = _npo_terms("forget", logp, first, forget.refs["answer_logprob"], forget.refs["first_logprob"], conf)
     loss = conf.forget_weight * terms["forget_npo"]
     if conf.first_token_weight > 0:
         loss = loss + conf.first_token_weight * terms[_first_name("forget", conf)]
     if conf.keep_rest_weight > 0:
-        terms["forget_rest_kl"] = obj.rest_kl_at_start(model, forget.tokens, forget.refs["start_distribution"], starts)
+        terms["forget_rest_kl"] = obj.rest_kl_at_start(start, forget.refs["start_distribution"], starts)
         loss = loss + conf.keep_rest_weight * terms["forget_rest_kl"]
     if "target" in batches:
         terms["target_ce"] = obj.cross_entropy(model, batches["target"].tokens)
         loss = loss + conf.target_weight * terms["target_ce"]
     if "retain" in batches:
         retain = batches["retain"]
-        terms["retain_kl"] = obj.kl_to_base(model, retain.tokens, retain.refs["distribution"], concept_start)
+        terms["retain_kl"] = obj.kl_to_base(model, retain.tokens, retain.refs["distribution"],
+                                            starts if conf.retain_without_concept_start else None)
         loss = loss + conf.retain_weight * terms["retain_kl"]
     if "recommend" in batches:
         recommend_terms, recommend_loss = _recommendation(model, batches["recommend"], conf, titles)
