@@ -73,3 +73,16 @@ def test_models_lists_both_embedded_models(capsys):
 def test_console_script_is_installed():
     result = subprocess.run([sys.executable, "-m", "agmask.cli.main", "--help"], capture_output=True, text=True)
     assert result.returncode == 0 and "run" in result.stdout
+
+
+def test_quiet_turns_off_the_progress_bars_of_transformers_too():
+    from transformers.utils import logging as hf_logging
+
+    from agmask.cli.stages_cmd import _reporter
+
+    try:
+        assert not _reporter(True).enabled
+        assert not hf_logging.is_progress_bar_enabled()
+    finally:
+        hf_logging.enable_progress_bar()
+    assert _reporter(False).enabled and hf_logging.is_progress_bar_enabled()

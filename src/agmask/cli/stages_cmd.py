@@ -15,6 +15,10 @@ def _is_main() -> bool:
 def _reporter(quiet: bool):
     from agmask.progress import Reporter
 
+    if quiet:  # transformers' own bars too (e.g. "Loading weights"): this process is the one command
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
     return Reporter(enabled=not quiet)
 
 
