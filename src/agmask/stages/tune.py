@@ -66,6 +66,7 @@ def run(cfg, run_dir: Path, session) -> None:
         "options": chosen["options"], "trial": chosen, "rule": RULE,
         "constraints": {c.name: c.text for c in CONSTRAINTS}, "meets_every_constraint": chosen["feasible"],
         "trials": len(rows), "study": setup.study_name, "space": describe_space(setup.plan), "budget": cfg.budget,
+        "halves": setup.halves_note,
     })
     trials_figure(out / "trials.png", rows, chosen,
                   f"tune on {session.spec.name}: {len(rows)} trials (half B of the training sets)")

@@ -31,7 +31,8 @@ from agmask.unlearn.data import training_leads
 
 @dataclass(frozen=True)
 class Halves:
-    """The training sets split in two (`concepts.training_halves`): A fits, B judges."""
+    """The training sets split in two (`concepts.training_halves`; `retain_train` by answer, `retain_halves`):
+    A fits, B judges."""
 
     forget_a: list[PromptItem]
     forget_b: list[PromptItem]
@@ -45,7 +46,7 @@ class Halves:
     def of(cls, spec) -> "Halves":
         """`spec` is a training view: an evaluation set read here is an error."""
         forget_a, forget_b = training_halves(spec.forget_train)
-        retain_a, retain_b = training_halves(spec.retain_train)
+        retain_a, retain_b = retain_halves(spec)
         recommend_a, recommend_b = training_halves(spec.recommend_train)
         return cls(forget_a, forget_b, retain_a, retain_b, recommend_a, recommend_b,
                    training_leads(spec, spec.forget_train, spec.retain_train))
@@ -54,6 +55,40 @@ class Halves:
         """The view training and attribution read: half A of every training set."""
         return spec.model_copy(update={"forget_train": self.forget_a, "retain_train": self.retain_a,
                                        "recommend_train": self.recommend_a})
+
+
+def neighbour_type(spec, item: PromptItem) -> bool:
+    """A retain prompt whose answer is one of the concept's candidates (it has a multiple-choice view, as
+    `scoring` gives it) and not the concept itself."""
+    answer = item.answer or ""
+    return answer.casefold() in {c.casefold() for c in spec.candidates} and not spec.is_concept_answer(answer)
+
+
+def retain_halves(spec) -> tuple[list[PromptItem], list[PromptItem]]:
+    """`retain_train` in two, so that half B's neighbour-type prompts ask about titles half A never answers.
+
+    Neighbour-type prompts are grouped by answer and the groups dealt alternately, in order of first
+    appearance, to A and B; the other prompts are dealt every other one. Half B's neighbour locality is then
+    the locality on answers the fit never anchored: the proxy for the `unseen` neighbours of the evaluation
+    sets (dealing prompt by prompt, as `concepts.training_halves` does, left 16 of inception's 19 half-B
+    neighbour prompts answered in half A, and a recipe that holds only what it trains on looked local there)."""
+    group_of: dict[str, int] = {}
+    a, b, others = [], [], 0
+    for item in spec.retain_train:
+        if neighbour_type(spec, item):
+            to_a = group_of.setdefault(" ".join(item.answer.casefold().split()), len(group_of)) % 2 == 0
+        else:
+            to_a, others = others % 2 == 0, others + 1
+        (a if to_a else b).append(item)
+    return a, b
+
+
+def unseen_in_a(halves: "Halves", fit_spec) -> int:
+    """How many of half B's neighbour-type retain prompts have an answer that appears in none of the sets a trial
+    trains on (half A of forget_train, retain_train, recommend_train; `relearn` is attack data, not trained on)."""
+    trained = fit_spec.model_copy(update={"relearn": []})
+    return sum(1 for item in halves.retain_b
+               if neighbour_type(fit_spec, item) and trained.training_appearance(item.answer) is None)
 
 
 def _row(score) -> dict:

@@ -24,7 +24,7 @@ from agmask.currency import digest
 from agmask.errors import AgmaskError
 from agmask.files import read_json, sha256_text, write_json
 from agmask.tuning.fit import HalfAFit
-from agmask.tuning.measure import Halves, compare, measure
+from agmask.tuning.measure import Halves, compare, measure, neighbour_type, unseen_in_a
 from agmask.tuning.rule import assess, objective_value, optuna_constraints
 from agmask.tuning.space import SPACE, START_POINTS, STAGES, Search, by_stage
 
@@ -81,6 +81,7 @@ class Setup:
     base_confs: dict  # {stage: Config} without a recipe
     plan: Search
     study_name: str
+    halves_note: dict  # what half B's neighbour locality measures (see measure.retain_halves)
 
 
 def setup(session, conf) -> Setup:
@@ -99,8 +100,12 @@ def setup(session, conf) -> Setup:
                "prior_adapters": [str(p) for p in session.prior_adapters],
                "base": {s: config_json(c) for s, c in base_confs.items()},
                "searched": [repr(o) for o in plan.searched], "fixed": plan.fixed,
-               "start_points": list(START_POINTS) if conf.start_points else [], "startup": conf.startup_trials}
-    return Setup(session, spec, halves, base_confs, plan, f"tune-{digest(context)[:16]}")
+               "start_points": list(START_POINTS) if conf.start_points else [], "startup": conf.startup_trials,
+               "retain_halves": "by answer"}  # a study of the every-other split judged other prompts
+    note = {"retain_a": len(halves.retain_a), "retain_b": len(halves.retain_b),
+            "neighbour_b": sum(neighbour_type(spec, it) for it in halves.retain_b),
+            "neighbour_b_unseen_in_a": unseen_in_a(halves, halves.fit_spec(spec))}
+    return Setup(session, spec, halves, base_confs, plan, f"tune-{digest(context)[:16]}", note)
 
 
 def base_rows(s: Setup, out: Path, log) -> dict:
@@ -164,6 +169,8 @@ def search(session, conf, out: Path, log=lambda line: None) -> tuple[list[dict],
             kept = len(_finished(study))
             if kept:
                 log(f"tune: resuming study {s.study_name}: {kept} trial(s) already finished")
+            log(f"tune: half B: {s.halves_note['neighbour_b']} neighbour-type retain prompts, "
+                f"{s.halves_note['neighbour_b_unseen_in_a']} of them about a title no half-A prompt trains on")
             base = base_rows(s, out, log)
             fit = HalfAFit(session, s.halves.fit_spec(s.spec), session.reporter)
             while (done := len(_finished(study))) < conf.trials:
