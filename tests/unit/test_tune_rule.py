@@ -171,3 +171,41 @@ def test_the_search_holds_what_the_user_set_and_what_it_may_not_search():
     assert defaults["unlearn.first_token_margin"] == 8.0 and defaults["unlearn.retain_all_leads"] is True
     assert "unlearn.first_token_margin" not in plain and plain["unlearn.first_token_weight"] == 0.0
     assert plain["attribute.retain_weight"] == 1.0 and plain["unlearn.retain_all_leads"] is False
+
+
+@pytest.mark.parametrize("name", ["inception", "jurassic-park", "harry-potter"])
+def test_retain_halves_keep_half_b_neighbour_titles_out_of_half_a(name):
+    from agmask.concepts import load_concept
+    from agmask.concepts.training_view import training_view
+    from agmask.tuning.measure import Halves, neighbour_type, retain_halves, unseen_in_a
+
+    spec = training_view(load_concept(name).spec)
+    a, b = retain_halves(spec)
+    assert sorted(map(id, a + b)) == sorted(map(id, spec.retain_train))  # every prompt once
+    titles = lambda half: {it.answer.casefold() for it in half if neighbour_type(spec, it)}
+    assert titles(a) and titles(b) and not titles(a) & titles(b)
+    others = [it for it in spec.retain_train if not neighbour_type(spec, it)]
+    assert [it for it in a if not neighbour_type(spec, it)] == others[0::2]  # dealt every other one
+    halves = Halves.of(spec)
+    assert halves.retain_b == b
+    unseen = unseen_in_a(halves, halves.fit_spec(spec))
+    assert 0 < unseen <= sum(neighbour_type(spec, it) for it in b)
+
+
+def test_unseen_in_a_ignores_relearn_and_counts_a_title_named_in_a_half_a_prompt_as_seen():
+    from agmask.concepts import load_concept
+    from agmask.concepts.training_view import training_view
+    from agmask.tuning.measure import Halves, unseen_in_a
+
+    spec = training_view(load_concept("inception").spec)
+    halves = Halves.of(spec)
+    fit = halves.fit_spec(spec)
+    memento = sum(it.answer == "Memento" for it in halves.retain_b)
+    assert memento and any("memento" in it.prompt.casefold() for it in fit.relearn)  # named only by attack data
+    assert not any("memento" in it.prompt.casefold() or it.answer == "Memento"
+                   for it in [*fit.forget_train, *fit.retain_train, *fit.recommend_train])
+    before = unseen_in_a(halves, fit)
+    first = fit.retain_train[0]
+    named = fit.model_copy(update={"retain_train": [first.model_copy(update={"prompt": first.prompt + " Not Memento."}),
+                                                    *fit.retain_train[1:]]})
+    assert unseen_in_a(halves, named) == before - memento
