@@ -115,9 +115,9 @@ def test_compare_known_answer():
     after_retain = [_score(-1.5, 1, 0.5, False, "Memento"), _score(-1.0, 1, 0.7, True, "Memento"),
                     _score(-0.4, 1)]
     base = {"forget": base_forget, "forget_by_lead": {lead_a: base_forget, lead_b: base_b}, "retain": base_retain,
-            "recommend": []}
+            "retain_others": [[-10.0, -12.0], [-8.0, -9.0], None], "recommend": []}
     after = {"forget": after_forget, "forget_by_lead": {lead_a: after_forget, lead_b: after_b}, "retain": after_retain,
-             "recommend": []}
+             "retain_others": [[-11.0, -12.5], [-8.0, -7.0], None], "recommend": []}
     m = compare(base, after, _Spec())
     assert m["known_n"] == 2 and m["rank_set"] == "base_known"
     assert m["mc_top1"] == 0.0 and m["mc_share"] == pytest.approx(0.1)
@@ -125,6 +125,7 @@ def test_compare_known_answer():
     assert m["forget_logprob_change"] == pytest.approx((-28 - 17 - 1) / 3)
     assert m["neighbour_n"] == 2 and m["neighbour_abs"] == pytest.approx((0.5 + 1.0) / 2)
     assert m["general_n"] == 1 and m["general_abs"] == pytest.approx(0.1)
+    assert m["other_titles_abs"] == pytest.approx((1.0 + 0.5 + 0.0 + 2.0) / 4)  # every other title, pooled
     # the base picked the concept on the second neighbour question: only the first counts (base 1, after 0)
     assert m["neighbour_top1"] == {"n": 1, "base": 1, "after": 0}
     assert m["chance_share"] == 0.25 and m["recommend"] is None
@@ -133,10 +134,12 @@ def test_compare_known_answer():
 def test_compare_falls_back_to_every_prompt_when_none_is_base_known():
     rows = [_score(-9.0, 40, 0.1, False, "Tenet"), _score(-8.0, 60, 0.1, False, "Tenet")]
     after = [_score(-9.0, 10, 0.1, False, "Tenet"), _score(-8.0, 30, 0.1, False, "Tenet")]
-    base = {"forget": rows, "forget_by_lead": {"x": rows}, "retain": [], "recommend": []}
-    m = compare(base, {"forget": after, "forget_by_lead": {"x": after}, "retain": [], "recommend": []}, _Spec())
+    base = {"forget": rows, "forget_by_lead": {"x": rows}, "retain": [], "retain_others": [], "recommend": []}
+    m = compare(base, {"forget": after, "forget_by_lead": {"x": after}, "retain": [], "retain_others": [],
+                       "recommend": []}, _Spec())
     assert m["rank_set"] == "all" and m["known_n"] == 2 and m["worst_lead_rank"] == 20.0
-    assert m["neighbour_abs"] is None and m["general_abs"] is None
+    assert m["neighbour_abs"] is None and m["general_abs"] is None and m["other_titles_abs"] is None
+    assert assess(m)["constraints"]["other_titles_abs"] is None  # undefined here: the constraint does not apply
 
 
 def test_the_search_holds_what_the_user_set_and_what_it_may_not_search():

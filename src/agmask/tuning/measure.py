@@ -9,7 +9,8 @@ the numbers the selection rule reads (`agmask.tuning.rule`):
   none is base-known, flagged by `rank_set`): MC top-1 rate and share under each prompt's own lead, median
   first-token rank under each training lead and its worst (lowest) lead, mean answer log-prob change;
 - locality: mean |change| of the answer log-prob on neighbour-type retain prompts (the answer is a candidate
-  title) and on the general ones; the neighbour-type MC top-1 count on the prompts the base did not answer
+  title) and on the general ones; on the neighbour-type prompts, the mean |change| of every other candidate
+  title's log-prob (`other_titles`: the titles the model does not give there); the neighbour-type MC top-1 count on the prompts the base did not answer
   with the concept, before and after;
 - recommendations (half B of `recommend_train`): the concept's candidate share, KL over the other candidates
   (concept removed, renormalised), the share of prompts whose top remaining title is unchanged.
@@ -25,7 +26,7 @@ import torch
 from agmask.concepts import training_halves
 from agmask.concepts.schema import PromptItem
 from agmask.evaluate.metrics_recommend import preference_stats
-from agmask.scoring import BASE_KNOWN_RANK, candidate_logprobs, score_items
+from agmask.scoring import BASE_KNOWN_RANK, PrefixKV, candidate_logprobs, score_items
 from agmask.unlearn.data import training_leads
 
 
@@ -96,10 +97,28 @@ def _row(score) -> dict:
             "top1": score.mc_top1, "top": score.mc_top}
 
 
+def other_titles(model, tokenizer, spec, items: list[PromptItem], kv: PrefixKV | None = None) -> list[list[float] | None]:
+    """Per retain prompt: the log-probs of every candidate title that is neither its answer nor the concept, after
+    its lead (None for a prompt that is not neighbour-type). Titles the model does not give there, as the base
+    does not give the evaluation's unseen neighbour answers (their base log-prob is below -5 nats on inception
+    and jurassic-park): how much an adapter pushes those around is what the answers alone do not show."""
+    out = []
+    for item in items:
+        if not neighbour_type(spec, item):
+            out.append(None)
+            continue
+        logprobs = candidate_logprobs(model, tokenizer, spec, "retain_train", item, kv)
+        own = item.answer.casefold()
+        out.append([lp for title, lp in zip(spec.candidates, logprobs)
+                    if title.casefold() != own and not spec.is_concept_answer(title)])
+    return out
+
+
 def measure(model, tokenizer, spec, halves: Halves) -> dict:
-    """Half-B rows of `model` (JSON-ready): `forget` (own leads), `forget_by_lead`, `retain`, `recommend`."""
-    def rows(set_name: str, items: list[PromptItem]) -> list[dict]:
-        return [_row(s) for s in score_items(model, tokenizer, spec, set_name, items)]
+    """Half-B rows of `model` (JSON-ready): `forget` (own leads), `forget_by_lead`, `retain`, `retain_others`
+    (`other_titles`), `recommend`."""
+    def rows(set_name: str, items: list[PromptItem], kv: PrefixKV | None = None) -> list[dict]:
+        return [_row(s) for s in score_items(model, tokenizer, spec, set_name, items, kv=kv)]
 
     by_lead = {lead: rows("forget_train", [it.model_copy(update={"lead": lead}) for it in halves.forget_b])
                for lead in halves.leads}
@@ -107,8 +126,9 @@ def measure(model, tokenizer, spec, halves: Halves) -> dict:
     forget = by_lead[next(iter(own))] if len(own) == 1 and next(iter(own)) in by_lead else \
         rows("forget_train", halves.forget_b)
     recommend = [candidate_logprobs(model, tokenizer, spec, "recommend_train", it) for it in halves.recommend_b]
-    return {"forget": forget, "forget_by_lead": by_lead, "retain": rows("retain_train", halves.retain_b),
-            "recommend": recommend}
+    kv = PrefixKV()  # the retain prompts' prefixes, scored once for both
+    return {"forget": forget, "forget_by_lead": by_lead, "retain": rows("retain_train", halves.retain_b, kv),
+            "retain_others": other_titles(model, tokenizer, spec, halves.retain_b, kv), "recommend": recommend}
 
 
 def _mean(values) -> float | None:
@@ -145,6 +165,8 @@ def compare(base: dict, after: dict, spec) -> dict:
         "forget_logprob_change": _mean(a["logprob"] - b["logprob"] for a, b in zip(after["forget"], base["forget"])),
         "neighbour_n": len(neighbour), "neighbour_abs": _mean(abs(delta[i]) for i in neighbour),
         "general_n": len(general), "general_abs": _mean(abs(delta[i]) for i in general),
+        "other_titles_abs": _mean(abs(a - b) for i in neighbour
+                                  for b, a in zip(base["retain_others"][i] or [], after["retain_others"][i] or [])),
         "neighbour_top1": {"n": len(other_pick), "base": sum(bool(base["retain"][i]["top1"]) for i in other_pick),
                            "after": sum(bool(after["retain"][i]["top1"]) for i in other_pick)},
         "recommend": None,

@@ -48,6 +48,9 @@ CONSTRAINTS = (
                lambda m: m["forget_logprob_change"], lambda m: -5.0),
     Constraint("neighbour_abs", "neighbour-type retain prompts: mean |change| of the answer log-prob <= 0.5 nats",
                lambda m: m["neighbour_abs"], lambda m: 0.5),
+    Constraint("other_titles_abs", "neighbour-type retain prompts: mean |change| of the log-prob of every other "
+               "candidate title (neither the answer nor the concept) <= 0.5 nats",
+               lambda m: m.get("other_titles_abs"), lambda m: 0.5),
     Constraint("general_abs", "general retain prompts: mean |change| of the answer log-prob <= 0.2 nats",
                lambda m: m["general_abs"], lambda m: 0.2),
     Constraint("neighbour_top1", "neighbour-type MC top-1 count within 1 of the base's, on the prompts the base "

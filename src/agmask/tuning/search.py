@@ -101,7 +101,8 @@ def setup(session, conf) -> Setup:
                "base": {s: config_json(c) for s, c in base_confs.items()},
                "searched": [repr(o) for o in plan.searched], "fixed": plan.fixed,
                "start_points": list(START_POINTS) if conf.start_points else [], "startup": conf.startup_trials,
-               "retain_halves": "by answer"}  # a study of the every-other split judged other prompts
+               "retain_halves": "by answer",  # a study of the every-other split judged other prompts
+               "measures": "other titles"}  # ... and its base rows lack the other titles' log-probs
     note = {"retain_a": len(halves.retain_a), "retain_b": len(halves.retain_b),
             "neighbour_b": sum(neighbour_type(spec, it) for it in halves.retain_b),
             "neighbour_b_unseen_in_a": unseen_in_a(halves, halves.fit_spec(spec))}
@@ -147,6 +148,7 @@ def _summary(row: dict) -> str:
     fmt = lambda v, spec=".2f": "-" if v is None else format(v, spec)
     status = "meets every constraint" if row["feasible"] else f"violation {row['violation']:.2f}"
     return (f"worst-lead rank {fmt(m['worst_lead_rank'], '.0f')}, neighbour |d| {fmt(m['neighbour_abs'])}, "
+            f"other titles |d| {fmt(m.get('other_titles_abs'))}, "
             f"general |d| {fmt(m['general_abs'])}, MC top-1 {fmt(m['mc_top1'])}; {status}")
 
 
