@@ -5,6 +5,8 @@ from pathlib import Path
 
 import click
 
+from agmask.results.spec import LABELS
+
 
 @click.command("results")
 @click.argument("run_dirs", nargs=-1, type=click.Path(path_type=Path))
@@ -13,9 +15,10 @@ import click
               "RUN_DIRS are given).")
 @click.option("--out", type=click.Path(path_type=Path), default=Path("docs/RESULTS.md"), show_default=True,
               help="The page to write; - prints it instead.")
-@click.option("--label", type=click.Choice(["test", "validation", "placeholder"]), default="validation",
+@click.option("--label", type=click.Choice(list(LABELS)), default="validation",
               show_default=True, help="Label of the RUN_DIRS given on the command line (test: evaluation sets read "
-              "once for a setting chosen on training data; validation: looked at while choosing).")
+              "once for a setting chosen on training data; validation: looked at while choosing; training: "
+              "training-set numbers only, as agmask tune measures them).")
 @click.option("--purpose", default="Given on the command line.", show_default=True,
               help="One-line purpose of the RUN_DIRS given on the command line.")
 def results_command(run_dirs: tuple[Path, ...], spec_path: Path, out: Path, label: str, purpose: str) -> None:

@@ -2,7 +2,7 @@
 
     runs:
       - run_dir: runs/full-inception          # relative paths are read from the current directory
-        label: validation                     # test | validation | placeholder (LABELS below)
+        label: validation                     # test | validation | placeholder | training (LABELS below)
         purpose: the shipped defaults on the default model, full budget
         command: agmask run --budget full --run-dir runs/full-inception   # optional: how to make it
         title: Default model, inception, full budget                      # optional
@@ -22,6 +22,7 @@ LABELS = {
     "test": "the evaluation sets read once, for a setting chosen on training data only",
     "validation": "evaluation-set numbers that were looked at while choosing the setting: not a held-out estimate",
     "placeholder": "a tiny random model: shows the layout of this page, measures nothing",
+    "training": "training-set numbers only (half B of `agmask tune`): no evaluation set was read",
 }
 
 
@@ -29,7 +30,7 @@ class RunEntry(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     run_dir: Path = Field(description="the run directory (relative: from the directory `agmask results` runs in)")
-    label: Literal["test", "validation", "placeholder"]
+    label: Literal[tuple(LABELS)]  # type: ignore[valid-type]
     purpose: str = Field(min_length=1, description="one line: what this run shows")
     title: str | None = Field(None, description="the section heading (default: the run directory)")
     command: str | None = Field(None, description="how to make the run directory; shown while it does not exist "
