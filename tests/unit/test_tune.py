@@ -66,6 +66,9 @@ def test_tune_reads_only_the_training_sets_and_writes_its_outputs(tmp_path, tiny
 
     assert choice["trial"] == choose(rows) and choice["options"] == choice["trial"]["options"]
     assert choice["space"]["fixed"]["mask.k"] == 12 and "unlearn.lr" in choice["space"]["searched"]
+    halves = choice["halves"]  # what half B's neighbour locality stands on
+    assert halves["retain_a"] + halves["retain_b"] == len(loaded.spec.retain_train)
+    assert 0 <= halves["neighbour_b_unseen_in_a"] <= halves["neighbour_b"] <= halves["retain_b"]
     assert (out / "trials.png").stat().st_size > 1000 and (out / "optuna.db").is_file()
     assert pipeline.run_stage(session, "tune") is False  # up to date
 
