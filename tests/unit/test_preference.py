@@ -75,13 +75,17 @@ def test_candidate_logprobs_is_none_without_a_multiple_choice_view(tiny, spec):
 
 def test_other_titles_are_the_candidates_but_the_answer_and_the_concept(tiny, spec):
     from agmask.concepts.training_view import training_view
+    from agmask.scoring import score_item, score_item_and_candidates
     from agmask.tuning.measure import other_titles
 
     model, tok, _ = tiny
     view = training_view(spec)
     general = spec.retain_train[0].model_copy(update={"answer": "Paris"})  # not a candidate: no other titles
     neighbour = spec.retain_train[0].model_copy(update={"answer": spec.candidates[1]})
-    rows = other_titles(model, tok, view, [general, neighbour], kv=PrefixKV())
+    scored = [score_item_and_candidates(model, tok, spec, "retain_train", 0, it) for it in (general, neighbour)]
+    rows = [other_titles(view, it, lps) for it, (_, lps) in zip((general, neighbour), scored)]
     every = candidate_logprobs(model, tok, spec, "retain_train", neighbour)
     assert rows[0] is None
     assert rows[1] == pytest.approx(every[2:], abs=1e-5)  # the concept is candidate 0, the answer candidate 1
+    for it, (row, _) in zip((general, neighbour), scored):  # the same row score_item gives
+        assert row == score_item(model, tok, spec, "retain_train", 0, it)

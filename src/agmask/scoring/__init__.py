@@ -22,7 +22,7 @@ from agmask.scoring.generate import generate
 from agmask.scoring.kvcache import PrefixKV
 from agmask.scoring.logprobs import answer_logprobs, token_logprobs
 
-__all__ = ["ItemScore", "score_items", "candidate_logprobs", "item_logprobs", "select_items", "summarize", "render_prompt", "encode_answer", "collate_answers",
+__all__ = ["ItemScore", "score_items", "score_item_and_candidates", "candidate_logprobs", "item_logprobs", "select_items", "summarize", "render_prompt", "encode_answer", "collate_answers",
            "answer_logprobs", "token_logprobs", "generate", "prefix_for", "answer_hit", "BASE_KNOWN_RANK",
            "QA_SETS", "PrefixKV"]
 
@@ -114,6 +114,12 @@ def _item_continuations(model: nn.Module, tokenizer, concept: ConceptSpec, set_n
 
 def score_item(model: nn.Module, tokenizer, concept: ConceptSpec, set_name: str, index: int,
                item: PromptItem, kv: PrefixKV | None = None) -> ItemScore:
+    return score_item_and_candidates(model, tokenizer, concept, set_name, index, item, kv)[0]
+
+
+def score_item_and_candidates(model: nn.Module, tokenizer, concept: ConceptSpec, set_name: str, index: int,
+                              item: PromptItem, kv: PrefixKV | None = None) -> tuple[ItemScore, list[float] | None]:
+    """`score_item`'s row and, from the same forward, `candidate_logprobs` (None without a multiple-choice view)."""
     aliases, best, scores, candidates, cand_lp = _item_continuations(model, tokenizer, concept, set_name, item, kv)
     row = ItemScore(set_name, index, item.prompt, aliases[0], scores[best].logprob,
                     min(scores[a].first_rank for a in aliases))
@@ -126,7 +132,7 @@ def score_item(model: nn.Module, tokenizer, concept: ConceptSpec, set_name: str,
         row.mc_rank = 1 + sum(v > cand_lp[target] for v in cand_lp)
         row.mc_top1 = row.mc_rank == 1
         row.mc_top = candidates[max(range(len(candidates)), key=lambda i: cand_lp[i])]
-    return row
+    return row, cand_lp
 
 
 def candidate_logprobs(model: nn.Module, tokenizer, concept: ConceptSpec, set_name: str, item: PromptItem,

@@ -10,8 +10,8 @@ the numbers the selection rule reads (`agmask.tuning.rule`):
   first-token rank under each training lead and its worst (lowest) lead, mean answer log-prob change;
 - locality: mean |change| of the answer log-prob on neighbour-type retain prompts (the answer is a candidate
   title) and on the general ones; on the neighbour-type prompts, the mean |change| of every other candidate
-  title's log-prob (`other_titles`: the titles the model does not give there); the neighbour-type MC top-1 count on the prompts the base did not answer
-  with the concept, before and after;
+  title's log-prob (`other_titles`: the titles the model does not give there); the neighbour-type MC top-1
+  count on the prompts the base did not answer with the concept, before and after;
 - recommendations (half B of `recommend_train`): the concept's candidate share, KL over the other candidates
   (concept removed, renormalised), the share of prompts whose top remaining title is unchanged.
 """
@@ -26,7 +26,7 @@ import torch
 from agmask.concepts import training_halves
 from agmask.concepts.schema import PromptItem
 from agmask.evaluate.metrics_recommend import preference_stats
-from agmask.scoring import BASE_KNOWN_RANK, PrefixKV, candidate_logprobs, score_items
+from agmask.scoring import BASE_KNOWN_RANK, candidate_logprobs, score_item_and_candidates, score_items
 from agmask.unlearn.data import training_leads
 
 
@@ -70,9 +70,10 @@ def retain_halves(spec) -> tuple[list[PromptItem], list[PromptItem]]:
 
     Neighbour-type prompts are grouped by answer and the groups dealt alternately, in order of first
     appearance, to A and B; the other prompts are dealt every other one. Half B's neighbour locality is then
-    the locality on answers the fit never anchored: the proxy for the `unseen` neighbours of the evaluation
-    sets (dealing prompt by prompt, as `concepts.training_halves` does, left 16 of inception's 19 half-B
-    neighbour prompts answered in half A, and a recipe that holds only what it trains on looked local there)."""
+    the locality on answers the fit never anchored, whatever order a concept file lists its prompts in
+    (dealing prompt by prompt, as `concepts.training_halves` does, gives the same halves for inception and
+    jurassic-park, whose files list each title's prompts apart, but put all 9 of harry-potter's half-B titles
+    in half A too)."""
     group_of: dict[str, int] = {}
     a, b, others = [], [], 0
     for item in spec.retain_train:
@@ -97,28 +98,24 @@ def _row(score) -> dict:
             "top1": score.mc_top1, "top": score.mc_top}
 
 
-def other_titles(model, tokenizer, spec, items: list[PromptItem], kv: PrefixKV | None = None) -> list[list[float] | None]:
-    """Per retain prompt: the log-probs of every candidate title that is neither its answer nor the concept, after
-    its lead (None for a prompt that is not neighbour-type). Titles the model does not give there, as the base
-    does not give the evaluation's unseen neighbour answers (their base log-prob is below -5 nats on inception
-    and jurassic-park): how much an adapter pushes those around is what the answers alone do not show."""
-    out = []
-    for item in items:
-        if not neighbour_type(spec, item):
-            out.append(None)
-            continue
-        logprobs = candidate_logprobs(model, tokenizer, spec, "retain_train", item, kv)
-        own = item.answer.casefold()
-        out.append([lp for title, lp in zip(spec.candidates, logprobs)
-                    if title.casefold() != own and not spec.is_concept_answer(title)])
-    return out
+def other_titles(spec, item: PromptItem, candidate_lps: list[float] | None) -> list[float] | None:
+    """A retain prompt's log-probs of every candidate title that is neither its answer nor the concept, from its
+    `candidate_logprobs` (None for a prompt that is not neighbour-type). Titles the model does not give there,
+    as the base does not give the evaluation's unseen neighbour answers (their base log-prob is below -5 nats
+    on inception and jurassic-park): how much an adapter pushes those around is what the answers alone do not
+    show."""
+    if not neighbour_type(spec, item):
+        return None
+    own = item.answer.casefold()
+    return [lp for title, lp in zip(spec.candidates, candidate_lps)
+            if title.casefold() != own and not spec.is_concept_answer(title)]
 
 
 def measure(model, tokenizer, spec, halves: Halves) -> dict:
     """Half-B rows of `model` (JSON-ready): `forget` (own leads), `forget_by_lead`, `retain`, `retain_others`
-    (`other_titles`), `recommend`."""
-    def rows(set_name: str, items: list[PromptItem], kv: PrefixKV | None = None) -> list[dict]:
-        return [_row(s) for s in score_items(model, tokenizer, spec, set_name, items, kv=kv)]
+    (`other_titles`, from the same forward as the retain rows), `recommend`."""
+    def rows(set_name: str, items: list[PromptItem]) -> list[dict]:
+        return [_row(s) for s in score_items(model, tokenizer, spec, set_name, items)]
 
     by_lead = {lead: rows("forget_train", [it.model_copy(update={"lead": lead}) for it in halves.forget_b])
                for lead in halves.leads}
@@ -126,9 +123,11 @@ def measure(model, tokenizer, spec, halves: Halves) -> dict:
     forget = by_lead[next(iter(own))] if len(own) == 1 and next(iter(own)) in by_lead else \
         rows("forget_train", halves.forget_b)
     recommend = [candidate_logprobs(model, tokenizer, spec, "recommend_train", it) for it in halves.recommend_b]
-    kv = PrefixKV()  # the retain prompts' prefixes, scored once for both
-    return {"forget": forget, "forget_by_lead": by_lead, "retain": rows("retain_train", halves.retain_b, kv),
-            "retain_others": other_titles(model, tokenizer, spec, halves.retain_b, kv), "recommend": recommend}
+    retain = [score_item_and_candidates(model, tokenizer, spec, "retain_train", i, it)
+              for i, it in enumerate(halves.retain_b)]
+    return {"forget": forget, "forget_by_lead": by_lead, "retain": [_row(score) for score, _ in retain],
+            "retain_others": [other_titles(spec, it, lps) for it, (_, lps) in zip(halves.retain_b, retain)],
+            "recommend": recommend}
 
 
 def _mean(values) -> float | None:
