@@ -56,7 +56,7 @@ def test_tune_reads_only_the_training_sets_and_writes_its_outputs(tmp_path, tiny
     out = cfg.run_dir / "tune"
     rows = read_jsonl(out / "trials.jsonl")
     assert [r["trial"] for r in rows] == [0, 1, 2] and [r["start"] for r in rows] == ["defaults", "plain NPO",
-                                                                                     "keep the rest"]
+                                                                                     "without keep the rest"]
     assert all(r["state"] == "complete" and r["steps"] == 2 and r["mask"]["neurons"] == 12 for r in rows)
     for r in rows:  # measured on half B: 2 of tiny_concept's 4 forget_train prompts, under both training leads
         assert set(r["measurements"]["median_rank_by_lead"]) == {'The movie is "', 'The answer is "'}

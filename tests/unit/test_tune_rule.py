@@ -37,7 +37,9 @@ def test_assess_gives_each_constraint_its_margin_and_sums_the_violations():
     for name in ("recommend_share", "recommend_kl", "recommend_top_kept"):  # no recommend_train: not applicable
         assert c[name] is None
     assert not a["feasible"] and a["violation"] == pytest.approx(0.25 + 0.5 + 1.0)
-    assert a["objective"] == 500.0 and objective_value(a) == pytest.approx(2.69897, abs=1e-5)
+    assert c["forget_rank"]["met"] and c["forget_rank"]["margin"] == pytest.approx((100 - 500) / 100)  # a lower limit
+    assert not a["forgets"]  # forget_top1 fails (0.25): a forgetting constraint
+    assert a["objective"] == 0.75 and objective_value(a) == 0.75  # the neighbour-type |change|, minimised
     assert optuna_constraints(a)["recommend_kl"] == 0.0 and optuna_constraints(a)["neighbour_abs"] == pytest.approx(0.5)
 
 
@@ -52,31 +54,46 @@ def test_undefined_numbers_do_not_apply():
     a = assess(_measurements(neighbour_abs=None, neighbour_top1={"n": 0, "base": 0, "after": 0},
                              worst_lead_rank=None))
     assert a["constraints"]["neighbour_abs"] is None and a["constraints"]["neighbour_top1"] is None
-    assert a["feasible"] and objective_value(a) == 0.0
+    assert a["constraints"]["forget_rank"] is None
+    assert a["feasible"] and a["objective"] == 0.1  # no neighbour-type prompt: the general prompts' |change|
+    assert objective_value(assess(_measurements(neighbour_abs=None, general_abs=None))) == 1e3
 
 
-def test_the_rule_picks_the_highest_worst_lead_rank_among_feasible_trials_ties_by_locality_then_order():
+def test_forget_rank_is_a_forgetting_constraint():
+    a = assess(_measurements(worst_lead_rank=4.0))
+    assert not a["constraints"]["forget_rank"]["met"] and not a["forgets"] and not a["feasible"]
+    assert a["violation"] == pytest.approx(0.96)  # (100 - 4) / 100
+
+
+def test_the_rule_picks_the_lowest_neighbour_change_among_feasible_trials_ties_by_rank_then_order():
     rows = [
-        _row(0, worst_lead_rank=500.0, neighbour_abs=0.3),
-        _row(1, worst_lead_rank=500.0, neighbour_abs=0.2),  # same rank, better locality: chosen
-        _row(2, worst_lead_rank=500.0, neighbour_abs=0.2),  # identical to 1 but later
-        _row(3, worst_lead_rank=300.0, neighbour_abs=0.05),
-        _row(4, worst_lead_rank=90000.0, neighbour_abs=0.9),  # infeasible: locality
-        {"trial": 5, "state": "failed", "error": "the mask selects no neuron"},
+        _row(0, worst_lead_rank=5000.0, neighbour_abs=0.3),
+        _row(1, worst_lead_rank=500.0, neighbour_abs=0.2),
+        _row(2, worst_lead_rank=800.0, neighbour_abs=0.2),  # same change as 1, higher rank: chosen
+        _row(3, worst_lead_rank=800.0, neighbour_abs=0.2),  # identical to 2 but later
+        _row(4, worst_lead_rank=3.0, neighbour_abs=0.01),  # infeasible: it does not forget (rank < 100)
+        _row(5, worst_lead_rank=90000.0, neighbour_abs=0.9),  # infeasible: locality
+        {"trial": 6, "state": "failed", "error": "the mask selects no neuron"},
     ]
-    assert [r["feasible"] for r in rows[:5]] == [True, True, True, True, False]
-    assert choose(rows)["trial"] == 1
-
-
-def test_without_a_feasible_trial_the_rule_picks_the_least_violating_then_the_higher_rank():
-    rows = [
-        _row(0, neighbour_abs=0.75, worst_lead_rank=10000.0),  # violation 0.5
-        _row(1, neighbour_abs=0.6, worst_lead_rank=5.0),  # violation 0.2
-        _row(2, neighbour_abs=0.6, worst_lead_rank=50.0),  # violation 0.2, higher rank: chosen
-        _row(3, mc_top1=0.5, worst_lead_rank=90000.0),  # violation 0.5
-    ]
-    assert [round(r["violation"], 6) for r in rows] == [0.5, 0.2, 0.2, 0.5]
+    assert [r["feasible"] for r in rows[:6]] == [True, True, True, True, False, False]
     assert choose(rows)["trial"] == 2
+
+
+def test_without_a_feasible_trial_the_rule_picks_the_least_violating_trial_that_forgets():
+    rows = [
+        _row(0, neighbour_abs=0.75, worst_lead_rank=10000.0),  # forgets, violation 0.5
+        _row(1, neighbour_abs=0.6, worst_lead_rank=5000.0),  # forgets, violation 0.2
+        _row(2, neighbour_abs=0.55, worst_lead_rank=300.0),  # forgets, violation 0.1, chosen
+        _row(3, neighbour_abs=0.52, worst_lead_rank=50.0),  # violation 0.04 + 0.5, and it does not forget
+        _row(4, neighbour_abs=0.51, worst_lead_rank=98.0),  # violation 0.02 + 0.02: least, but does not forget
+    ]
+    assert [round(r["violation"], 6) for r in rows] == [0.5, 0.2, 0.1, 0.54, 0.04]
+    assert [r["forgets"] for r in rows] == [True, True, True, False, False]
+    assert choose(rows)["trial"] == 2
+    # when no trial forgets: the least violating of all, ties by the lower change
+    assert choose(rows[3:])["trial"] == 4
+    tied = [_row(0, neighbour_abs=0.6, mc_top1=0.1), _row(1, neighbour_abs=0.6, mc_top1=0.1, worst_lead_rank=9e4)]
+    assert choose(tied)["trial"] == 0
     assert choose([{"trial": 0, "state": "failed", "error": "x"}]) is None and choose([]) is None
 
 
@@ -165,11 +182,12 @@ def test_the_search_holds_what_the_user_set_and_what_it_may_not_search():
     assert values["unlearn.first_token_margin"] == 0.0 and values["unlearn.lr"] == 1e-3
     values = plan.sample(optuna.trial.FixedTrial({**params, "unlearn.first_token_weight": 1.0}))
     assert values["unlearn.first_token_margin"] == 6.0
-    # starting points: the defaults (mask.k unset counts as 256; the tuned recipe), plain NPO and the defaults with
-    # the forget answer start's rest held, searched options only
-    (label0, defaults), (label1, plain), (label2, keep) = plan.start_points(base)
-    assert (label0, label1, label2) == ("defaults", "plain NPO", "keep the rest")
-    assert keep == {**defaults, "unlearn.keep_rest_weight": 8.0} and defaults["unlearn.keep_rest_weight"] == 0.0
+    # starting points: the defaults (mask.k unset counts as 256; the tuned recipe), plain NPO and the defaults
+    # without the keep-the-rest term (the defaults before the rule's revision), searched options only
+    (label0, defaults), (label1, plain), (label2, without) = plan.start_points(base)
+    assert (label0, label1, label2) == ("defaults", "plain NPO", "without keep the rest")
+    assert without == {**defaults, "unlearn.keep_rest_weight": 0.0} and defaults["unlearn.keep_rest_weight"] == 8.0
+    assert plain["unlearn.keep_rest_weight"] == 0.0
     assert defaults["mask.k"] == 256 and defaults["attribute.retain_weight"] == 0.5 and "unlearn.lr" not in defaults
     assert defaults["unlearn.first_token_margin"] == 8.0 and defaults["unlearn.retain_all_leads"] is True
     assert "unlearn.first_token_margin" not in plain and plain["unlearn.first_token_weight"] == 0.0

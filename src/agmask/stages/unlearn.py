@@ -44,7 +44,7 @@ class Config:
     first_token_margin: NonNegativeFloat = field(default=8.0, metadata={
         "help": "> 0: a hinge instead of NPO, pushing the first token `margin` nats down, no more"})
     retain_weight: NonNegativeFloat = field(default=8.0, metadata={"help": "weight of the KL to the base on retain_train"})
-    keep_rest_weight: NonNegativeFloat = field(default=0.0, metadata={"help": (
+    keep_rest_weight: NonNegativeFloat = field(default=8.0, metadata={"help": (
         "weight of KL(base || adapted) at each forget answer's start over every token but the concept's first "
         "(renormalised): lower the concept without reshuffling the other answers; 0 = off")})
     target_weight: NonNegativeFloat = field(default=0.0, metadata={

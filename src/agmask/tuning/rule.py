@@ -10,11 +10,18 @@ import math
 from dataclasses import dataclass
 from typing import Callable
 
-RULE = ("Among the completed trials that meet every applicable constraint on half B, the one with the highest "
-        "worst-lead median first-token rank (ties: the lower neighbour-type |change|, then the earlier trial). If no "
-        "trial meets them all, the least violating one: the lowest sum over the constraints of the shortfall divided "
-        "by the size of the limit (|limit|, or 1 for a limit of 0); ties: the higher worst-lead rank, then the "
-        "earlier trial.")
+RULE = ("A trial forgets when it meets every forgetting constraint on half B (forget_top1, forget_share, "
+        "forget_logprob, forget_rank). Among the completed trials that meet every applicable constraint, the one with "
+        "the lowest neighbour-type |change| (the general prompts' |change| when half B has no neighbour-type prompt; "
+        "ties: the higher worst-lead median first-token rank, then the earlier trial). If no trial meets them all, the "
+        "least violating of the trials that forget (of every trial when none forgets): the lowest sum over the "
+        "constraints of the shortfall divided by the size of the limit (|limit|, or 1 for a limit of 0); ties: the "
+        "lower |change|, then the earlier trial.")
+# Version 1 (until 2026-12-02) took the highest worst-lead rank among the feasible trials and the least violating
+# trial of all otherwise: docs/TUNING.md, "The rule's revision". Part of the study's name, so that a search is
+# never resumed under another rule.
+RULE_VERSION = 2
+FORGETTING = ("forget_top1", "forget_share", "forget_logprob", "forget_rank")
 
 
 @dataclass(frozen=True)
@@ -46,6 +53,8 @@ CONSTRAINTS = (
                lambda m: m["mc_share"], lambda m: m["chance_share"]),
     Constraint("forget_logprob", "mean answer log-prob change of the half-B forget prompts <= -5 nats",
                lambda m: m["forget_logprob_change"], lambda m: -5.0),
+    Constraint("forget_rank", "worst-lead median first-token rank of the base-known half-B forget prompts >= 100",
+               lambda m: m.get("worst_lead_rank"), lambda m: 100.0, upper=False),
     Constraint("neighbour_abs", "neighbour-type retain prompts: mean |change| of the answer log-prob <= 0.5 nats",
                lambda m: m["neighbour_abs"], lambda m: 0.5),
     Constraint("other_titles_abs", "neighbour-type retain prompts: mean |change| of the log-prob of every other "
@@ -66,9 +75,16 @@ CONSTRAINTS = (
 )
 
 
+def locality(measurements: dict) -> float | None:
+    """What the rule and the sampler minimise: the neighbour-type |change| (the general prompts' when half B has
+    no neighbour-type prompt); None when neither is measured."""
+    value = measurements.get("neighbour_abs")
+    return value if value is not None else measurements.get("general_abs")
+
+
 def assess(measurements: dict) -> dict:
-    """Each constraint's value, limit, margin and status; whether all applicable ones are met; the violation
-    (sum of the positive margins) and the objective (the worst-lead median first-token rank)."""
+    """Each constraint's value, limit, margin and status; whether all applicable ones are met and whether the
+    forgetting ones are; the violation (sum of the positive margins) and the objective (`locality`)."""
     status = {}
     for c in CONSTRAINTS:
         margin = c.margin(measurements)
@@ -76,8 +92,9 @@ def assess(measurements: dict) -> dict:
             "value": c.value(measurements), "limit": c.limit(measurements), "margin": margin, "met": margin <= 0}
     applicable = [s for s in status.values() if s is not None]
     return {"constraints": status, "feasible": all(s["met"] for s in applicable),
+            "forgets": all(status[name]["met"] for name in FORGETTING if status[name] is not None),
             "violation": sum(max(0.0, s["margin"]) for s in applicable),
-            "objective": measurements.get("worst_lead_rank")}
+            "objective": locality(measurements)}
 
 
 def optuna_constraints(assessment: dict) -> dict[str, float]:
@@ -86,23 +103,21 @@ def optuna_constraints(assessment: dict) -> dict[str, float]:
 
 
 def objective_value(assessment: dict) -> float:
-    """What the sampler maximises: log10 of the worst-lead median first-token rank (0 when undefined)."""
-    rank = assessment["objective"]
-    return math.log10(rank) if rank else 0.0
+    """What the sampler minimises: `locality` (a large 1e3 when undefined, so that such a trial never looks good)."""
+    value = assessment["objective"]
+    return float(value) if value is not None else 1e3
 
 
 def choose(rows: list[dict]) -> dict | None:
-    """The trial `RULE` picks among trial rows (`state`, `trial`, `feasible`, `violation`, `objective`,
-    `measurements.neighbour_abs`); None when no trial completed."""
+    """The trial `RULE` picks among trial rows (`state`, `trial`, `feasible`, `forgets`, `violation`,
+    `measurements`); None when no trial completed."""
     done = [r for r in rows if r.get("state") == "complete"]
     if not done:
         return None
-    rank = lambda r: r["objective"] if r["objective"] is not None else float("-inf")
+    rank = lambda r: r["measurements"].get("worst_lead_rank") or float("-inf")
+    change = lambda r: objective_value(r)
     feasible = [r for r in done if r["feasible"]]
     if feasible:
-        def neighbour(r):
-            value = r["measurements"].get("neighbour_abs")
-            return value if value is not None else float("inf")
-
-        return min(feasible, key=lambda r: (-rank(r), neighbour(r), r["trial"]))
-    return min(done, key=lambda r: (r["violation"], -rank(r), r["trial"]))
+        return min(feasible, key=lambda r: (change(r), -rank(r), r["trial"]))
+    forgetting = [r for r in done if r["forgets"]] or done
+    return min(forgetting, key=lambda r: (r["violation"], change(r), r["trial"]))

@@ -6,7 +6,7 @@ of a search that was interrupted and resumed are the ones an uninterrupted searc
 the known starting points (`agmask.tuning.space.START_POINTS`). A trial that was running when the process died
 is marked failed and its options are tried again; a trial that fails with a one-line error (e.g. a mask that
 selects nothing) is recorded with it and counts towards the budget. The study is named by everything that
-makes its trials comparable (concept, model, seed, the stages' base options, what is searched), so a
+makes its trials comparable (concept, model, seed, the stages' base options, what is searched, the rule), so a
 finished search continues when only `tune.trials` grows, and starts afresh otherwise.
 """
 from __future__ import annotations
@@ -25,7 +25,7 @@ from agmask.errors import AgmaskError
 from agmask.files import read_json, sha256_text, write_json
 from agmask.tuning.fit import HalfAFit
 from agmask.tuning.measure import Halves, compare, measure, neighbour_type, unseen_in_a
-from agmask.tuning.rule import assess, objective_value, optuna_constraints
+from agmask.tuning.rule import RULE_VERSION, assess, objective_value, optuna_constraints
 from agmask.tuning.space import SPACE, START_POINTS, STAGES, Search, by_stage
 
 STUDY_DB = "optuna.db"
@@ -102,7 +102,8 @@ def setup(session, conf) -> Setup:
                "searched": [repr(o) for o in plan.searched], "fixed": plan.fixed,
                "start_points": list(START_POINTS) if conf.start_points else [], "startup": conf.startup_trials,
                "retain_halves": "by answer",  # a study of the every-other split judged other prompts
-               "measures": "other titles"}  # ... and its base rows lack the other titles' log-probs
+               "measures": "other titles",  # ... and its base rows lack the other titles' log-probs
+               "rule": RULE_VERSION}  # the sampler's objective follows the rule
     note = {"retain_a": len(halves.retain_a), "retain_b": len(halves.retain_b),
             "neighbour_b": sum(neighbour_type(spec, it) for it in halves.retain_b),
             "neighbour_b_unseen_in_a": unseen_in_a(halves, halves.fit_spec(spec))}
@@ -162,7 +163,7 @@ def search(session, conf, out: Path, log=lambda line: None) -> tuple[list[dict],
     storage = optuna.storages.RDBStorage(f"sqlite:///{Path(out).resolve() / STUDY_DB}")
     try:
         with _quiet_optuna():
-            study = optuna.create_study(storage=storage, study_name=s.study_name, direction="maximize",
+            study = optuna.create_study(storage=storage, study_name=s.study_name, direction="minimize",
                                         load_if_exists=True, sampler=_sampler(session.cfg.seed, 0, conf.startup_trials))
             if not study.get_trials(deepcopy=False) and conf.start_points:
                 for label, params in s.plan.start_points(s.base_confs):

@@ -67,14 +67,15 @@ SPACE: tuple[Option, ...] = (
     Option("unlearn", "preference_weight", (0.0, 1.0, 4.0), needs_recommend=True),
 )
 
-# Tried first, in this order (each only where it is a point of the searched ranges): the stages' own
-# defaults, and the recipe the README's last training-halves table chose for inception on the default model.
+# Tried first, in this order (each only where it is a point of the searched ranges): the stages' own defaults,
+# plain NPO (the defaults before the first full tune) and the defaults before the rule's revision (no keep-the-rest
+# term: the first full tune's choice).
 START_POINTS: tuple[tuple[str, dict], ...] = (
     ("defaults", {}),
-    ("plain NPO", {"attribute.retain_weight": 1.0, "unlearn.first_token_weight": 0.0,  # the defaults before
-                   "unlearn.retain_weight": 1.0, "unlearn.forget_all_leads": False,  # the first full tune
+    ("plain NPO", {"attribute.retain_weight": 1.0, "unlearn.first_token_weight": 0.0,
+                   "unlearn.retain_weight": 1.0, "unlearn.forget_all_leads": False, "unlearn.keep_rest_weight": 0.0,
                    "unlearn.retain_without_concept_start": False, "unlearn.retain_all_leads": False}),
-    ("keep the rest", {"unlearn.keep_rest_weight": 8.0}),  # the defaults with the forget answer start's rest held
+    ("without keep the rest", {"unlearn.keep_rest_weight": 0.0}),
 )
 
 
