@@ -73,6 +73,7 @@ def test_compare_tune_and_ablate_files_are_rendered_with_their_values(tmp_path):
     assert [(r["trial"], r["options.unlearn.lr"], r["neighbour"], r["per_prompt"]) for r in rows] == \
         [("0", "0.001", "0.3", "(20 values)"), ("1", "0.002", "0.7", "(20 values)")]
     assert "Chosen: trial 0 (meets every constraint: yes). Rule: lowest neighbour" in page
+    assert "today's rule" not in page  # these rows carry no measurements to re-choose from
     chosen = {r["key"]: r["value"] for r in section_table(page, "Recipe search on the training halves", nth=1)}
     assert chosen == {"unlearn.lr": "0.001"}
     effects = section_table(page, "Causal check")
@@ -149,3 +150,21 @@ def test_run_dirs_on_the_command_line_get_the_given_label(tmp_path, capsys):
     assert "**placeholder** (a tiny random model" in page and "Layout only." in page
     assert "budget `demo`; seed `0`; recipe `tune` (tune trial 3)." in page
     assert f"{out}: 1 run(s)" in capsys.readouterr().out
+
+
+def test_a_search_chosen_under_an_earlier_rule_says_which_trial_todays_rule_picks(tmp_path):
+    from agmask.tuning.rule import RULE
+
+    run = _run_dir(tmp_path)
+    base = {"mc_top1": 0.0, "mc_share": 0.0, "chance_share": 0.05, "forget_logprob_change": -20.0,
+            "general_abs": 0.1, "neighbour_top1": {"n": 0, "base": 0, "after": 0}, "recommend": None}
+    trials = [{"trial": 0, "state": "complete", "start": "defaults",
+               "measurements": {**base, "worst_lead_rank": 3000.0, "neighbour_abs": 0.3}},
+              {"trial": 1, "state": "complete", "start": "keep the rest",
+               "measurements": {**base, "worst_lead_rank": 2000.0, "neighbour_abs": 0.2}}]
+    write_jsonl(run / "tune" / "trials.jsonl", trials)
+    write_json(run / "tune" / "choice.json", {"options": {}, "trial": trials[0], "rule": "highest rank"})
+    page = _page(RunEntry(run_dir=run, label="training", purpose="An old search."))
+    assert "today's rule (docs/TUNING.md) picks trial 1 (keep the rest) from the same trials" in page
+    write_json(run / "tune" / "choice.json", {"options": {}, "trial": trials[1], "rule": RULE})
+    assert "today's rule" not in _page(RunEntry(run_dir=run, label="training", purpose="A current search."))
