@@ -34,7 +34,7 @@ class Config:
     startup_trials: PositiveInt = field(default=8, metadata={
         "help": "trials drawn at random (the starting points included) before TPE models the results"})
     start_points: bool = field(default=True, metadata={
-        "help": "try the stages' defaults and the README's measured recipe first"})
+        "help": "try the starting points first: the stages' defaults, plain NPO, the defaults without keep-the-rest"})
     search_localisation: bool = field(default=True, metadata={
         "help": "also search attribute.positions and mask.selection (each new value costs an attribution on half A "
                 "or a causal selection)"})
