@@ -5,6 +5,7 @@ from __future__ import annotations
 import ast
 import dataclasses
 import inspect
+import math
 from types import SimpleNamespace
 
 import pytest
@@ -169,3 +170,22 @@ def test_the_trainer_names_no_method_and_no_source():
     strings = {node.value for node in ast.walk(tree) if isinstance(node, ast.Constant) and isinstance(node.value, str)}
     names = set(METHODS) | {"forget", "retain", "target", "forget_logratio", "rmu"}
     assert not strings & names, strings & names
+
+
+@pytest.mark.parametrize("schedule", ["linear", "cosine"])
+def test_a_decaying_schedule_logs_its_rate_from_lr_down_towards_zero(tiny, spec, schedule):
+    model, tok, info = tiny
+    adapter = attach_lora(model, None, layers=[1], r=4)
+    rows = train(adapter, METHODS["masked_lora"], tok, spec, _conf(steps=4, lr_schedule=schedule))
+    rates = [r["lr"] for r in rows]
+    assert rates[0] == pytest.approx(5e-2) and all(a > b > 0 for a, b in zip(rates, rates[1:]))
+    expected = [5e-2 * (1 - s / 4) for s in range(4)] if schedule == "linear" else \
+        [5e-2 * 0.5 * (1 + math.cos(math.pi * s / 4)) for s in range(4)]
+    assert rates == pytest.approx(expected)
+
+
+def test_the_constant_schedule_logs_no_rate_and_trains_as_before(tiny, spec):
+    model, tok, info = tiny
+    adapter = attach_lora(model, None, layers=[1], r=4)
+    rows = train(adapter, METHODS["masked_lora"], tok, spec, _conf())
+    assert all("lr" not in r for r in rows)  # the recorded loss rows (test_unlearn_rows) pin the numbers

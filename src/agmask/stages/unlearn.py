@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, field
 from pathlib import Path
+from typing import Literal
 
 from pydantic import field_validator
 
@@ -37,6 +38,8 @@ class Config:
     alpha: PositiveFloat = field(default=16.0, metadata={"help": "LoRA alpha (scaling = alpha / r)"})
     weight_decay: NonNegativeFloat = field(default=0.0, metadata={"help": "AdamW decoupled weight decay"})
     max_grad_norm: PositiveFloat = field(default=1.0, metadata={"help": "gradient clipping norm"})
+    lr_schedule: Literal["constant", "linear", "cosine"] = field(default="constant", metadata={
+        "help": "learning rate over the steps: constant, or decaying to 0 at the last step (linear, cosine)"})
     npo_beta: PositiveFloat = field(default=0.1, metadata={"help": "NPO temperature beta"})
     forget_weight: NonNegativeFloat = field(default=1.0, metadata={"help": "weight of the forget term"})
     first_token_weight: NonNegativeFloat = field(default=1.0, metadata={

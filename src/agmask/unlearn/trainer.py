@@ -14,6 +14,7 @@ from typing import Callable
 
 import torch
 import torch.nn as nn
+from transformers import get_scheduler
 
 from agmask import distributed
 from agmask.errors import StageError
@@ -113,6 +114,7 @@ def train(adapter: MaskedAdapter, method: Method, tokenizer, spec, conf, seed: i
 
     params = trainable_parameters(adapter)
     opt = torch.optim.AdamW(params, lr=conf.lr, weight_decay=conf.weight_decay)
+    schedule = get_scheduler(conf.lr_schedule, opt, num_warmup_steps=0, num_training_steps=conf.steps)
     rows: list[dict] = []
     recent: list[float] = []
     start = time.perf_counter()
@@ -130,10 +132,13 @@ def train(adapter: MaskedAdapter, method: Method, tokenizer, spec, conf, seed: i
                 terms = step_loss(batches)
                 accelerator.backward(terms["loss"] * (share * world))  # DDP averages over the processes
             grad_norm = accelerator.clip_grad_norm_(params, conf.max_grad_norm)
+            lr = schedule.get_last_lr()[0]
             opt.step()
+            schedule.step()
             opt.zero_grad(set_to_none=True)
             logged = _global_terms(terms, share, accelerator)
             row = {"step": step + 1, **logged, "grad_norm": float(grad_norm),
+                   **({"lr": lr} if conf.lr_schedule != "constant" else {}),
                    "seconds": round(time.perf_counter() - start, 2)}
             rows.append(row)
             if on_step and accelerator.is_main_process:
