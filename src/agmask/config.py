@@ -224,7 +224,14 @@ def type_name(annotation, metadata=()) -> str:
 
 
 def config_json(obj) -> str:
+    """The options as the input hashes see them. An option marked `metadata={"neutral_default": True}` (added after
+    runs existed, its default reproducing what they did) is left out at its default, so that adding it does not
+    make every finished stage stale."""
     if obj is None:
         return "null"
     data = dataclasses.asdict(obj) if dataclasses.is_dataclass(obj) else obj
+    if dataclasses.is_dataclass(obj):
+        for f in dataclasses.fields(obj):
+            if f.metadata.get("neutral_default") and data.get(f.name) == f.default:
+                del data[f.name]
     return json.dumps(data, sort_keys=True, default=str)

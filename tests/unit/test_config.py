@@ -105,3 +105,15 @@ def test_run_help_points_at_the_stage_help(capsys):
     assert main(["run", "--help"]) == 0
     out = " ".join(capsys.readouterr().out.split())
     assert "agmask STAGE --help" in out and "--with" in out and "unlearn" in out
+
+
+def test_an_option_with_a_neutral_default_leaves_the_hashed_options_unchanged_at_that_default():
+    import json
+
+    from agmask.config import config_json
+    from agmask.stages.unlearn import Config as UnlearnConfig
+
+    default = json.loads(config_json(UnlearnConfig()))
+    assert "lr_schedule" not in default and "keep_rest_weight" in default  # only marked options are left out
+    linear = json.loads(config_json(dataclasses.replace(UnlearnConfig(), lr_schedule="linear")))
+    assert linear == {**default, "lr_schedule": "linear"}  # set to anything else, it is hashed like any option

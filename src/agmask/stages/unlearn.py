@@ -39,7 +39,8 @@ class Config:
     weight_decay: NonNegativeFloat = field(default=0.0, metadata={"help": "AdamW decoupled weight decay"})
     max_grad_norm: PositiveFloat = field(default=1.0, metadata={"help": "gradient clipping norm"})
     lr_schedule: Literal["constant", "linear", "cosine"] = field(default="constant", metadata={
-        "help": "learning rate over the steps: constant, or decaying to 0 at the last step (linear, cosine)"})
+        "help": "learning rate over the steps: constant, or decaying to 0 at the last step (linear, cosine)",
+        "neutral_default": True})
     npo_beta: PositiveFloat = field(default=0.1, metadata={"help": "NPO temperature beta"})
     forget_weight: NonNegativeFloat = field(default=1.0, metadata={"help": "weight of the forget term"})
     first_token_weight: NonNegativeFloat = field(default=1.0, metadata={
