@@ -97,7 +97,7 @@ def test_stage_help_lists_every_option_with_type_default_and_help(capsys):
     out = " ".join(capsys.readouterr().out.split())  # click wraps long lines
     for f in dataclasses.fields(unlearn.Config):
         assert f.name in out and " ".join(f.metadata["help"].split()) in out, f.name
-    assert "steps int >= 1, default 40 (demo 20). optimiser steps" in out
+    assert "steps int >= 1, default 40. optimiser steps" in out  # the demo trains as many
     assert "--set unlearn.OPTION=VALUE" in out
 
 

@@ -39,7 +39,7 @@ PARALLEL = True
 DEFAULT_METRICS = ("forget_base_known", "locality", "kl_greedy", "attack_relearn_full", "attack_quantization_full")
 COST = ("every variant x seed is one training run (about 6 min at 40 steps on the 0.5B model, 2 CPU cores) plus the "
         "lean evaluation (several minutes, most of it the relearning attack): the full default, 6 variants x 3 "
-        "seeds, takes about 3-4 hours there; demo (1 seed, 20 steps) about an hour (estimates)")
+        "seeds, takes about 3-4 hours there; demo (1 seed, 40 steps) about 1.5 hours (estimates)")
 
 
 def _default_variants() -> list[str]:
