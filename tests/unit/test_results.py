@@ -166,5 +166,8 @@ def test_a_search_chosen_under_an_earlier_rule_says_which_trial_todays_rule_pick
     write_json(run / "tune" / "choice.json", {"options": {}, "trial": trials[0], "rule": "highest rank"})
     page = _page(RunEntry(run_dir=run, label="training", purpose="An old search."))
     assert "today's rule (docs/TUNING.md) picks trial 1 (keep the rest) from the same trials" in page
+    write_json(run / "tune" / "choice.json", {"options": {}, "trial": trials[1], "rule": "highest rank once more"})
+    assert "today's rule (docs/TUNING.md) picks the same trial." in _page(RunEntry(run_dir=run, label="training",
+                                                                                 purpose="Old rule, same pick."))
     write_json(run / "tune" / "choice.json", {"options": {}, "trial": trials[1], "rule": RULE})
     assert "today's rule" not in _page(RunEntry(run_dir=run, label="training", purpose="A current search."))

@@ -161,14 +161,14 @@ def tune(run_dir: Path) -> str | None:
         text = f"Chosen: trial {num(number)}" + ("" if met is None else f" (meets every constraint: {num(met)})")
         if choice.get("rule"):
             text += f". Rule: {choice['rule']}"
-            text += _rechosen(choice["rule"], read_jsonl(trials_path) if trials_path.is_file() else [])
+            text += _rechosen(choice["rule"], read_jsonl(trials_path) if trials_path.is_file() else [], number)
         options = choice.get("options")
         parts.append(text + ("\n\n" + key_table(options) if isinstance(options, dict) else
                              "\n\n" + key_table({k: v for k, v in choice.items() if k not in ("rule", "trial")})))
     return "\n\n".join(parts) or None
 
 
-def _rechosen(rule: str, trials: list[dict]) -> str:
+def _rechosen(rule: str, trials: list[dict], chosen) -> str:
     """For a search chosen under an earlier selection rule: the trial today's rule picks from its recorded trials."""
     from agmask.tuning.rule import RULE, assess, choose
 
@@ -177,6 +177,8 @@ def _rechosen(rule: str, trials: list[dict]) -> str:
     picked = choose([{**t, **assess(t["measurements"])} if t.get("state") == "complete" else t for t in trials])
     if picked is None:
         return ""
+    if picked["trial"] == chosen:
+        return "\n\nChosen under an earlier rule; today's rule (docs/TUNING.md) picks the same trial."
     return (f"\n\nChosen under an earlier rule; today's rule (docs/TUNING.md) picks trial {picked['trial']} "
             f"({picked.get('start', 'sampled')}) from the same trials.")
 
