@@ -171,3 +171,25 @@ def test_a_search_chosen_under_an_earlier_rule_says_which_trial_todays_rule_pick
                                                                                  purpose="Old rule, same pick."))
     write_json(run / "tune" / "choice.json", {"options": {}, "trial": trials[1], "rule": RULE})
     assert "today's rule" not in _page(RunEntry(run_dir=run, label="training", purpose="A current search."))
+
+
+def test_a_run_directory_not_on_this_machine_keeps_the_tables_the_page_had(tmp_path):
+    import shutil
+
+    run = _run_dir(tmp_path)
+    write_json(run / "baseline" / "summary.json", {"forget_eval": {"n": 4, "mean_answer_logprob": -1.5}})
+    spec, out = tmp_path / "results.yaml", tmp_path / "RESULTS.md"
+    spec.write_text(f"runs:\n  - run_dir: {run}\n    label: validation\n    purpose: Made elsewhere.\n"
+                    f"  - run_dir: {tmp_path / 'later'}\n    label: test\n    purpose: Later.\n")
+    assert main(["results", "--spec", str(spec), "--out", str(out)]) == 0
+    first = out.read_text(encoding="utf-8")
+    shutil.rmtree(run)
+    spec.write_text(spec.read_text().replace("Made elsewhere.", "Made on another machine."))
+    assert main(["results", "--spec", str(spec), "--out", str(out)]) == 0
+    kept = out.read_text(encoding="utf-8")
+    assert kept.count("*Kept from the previous page*") == 1 and "Made on another machine." in kept
+    assert kept.count("*Not run yet*") == 1  # the run never rendered is not invented
+    tables = lambda page: [line for line in page.split("\n## ", 1)[1].splitlines() if line.startswith("|")]
+    assert tables(kept) == tables(first) and "-1.5" in kept
+    assert main(["results", "--spec", str(spec), "--out", str(out)]) == 0
+    assert out.read_text(encoding="utf-8") == kept  # kept again: the note is not repeated

@@ -23,7 +23,8 @@ from agmask.results.spec import LABELS
               help="One-line purpose of the RUN_DIRS given on the command line.")
 def results_command(run_dirs: tuple[Path, ...], spec_path: Path, out: Path, label: str, purpose: str) -> None:
     """Write docs/RESULTS.md from run directories (no model loaded): headline, per-set forgetting and locality
-    with intervals, attacks, recommendations, compare, tune, timing; each table names its command and commit."""
+    with intervals, attacks, recommendations, compare, tune, timing; each table names its command and commit.
+    A listed run directory that is not on this machine keeps the tables the page it replaces had for it."""
     from agmask.results import entries_from_dirs, load_results_spec, render_results, write_results
 
     if run_dirs:
@@ -33,5 +34,6 @@ def results_command(run_dirs: tuple[Path, ...], spec_path: Path, out: Path, labe
     if str(out) == "-":
         click.echo(render_results(spec, listed_in), nl=False)
         return
-    written, missing = write_results(spec, out, listed_in)
-    click.echo(f"{out}: {written} run(s)" + (f", {missing} listed but not run yet" if missing else ""))
+    written, kept, missing = write_results(spec, out, listed_in)
+    click.echo(f"{out}: {written} run(s)" + (f", {kept} kept from the previous page (run directory not here)"
+                                             if kept else "") + (f", {missing} listed but not run yet" if missing else ""))

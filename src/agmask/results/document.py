@@ -6,6 +6,7 @@ current (an upstream stage reran since) are left out with the reason, as the rep
 """
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cached_property
@@ -125,11 +126,33 @@ def _facts(run: RunView) -> str:
     return "; ".join(parts)
 
 
-def render_run(entry: RunEntry) -> str:
-    """The section of one listed run: heading, label and purpose, provenance, then its tables."""
+_RUN_DIRECTORY = re.compile(r"^Run directory `([^`]+)`:", re.MULTILINE)
+_KEPT = "*Kept from the previous page*"
+
+
+def previous_sections(page: str) -> dict[str, str]:
+    """{run directory: its tables} from a page this module wrote: what follows the section's heading, label and
+    purpose, from its `Run directory` line on. Sections that were never rendered from a directory are absent."""
+    kept = {}
+    for section in re.split(r"^## ", page, flags=re.MULTILINE)[1:]:
+        found = _RUN_DIRECTORY.search(section)
+        if found:
+            kept[found.group(1)] = section[found.start():].rstrip("\n")
+    return kept
+
+
+def render_run(entry: RunEntry, previous: dict[str, str] | None = None) -> str:
+    """The section of one listed run: heading, label and purpose, provenance, then its tables. A run directory
+    that is not here (run directories are not in git) keeps the tables `previous` rendered from it, saying so."""
     root = Path(entry.run_dir)
     lines = [f"## {entry.heading}", f"**{entry.label}** ({LABELS[entry.label]}). {entry.purpose}"]
     if not root.is_dir():
+        if str(root) in (previous or {}):
+            body = previous[str(root)]
+            note = (f"{_KEPT}: {code(str(root))} is not on the machine that wrote this page, so its tables are as "
+                    "`agmask results` last rendered them from that directory.")
+            first, _, rest = body.partition("\n\n")
+            return "\n\n".join(lines + [first] + ([] if rest.startswith(_KEPT) else [note]) + ([rest] if rest else []))
         how = f" Make it with {code(entry.command)}, then run `agmask results` again." if entry.command else ""
         return "\n\n".join(lines + [f"*Not run yet*: {code(str(root))} does not exist.{how}"])
     run = RunView(root)
@@ -149,8 +172,9 @@ def render_run(entry: RunEntry) -> str:
     return "\n\n".join(lines)
 
 
-def render_results(spec: ResultsSpec, listed_in: str) -> str:
-    """The whole page: what it is, how to regenerate it, an index, then one section per run."""
+def render_results(spec: ResultsSpec, listed_in: str, previous: dict[str, str] | None = None) -> str:
+    """The whole page: what it is, how to regenerate it, an index, then one section per run (`previous`: the
+    tables of run directories not here, from `previous_sections` of the page this one replaces)."""
     index = table(["run", "label", "purpose"], [[e.heading, e.label, e.purpose] for e in spec.runs])
     labels = "\n".join(f"- **{name}**: {text}." for name, text in LABELS.items())
     head = [
@@ -162,18 +186,24 @@ def render_results(spec: ResultsSpec, listed_in: str) -> str:
         "Labels:\n\n" + labels,
         index,
     ]
-    return "\n\n".join(head + [render_run(e) for e in spec.runs]) + "\n"
+    return "\n\n".join(head + [render_run(e, previous) for e in spec.runs]) + "\n"
 
 
-def write_results(spec: ResultsSpec, out: Path, listed_in: str) -> tuple[int, int]:
-    """Render and write atomically; returns (runs rendered, runs listed but missing)."""
+def write_results(spec: ResultsSpec, out: Path, listed_in: str) -> tuple[int, int, int]:
+    """Render and write atomically, keeping from the page `out` replaces the tables of run directories that are
+    not here; returns (runs rendered from their directory, runs kept from the previous page, runs not run yet)."""
     from agmask.files import write_text
 
-    text = render_results(spec, listed_in)
+    try:
+        previous = previous_sections(out.read_text(encoding="utf-8")) if out.is_file() else {}
+    except (OSError, UnicodeDecodeError) as e:
+        raise AgmaskError(f"cannot read {out}, the page to replace: {e}") from None
+    text = render_results(spec, listed_in, previous)
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
         write_text(out, text)
     except OSError as e:
         raise AgmaskError(f"cannot write {out}: {e.strerror or e}") from None
-    missing = sum(not Path(e.run_dir).is_dir() for e in spec.runs)
-    return len(spec.runs) - missing, missing
+    absent = [str(e.run_dir) for e in spec.runs if not Path(e.run_dir).is_dir()]
+    kept = sum(run_dir in previous for run_dir in absent)
+    return len(spec.runs) - len(absent), kept, len(absent) - kept
