@@ -1,5 +1,8 @@
-"""Concept specs: the shipped ones are valid and big enough; every bad file gets a one-line error."""
+"""Concept specs: the shipped ones and the examples are valid and big enough; every bad file gets a one-line
+error."""
 from __future__ import annotations
+
+from pathlib import Path
 
 import pytest
 import yaml
@@ -9,10 +12,17 @@ from agmask.errors import ConceptError
 
 MINIMUM = {"forget_train": 40, "forget_eval": 40, "probes": 15, "neighbors": 30, "retain_train": 30,
            "retain_eval": 30, "relearn": 20, "recommend_train": 20, "recommend_eval": 20}
+# The shipped concepts and the example files under examples/concepts (given as paths, as a user would).
+EXAMPLES = sorted(str(p) for p in (Path(__file__).resolve().parents[2] / "examples" / "concepts").glob("*.yaml"))
+CONCEPT_FILES = shipped_concepts() + EXAMPLES
 
 
-@pytest.mark.parametrize("name", shipped_concepts())
-def test_shipped_concepts_meet_the_minimum_sizes(name):
+def test_the_examples_are_found():
+    assert any(p.endswith("albert-einstein.yaml") for p in EXAMPLES)
+
+
+@pytest.mark.parametrize("name", CONCEPT_FILES)
+def test_concept_files_meet_the_minimum_sizes(name):
     spec = load_concept(name).spec
     for set_name, n in MINIMUM.items():
         assert len(spec.items(set_name)) >= n, set_name
@@ -22,8 +32,8 @@ def test_shipped_concepts_meet_the_minimum_sizes(name):
     assert len([f for f in families if f and f.startswith("language_")]) >= 2
 
 
-@pytest.mark.parametrize("name", shipped_concepts())
-def test_shipped_concepts_do_not_give_the_answer_away(name):
+@pytest.mark.parametrize("name", CONCEPT_FILES)
+def test_concept_files_do_not_give_the_answer_away(name):
     spec = load_concept(name).spec
     for set_name in ("forget_train", "forget_eval", "neighbors", "retain_train", "retain_eval", "relearn",
                      "recommend_train", "recommend_eval"):
@@ -34,8 +44,8 @@ def test_shipped_concepts_do_not_give_the_answer_away(name):
         assert spec.neighbors[i].answer.casefold() in {c.casefold() for c in spec.candidates}
 
 
-@pytest.mark.parametrize("name", shipped_concepts())
-def test_shipped_concepts_have_unseen_neighbours_that_no_training_set_mentions(name):
+@pytest.mark.parametrize("name", CONCEPT_FILES)
+def test_concept_files_have_unseen_neighbours_that_no_training_set_mentions(name):
     spec = load_concept(name).spec
     unseen = [spec.neighbors[i] for i in spec.neighbor_split()["unseen"]]
     assert len(unseen) >= 12
