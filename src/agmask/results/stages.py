@@ -148,12 +148,11 @@ def ablate(run_dir: Path) -> str | None:
 def tune(run_dir: Path) -> str | None:
     """The recipe search on the training halves (`agmask tune`): every trial, then the choice and its rule."""
     trials_path, choice = run_dir / "tune" / "trials.jsonl", _json(run_dir / "tune" / "choice.json")
+    trials = read_jsonl(trials_path) if trials_path.is_file() else []
     parts = []
-    if trials_path.is_file():
-        trials = read_jsonl(trials_path)
-        if trials:
-            parts.append(f"{len(trials)} trials (half B of the training sets):\n\n"
-                         + records_table(trials, first="trial" if "trial" in trials[0] else "number"))
+    if trials:
+        parts.append(f"{len(trials)} trials (half B of the training sets):\n\n"
+                     + records_table(trials, first="trial" if "trial" in trials[0] else "number"))
     if choice:
         picked = choice.get("trial")
         number = picked.get("trial") if isinstance(picked, dict) else picked
@@ -161,7 +160,7 @@ def tune(run_dir: Path) -> str | None:
         text = f"Chosen: trial {num(number)}" + ("" if met is None else f" (meets every constraint: {num(met)})")
         if choice.get("rule"):
             text += f". Rule: {choice['rule']}"
-            text += _rechosen(choice["rule"], read_jsonl(trials_path) if trials_path.is_file() else [], number)
+            text += _rechosen(choice["rule"], trials, number)
         options = choice.get("options")
         parts.append(text + ("\n\n" + key_table(options) if isinstance(options, dict) else
                              "\n\n" + key_table({k: v for k, v in choice.items() if k not in ("rule", "trial")})))

@@ -115,9 +115,8 @@ def choose(rows: list[dict]) -> dict | None:
     if not done:
         return None
     rank = lambda r: r["measurements"].get("worst_lead_rank") or float("-inf")
-    change = lambda r: objective_value(r)
     feasible = [r for r in done if r["feasible"]]
     if feasible:
-        return min(feasible, key=lambda r: (change(r), -rank(r), r["trial"]))
+        return min(feasible, key=lambda r: (objective_value(r), -rank(r), r["trial"]))
     forgetting = [r for r in done if r["forgets"]] or done
-    return min(forgetting, key=lambda r: (r["violation"], change(r), r["trial"]))
+    return min(forgetting, key=lambda r: (r["violation"], objective_value(r), r["trial"]))
