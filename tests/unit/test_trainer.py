@@ -97,8 +97,8 @@ def test_the_option_sets_line_up(spec):
     leads = data.training_leads(spec, spec.forget_train[:2], spec.retain_train)
     forget, target = data.forget_set(tok, spec, conf), data.target_set(tok, spec, conf)
     assert forget == data.forget_examples(tok, spec, spec.forget_train[:2], leads)
-    assert len(target) == len(forget) == 2 * len(leads)
-    # lead-major: example k of both sets is forget item k % 2
+    assert len(target) == len(forget) == 2 * len(leads) * len(spec.answers)
+    # lead-major, then item, then alias: example k of both sets is the same forget item
     for f, t in zip(forget, target):
         assert f.prefix.startswith(t.prefix) and t.answer.startswith(spec.forget_target)
     assert data.retain_set(tok, spec, _conf()) == data.retain_examples(tok, spec, spec.retain_train)

@@ -142,7 +142,7 @@ def test_first_answer_token_is_the_first_answer_position_of_each_row(tiny, spec)
         positions = (batch.target_mask[row].bool() & batch.attention_mask[row].bool()).nonzero().flatten()
         assert got[row] == lp[row, positions[0]]
     refs = data.base_answer_logprobs(model, tok, examples)
-    assert refs.shape == (3, 2)
+    assert refs.shape == (3 * len(spec.answers), 2)  # one row per (prompt, alias)
     assert torch.allclose(refs[:, 0], lp.sum(-1)) and torch.allclose(refs[:, 1], got)
 
 
@@ -201,7 +201,8 @@ def test_forget_examples_under_every_training_lead(spec):
     assert len(every) == len(leads) * len(one)
     assert [e.prefix for e in every[: len(one)]] == [e.prefix for e in one]  # the own lead first, unchanged
     second = every[len(one):]
-    assert all(e.prefix.endswith(leads[1]) and e.answer == "Inception" + '"' for e in second)
+    assert all(e.prefix.endswith(leads[1]) for e in second)
+    assert [e.answer for e in second[: len(spec.answers)]] == [a + '"' for a in spec.answers]  # each alias
 
 
 def test_retain_examples_under_every_training_lead(spec):
@@ -327,3 +328,42 @@ def test_keep_rest_weight_trains_and_is_logged(tiny, spec):
     rows = train(adapter, METHODS["masked_lora"], tok, spec, _conf(keep_rest_weight=1.0))
     assert all(math.isfinite(r["forget_rest_kl"]) for r in rows) and rows[-1]["forget_rest_kl"] > 0
     assert rows[0]["forget_rest_kl"] == pytest.approx(0.0, abs=1e-5)  # the adapter starts as the identity
+
+
+def test_the_forget_set_trains_every_alias_with_the_refusal_target_lined_up(tiny, spec):
+    from agmask.unlearn import data
+
+    _, tok, _ = tiny
+    assert len(spec.answers) == 2  # the fixture names the film two ways
+    for all_leads in (False, True):
+        conf = _conf(forget_all_leads=all_leads, target_weight=1.0)
+        forget, target = data.forget_set(tok, spec, conf), data.target_set(tok, spec, conf)
+        leads = len(data.training_leads(spec, spec.forget_train, spec.retain_train)) if all_leads else 1
+        assert len(forget) == len(target) == leads * len(spec.forget_train) * 2
+        for alias in spec.answers:  # each alias after every forget prompt, under each lead used
+            assert sum(e.answer.startswith(alias + '"') for e in forget) == leads * len(spec.forget_train)
+        for f, t in zip(forget, target):  # the refusal example of the same prompt
+            assert t.prefix in f.prefix
+        first_only = data.forget_set(tok, spec, dataclasses.replace(conf, forget_all_aliases=False))
+        assert [e.answer for e in first_only] == [spec.answers[0] + '"'] * (leads * len(spec.forget_train))
+
+
+def test_an_alias_that_shares_nothing_with_the_first_is_forgotten_too(tiny, spec):
+    from agmask.scoring import prefix_for
+    from agmask.scoring.continuation import score_continuations
+
+    model, tok, info = tiny
+    spec = spec.model_copy(update={"answers": [spec.answers[0], "Dream Heist"]})  # no shared token with the first
+    item = spec.forget_train[0]
+    prefix = prefix_for(tok, spec, "forget_train", item)
+    second = ["Dream Heist" + '"']
+    drops = {}
+    for all_aliases in (False, True):
+        adapter = attach_lora(model, torch.ones(info.num_layers, info.intermediate_size, dtype=torch.bool), r=4)
+        with adapter.model.disable_adapter():
+            before = score_continuations(adapter.model, tok, prefix, second)[0].logprob
+        train(adapter, METHODS["npo"], tok, spec, _conf(steps=6, max_forget=1, forget_all_leads=False,
+                                                        forget_all_aliases=all_aliases))
+        drops[all_aliases] = before - score_continuations(adapter.model, tok, prefix, second)[0].logprob
+        model = adapter.model.unload()  # the base again, for the next adapter
+    assert drops[True] > 1.0 and drops[True] > 2 * drops[False], drops

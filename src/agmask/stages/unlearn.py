@@ -60,6 +60,8 @@ class Config:
     max_forget: NonNegativeInt = field(default=0, metadata={"help": "use only the first N forget_train prompts; 0 = all"})
     forget_all_leads: bool = field(default=True, metadata={
         "help": "forget each forget_train prompt under every answer lead the training sets use"})
+    forget_all_aliases: bool = field(default=True, metadata={
+        "help": "forget every alias in the concept's answers (false: the first alias alone)"})
     retain_all_leads: bool = field(default=True, metadata={
         "help": "retain KL on each retain_train prompt under every answer lead the training sets use"})
     retain_without_concept_start: bool = field(default=True, metadata={

@@ -27,19 +27,29 @@ class Example:
     answer: str
 
 
-def _examples(tokenizer, spec, set_name: str, items, answer_of, leads: list[str] | None) -> list[Example]:
-    """One example per item under its own lead or, with `leads`, one per (lead, item), lead-major."""
-    def example(item, lead: str) -> Example:
-        return Example(render_prompt(tokenizer, item.prompt) + lead, answer_of(item) + closing_for(lead))
+def _examples(tokenizer, spec, set_name: str, items, answers_of, leads: list[str] | None) -> list[Example]:
+    """One example per (item, answer) under the item's own lead or, with `leads`, one per (lead, item, answer),
+    lead-major; `answers_of(item)` lists the item's answers (one, or every alias)."""
+    def examples(item, lead: str) -> list[Example]:
+        prefix = render_prompt(tokenizer, item.prompt) + lead
+        return [Example(prefix, answer + closing_for(lead)) for answer in answers_of(item)]
 
     if not leads:
-        return [example(it, spec.lead_for(set_name, it)) for it in items]
-    return [example(it, lead) for lead in leads for it in items]
+        return [e for it in items for e in examples(it, spec.lead_for(set_name, it))]
+    return [e for lead in leads for it in items for e in examples(it, lead)]
 
 
-def forget_examples(tokenizer, spec, items, leads: list[str] | None = None) -> list[Example]:
-    """The concept's own answer after each forget prompt (its lead, or every lead in `leads`)."""
-    return _examples(tokenizer, spec, "forget_train", items, lambda it: spec.answers_for(it)[0], leads)
+def forget_answers(spec, item, all_aliases: bool = True) -> list[str]:
+    """The answers a forget prompt trains against: every alias of the concept (the evaluation scores the
+    max over aliases, so an alias left out stays reachable), or with `all_aliases` False the first alone."""
+    aliases = spec.answers_for(item)
+    return aliases if all_aliases else aliases[:1]
+
+
+def forget_examples(tokenizer, spec, items, leads: list[str] | None = None, all_aliases: bool = True) -> list[Example]:
+    """The concept's own answers after each forget prompt (its lead, or every lead in `leads`): one example per
+    alias, or per item with `all_aliases` False."""
+    return _examples(tokenizer, spec, "forget_train", items, lambda it: forget_answers(spec, it, all_aliases), leads)
 
 
 def training_leads(spec, forget_items, retain_items) -> list[str]:
@@ -56,7 +66,7 @@ def target_examples(tokenizer, spec, items) -> list[Example]:
 
 def retain_examples(tokenizer, spec, items, leads: list[str] | None = None) -> list[Example]:
     """Each retain prompt's own answer (its lead, or every lead in `leads`)."""
-    return _examples(tokenizer, spec, "retain_train", items, lambda it: it.answer, leads)
+    return _examples(tokenizer, spec, "retain_train", items, lambda it: [it.answer], leads)
 
 
 def _training_items(spec, conf) -> tuple[list, list, list[str]]:
@@ -68,14 +78,17 @@ def _training_items(spec, conf) -> tuple[list, list, list[str]]:
 def forget_set(tokenizer, spec, conf) -> list[Example]:
     """The forget examples the options ask for: each prompt under its own lead, or under every training lead."""
     items, _, leads = _training_items(spec, conf)
-    return forget_examples(tokenizer, spec, items, leads if conf.forget_all_leads else None)
+    return forget_examples(tokenizer, spec, items, leads if conf.forget_all_leads else None, conf.forget_all_aliases)
 
 
 def target_set(tokenizer, spec, conf) -> list[Example]:
-    """The refusal example of each forget prompt, lined up with `forget_set` (the target has no lead: the same
-    example per item, repeated once per lead when the forget set has every lead)."""
+    """The refusal example of each forget prompt, lined up with `forget_set` (the target has no lead and no
+    alias: the same example per item, repeated once per alias, and once per lead when the forget set has every
+    lead)."""
     items, _, leads = _training_items(spec, conf)
-    return target_examples(tokenizer, spec, items) * (max(1, len(leads)) if conf.forget_all_leads else 1)
+    per_item = [e for it, e in zip(items, target_examples(tokenizer, spec, items))
+                for _ in forget_answers(spec, it, conf.forget_all_aliases)]
+    return per_item * (max(1, len(leads)) if conf.forget_all_leads else 1)
 
 
 def retain_set(tokenizer, spec, conf) -> list[Example]:
