@@ -10,6 +10,7 @@ from agmask.concepts import load_concept
 from agmask.models import load
 from agmask.scoring import answer_hit, prefix_for, score_items, summarize
 from agmask.scoring.continuation import score_continuations
+from agmask.scoring.distinct import distinguishing_offset, others_than
 from agmask.scoring.encode import closing_for, collate_answers, encode_answer, render_prompt, tokens
 from agmask.scoring.generate import generate
 from agmask.scoring.logprobs import answer_logprobs, token_logprobs
@@ -83,7 +84,9 @@ def test_aliases_take_the_max_and_mc_shares_are_a_distribution(tiny, tiny_concep
     row = score_items(model, tok, spec, "forget_train", spec.forget_train[:1])[0]
     prefix = prefix_for(tok, spec, "forget_train", spec.forget_train[0].prompt)
     close = closing_for(spec.lead_for("forget_train"))
-    alias_scores = score_continuations(model, tok, prefix, [a + close for a in spec.answers])
+    lead = spec.lead_for("forget_train")
+    at = [distinguishing_offset(tok, lead, a, others_than(spec, a), close) for a in spec.answers]
+    alias_scores = score_continuations(model, tok, prefix, [a + close for a in spec.answers], rank_at=at)
     assert row.answer_logprob == pytest.approx(max(s.logprob for s in alias_scores), abs=1e-5)
     assert row.first_token_rank == min(s.first_rank for s in alias_scores)
     cand = score_continuations(model, tok, prefix, [c + close for c in spec.candidates])
@@ -173,3 +176,30 @@ def test_trie_packing_shares_common_tokens_and_scores_like_separate_sequences(ti
         logits = model(torch.tensor([tokens(tok, prefix)])).logits[0, -1]
         assert s.first_rank == int((logits > logits[first]).sum()) + 1
 
+
+
+def test_the_first_token_rank_is_taken_at_the_first_distinguishing_token(tiny):
+    from agmask.scoring.encode import tokens
+
+    model, tok, _ = tiny
+    lead = 'The band is "'
+    others = ["The Rolling Stones", "Queen"]
+    offset = distinguishing_offset(tok, lead, "The Beatles", others, '"')
+    mine, theirs = tokens(tok, lead + 'The Beatles"'), tokens(tok, lead + 'The Rolling Stones"')
+    start = len(tokens(tok, lead))
+    assert offset > 0 and mine[: start + offset] == theirs[: start + offset]  # the shared start
+    assert mine[start + offset] != theirs[start + offset]  # then its own token
+    assert distinguishing_offset(tok, lead, "The Beatles", ["Queen"], '"') == 0
+    # a prefix of another answer is distinguished by its closing quote at the latest
+    short = distinguishing_offset(tok, lead, "The Who", ["The Whole Story"], '"')
+    assert short == len(tokens(tok, lead + 'The Who"')) - start - 1
+    # the rank read at that token is the rank of that token in a plain forward over the shared start
+    prefix = "Question: name a band\nAnswer: " + lead
+    [plain, shifted] = [score_continuations(model, tok, prefix, ['The Beatles"'], rank_at=[k])[0] for k in (0, offset)]
+    ids = tokens(tok, prefix + 'The Beatles"')
+    n = len(tokens(tok, prefix))
+    with torch.no_grad():
+        logits = model(torch.tensor([ids])).logits[0]
+    def rank(pos: int) -> int:
+        return int((logits[pos - 1] > logits[pos - 1, ids[pos]]).sum()) + 1
+    assert plain.first_rank == rank(n) and shifted.first_rank == rank(n + offset)

@@ -121,7 +121,7 @@ def test_skipping_the_frozen_layers_changes_nothing(spec, method):
         rows = train(adapter, METHODS[method], tok, spec, _conf(cache_frozen_layers=cache), seed=1)
         runs.append(([r["loss"] for r in rows], {n: p.detach().clone() for n, p in adapter.model.named_parameters()
                                                  if "lora_" in n}))
-    assert runs[0][0] == pytest.approx(runs[1][0], rel=1e-4, abs=1e-6)
+    assert runs[0][0] == pytest.approx(runs[1][0], rel=3e-4, abs=1e-6)  # RMU's retain weight amplifies round-off
     # the cached and the full forward sum in a different order: fp32 round-off, which RMU's retain weight
     # (100) amplifies to ~2e-5 on weights of ~0.2 after 4 steps; compare at the weights' scale
     for name, value in runs[0][1].items():
@@ -201,8 +201,9 @@ def test_forget_examples_under_every_training_lead(spec):
     assert len(every) == len(leads) * len(one)
     assert [e.prefix for e in every[: len(one)]] == [e.prefix for e in one]  # the own lead first, unchanged
     second = every[len(one):]
-    assert all(e.prefix.endswith(leads[1]) for e in second)
-    assert [e.answer for e in second[: len(spec.answers)]] == [a + '"' for a in spec.answers]  # each alias
+    assert all(leads[1] in e.prefix.rsplit("\n", 1)[-1] for e in second)
+    # each alias, its start shared with another candidate (if any) moved to the prefix
+    assert [(e.prefix + e.answer)[-len(a) - 1:] for e, a in zip(second, spec.answers)] == [a + '"' for a in spec.answers]
 
 
 def test_retain_examples_under_every_training_lead(spec):
@@ -341,11 +342,13 @@ def test_the_forget_set_trains_every_alias_with_the_refusal_target_lined_up(tiny
         leads = len(data.training_leads(spec, spec.forget_train, spec.retain_train)) if all_leads else 1
         assert len(forget) == len(target) == leads * len(spec.forget_train) * 2
         for alias in spec.answers:  # each alias after every forget prompt, under each lead used
-            assert sum(e.answer.startswith(alias + '"') for e in forget) == leads * len(spec.forget_train)
+            assert sum((e.prefix + e.answer).endswith('"' + alias + '"') for e in forget) == \
+                leads * len(spec.forget_train)
         for f, t in zip(forget, target):  # the refusal example of the same prompt
             assert t.prefix in f.prefix
         first_only = data.forget_set(tok, spec, dataclasses.replace(conf, forget_all_aliases=False))
-        assert [e.answer for e in first_only] == [spec.answers[0] + '"'] * (leads * len(spec.forget_train))
+        assert all((e.prefix + e.answer).endswith('"' + spec.answers[0] + '"') for e in first_only)
+        assert len(first_only) == leads * len(spec.forget_train)
 
 
 def test_an_alias_that_shares_nothing_with_the_first_is_forgotten_too(tiny, spec):
@@ -367,3 +370,23 @@ def test_an_alias_that_shares_nothing_with_the_first_is_forgotten_too(tiny, spec
         drops[all_aliases] = before - score_continuations(adapter.model, tok, prefix, second)[0].logprob
         model = adapter.model.unload()  # the base again, for the next adapter
     assert drops[True] > 1.0 and drops[True] > 2 * drops[False], drops
+
+
+def test_a_shared_answer_start_moves_to_the_prefix_and_the_forget_terms_start_after_it(spec):
+    from agmask.models import load
+    from agmask.scoring.distinct import distinguishing_offset
+    from agmask.scoring.encode import tokens
+    from agmask.unlearn import data
+
+    _, tok, _ = load("tiny:llama")
+    bands = spec.model_copy(update={"answers": ["The Beatles"],
+                                    "candidates": ["The Beatles", "The Rolling Stones", "Queen"]})
+    lead = spec.lead_for("forget_train")
+    [example] = data.forget_examples(tok, bands, bands.forget_train[:1])
+    moved = example.prefix[example.prefix.rindex(lead) + len(lead):]  # what left the answer for the prefix
+    assert moved and moved + example.answer == 'The Beatles"'  # a split of the same text, nothing rewritten
+    offset = distinguishing_offset(tok, lead, "The Beatles", ["The Rolling Stones", "Queen"], '"')
+    assert len(tokens(tok, lead + moved)) - len(tokens(tok, lead)) == offset  # exactly the shared tokens
+    alone = bands.model_copy(update={"candidates": ["The Beatles", "Queen"]})  # no other answer starts with The
+    [own] = data.forget_examples(tok, alone, alone.forget_train[:1])
+    assert own.answer == 'The Beatles"' and own.prefix.endswith(lead)

@@ -1,7 +1,8 @@
 """Scoring an answer: one implementation used by every stage (DESIGN.md, "Scoring an answer").
 
 - answer log-prob: summed over the answer tokens after the set's lead; max over aliases
-- first-token rank: rank of the answer's first token in the next-token distribution (min over aliases)
+- first-token rank: rank of the answer's first distinguishing token (its first token unless another known answer
+  starts with the same tokens: `scoring.distinct`) in its next-token distribution (min over aliases)
 - multiple-choice view: softmax over the candidates' answer log-probs -> share, rank, top-1
 - greedy hit: the answer appears in the greedy generation (only meaningful on base-known prompts)
 """
@@ -17,6 +18,7 @@ import torch.nn as nn
 from agmask.concepts.schema import ConceptSpec, PromptItem
 from agmask.progress import SILENT, Reporter
 from agmask.scoring.continuation import score_continuations
+from agmask.scoring.distinct import distinguishing_offset, others_than
 from agmask.scoring.encode import closing_for, collate_answers, encode_answer, render_prompt, tokens
 from agmask.scoring.generate import generate
 from agmask.scoring.kvcache import PrefixKV
@@ -102,8 +104,11 @@ def _item_continuations(model: nn.Module, tokenizer, concept: ConceptSpec, set_n
     candidates = _mc_candidates(concept, aliases)
     close = closing_for(concept.lead_for(set_name, item))
     texts = list(dict.fromkeys(aliases + (candidates or [])))  # dedup, keep order
+    lead = concept.lead_for(set_name, item)
+    rank_at = [distinguishing_offset(tokenizer, lead, t, others_than(concept, t), close) if t in aliases else 0
+               for t in texts]  # only the aliases' ranks are read
     scores = dict(zip(texts, score_continuations(model, tokenizer, prefix, [t + close for t in texts],
-                                                 prefix_ids=tokens(tokenizer, prefix), kv=kv)))
+                                                 prefix_ids=tokens(tokenizer, prefix), kv=kv, rank_at=rank_at)))
     best = max(aliases, key=lambda a: scores[a].logprob)
     cand_lp = None
     if candidates:

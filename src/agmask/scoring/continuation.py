@@ -34,7 +34,7 @@ from agmask.scoring.logprobs import decoder_and_head
 @dataclass(frozen=True)
 class ContinuationScore:
     logprob: float  # summed log-prob of the continuation's tokens (the answer span)
-    first_rank: int  # 1-based rank of the first answer token in the next-token distribution
+    first_rank: int  # 1-based rank of the first (distinguishing, `rank_at`) answer token in its next-token distribution
     num_tokens: int
 
 
@@ -119,9 +119,12 @@ def pack_continuations(tokenizer, prefix: str, continuations: list[str],
 
 @torch.no_grad()
 def score_continuations(model: nn.Module, tokenizer, prefix: str, continuations: list[str],
-                        prefix_ids: list[int] | None = None, kv: PrefixKV | None = None) -> list[ContinuationScore]:
+                        prefix_ids: list[int] | None = None, kv: PrefixKV | None = None,
+                        rank_at: list[int] | None = None) -> list[ContinuationScore]:
     """Summed log-prob and first-token rank of each continuation after `prefix`, in one forward pass.
 
+    rank_at: per continuation, the index of the answer token whose rank is its `first_rank` (its first
+    distinguishing token, `agmask.scoring.distinct`; default 0, the first token; capped at its last).
     kv: the prefix cache of this model state: its longest stored prefix of the prompt is reused, and the
     prompt's keys/values are kept there for `generate`.
     """
@@ -157,7 +160,8 @@ def score_continuations(model: nn.Module, tokenizer, prefix: str, continuations:
     higher = (logits[pick] > target_logits[:, None]).sum(-1) + 1  # (P,) 1-based rank of each target token
 
     results, p = [], 0
-    for n in packed.lengths:
-        results.append(ContinuationScore(float(picked[p : p + n].sum()), int(higher[p]), n))
+    for i, n in enumerate(packed.lengths):
+        at = min(rank_at[i], n - 1) if rank_at else 0
+        results.append(ContinuationScore(float(picked[p : p + n].sum()), int(higher[p + at]), n))
         p += n
     return results

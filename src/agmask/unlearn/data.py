@@ -16,7 +16,8 @@ import torch.nn as nn
 from agmask.models.arch import decoder_layers
 from agmask.probing import capture, resid_hook_name
 from agmask.scoring import collate_answers, render_prompt
-from agmask.scoring.encode import AnswerBatch, closing_for
+from agmask.scoring.distinct import distinguishing_offset, others_than
+from agmask.scoring.encode import AnswerBatch, closing_for, common_prefix_len, tokens
 from agmask.scoring.logprobs import decoder_and_head, hidden_states
 from agmask.unlearn.objectives import answer_and_first_logprob, first_answer_token
 
@@ -27,12 +28,18 @@ class Example:
     answer: str
 
 
-def _examples(tokenizer, spec, set_name: str, items, answers_of, leads: list[str] | None) -> list[Example]:
+def _examples(tokenizer, spec, set_name: str, items, answers_of, leads: list[str] | None,
+              split=None) -> list[Example]:
     """One example per (item, answer) under the item's own lead or, with `leads`, one per (lead, item, answer),
-    lead-major; `answers_of(item)` lists the item's answers (one, or every alias)."""
+    lead-major; `answers_of(item)` lists the item's answers (one, or every alias). `split(lead, answer)`, if
+    given, returns (text moved to the end of the prefix, the rest of the answer)."""
     def examples(item, lead: str) -> list[Example]:
         prefix = render_prompt(tokenizer, item.prompt) + lead
-        return [Example(prefix, answer + closing_for(lead)) for answer in answers_of(item)]
+        out = []
+        for answer in answers_of(item):
+            moved, rest = split(lead, answer + closing_for(lead)) if split else ("", answer + closing_for(lead))
+            out.append(Example(prefix + moved, rest))
+        return out
 
     if not leads:
         return [e for it in items for e in examples(it, spec.lead_for(set_name, it))]
@@ -48,8 +55,26 @@ def forget_answers(spec, item, all_aliases: bool = True) -> list[str]:
 
 def forget_examples(tokenizer, spec, items, leads: list[str] | None = None, all_aliases: bool = True) -> list[Example]:
     """The concept's own answers after each forget prompt (its lead, or every lead in `leads`): one example per
-    alias, or per item with `all_aliases` False."""
-    return _examples(tokenizer, spec, "forget_train", items, lambda it: forget_answers(spec, it, all_aliases), leads)
+    alias, or per item with `all_aliases` False. An answer whose first tokens also start another known answer
+    (`The` of `The Beatles` among `The ...` bands) has them moved into the prefix: the forget terms start at
+    its first distinguishing token and leave the shared start alone."""
+    return _examples(tokenizer, spec, "forget_train", items, lambda it: forget_answers(spec, it, all_aliases), leads,
+                     split=lambda lead, answer: shared_start(tokenizer, spec, lead, answer))
+
+
+def shared_start(tokenizer, spec, lead: str, answer: str) -> tuple[str, str]:
+    """(the text of `answer`'s leading tokens after `lead` that another known answer starts with too, the rest);
+    ("", answer) when its first token is its own. `answer` ends with the lead's closing quote, if any."""
+    close = closing_for(lead)
+    bare = answer[: len(answer) - len(close)] if close and answer.endswith(close) else answer
+    offset = distinguishing_offset(tokenizer, lead, bare, others_than(spec, bare), close)
+    if offset == 0:
+        return "", answer
+    joint = tokens(tokenizer, lead + answer)
+    shared = tokenizer.decode(joint[common_prefix_len(tokens(tokenizer, lead), joint):][:offset])
+    if not shared or not answer.startswith(shared) or len(shared) >= len(answer):
+        return "", answer  # the shared tokens do not decode to a prefix of the text: keep the whole answer
+    return shared, answer[len(shared):]
 
 
 def training_leads(spec, forget_items, retain_items) -> list[str]:

@@ -1,0 +1,46 @@
+"""Where an answer becomes its own: the first token it shares with no other answer the concept knows.
+
+An answer's first token can be common to many answers: `The Beatles` starts like `The Rolling Stones`,
+`The Who`, ... A first-token rank, or a first-token training term, on `The` measures and moves every band
+that starts with it, not the concept. So the "first token" of an answer is its first *distinguishing*
+token: the first token, after the lead, at which its tokenisation leaves every other known answer's (the
+concept's candidates and its aliases, a concept-level list that holds no evaluation set). For most
+answers it is the first token itself (offset 0); for `The Beatles` among `The ...` bands it is ` Beatles`
+(offset 1). The shared tokens are scored as usual; the rank and the first-token terms are taken where
+the answer becomes its own.
+"""
+from __future__ import annotations
+
+from agmask.scoring.encode import common_prefix_len, tokens
+
+
+def known_answers(spec) -> list[str]:
+    """The concept's aliases and candidates, each once (case-insensitive), in file order."""
+    seen, out = set(), []
+    for answer in [*spec.answers, *spec.candidates]:
+        if answer.casefold() not in seen:
+            seen.add(answer.casefold())
+            out.append(answer)
+    return out
+
+
+def others_than(spec, answer: str) -> list[str]:
+    """The known answers that are not `answer` (nor, for one of the concept's aliases, any of its aliases)."""
+    own = {a.casefold() for a in spec.answers} if spec.is_concept_answer(answer) else {answer.casefold()}
+    return [a for a in known_answers(spec) if a.casefold() not in own]
+
+
+def distinguishing_offset(tokenizer, lead: str, answer: str, others: list[str], close: str = "") -> int:
+    """How many leading tokens of `answer` (+ `close`) after `lead` also start one of `others`: the index,
+    within the answer's tokens, of its first distinguishing token (0 when its first token is its own; at
+    most its last token)."""
+    lead_ids = tokens(tokenizer, lead)
+    mine = tokens(tokenizer, lead + answer + close)
+    start = common_prefix_len(lead_ids, mine)
+    own = mine[start:]
+    shared = 0
+    for other in others:
+        theirs = tokens(tokenizer, lead + other + close)
+        if common_prefix_len(lead_ids, theirs) == start:
+            shared = max(shared, common_prefix_len(own, theirs[start:]))
+    return min(shared, max(len(own) - 1, 0))
