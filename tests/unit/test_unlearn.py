@@ -387,6 +387,8 @@ def test_a_shared_answer_start_moves_to_the_prefix_and_the_forget_terms_start_af
     assert moved and moved + example.answer == 'The Beatles"'  # a split of the same text, nothing rewritten
     offset = distinguishing_offset(tok, lead, "The Beatles", ["The Rolling Stones", "Queen"], '"')
     assert len(tokens(tok, lead + moved)) - len(tokens(tok, lead)) == offset  # exactly the shared tokens
+    [whole] = data.forget_examples(tok, bands, bands.forget_train[:1], from_distinguishing_token=False)
+    assert whole.answer == 'The Beatles"' and whole.prefix.endswith(lead)
     alone = bands.model_copy(update={"candidates": ["The Beatles", "Queen"]})  # no other answer starts with The
     [own] = data.forget_examples(tok, alone, alone.forget_train[:1])
     assert own.answer == 'The Beatles"' and own.prefix.endswith(lead)

@@ -62,6 +62,9 @@ class Config:
         "help": "forget each forget_train prompt under every answer lead the training sets use"})
     forget_all_aliases: bool = field(default=True, metadata={
         "help": "forget every alias in the concept's answers (false: the first alias alone)"})
+    forget_from_distinguishing_token: bool = field(default=True, metadata={"help": (
+        "forget terms start at each answer's first token not shared with another candidate's start (`The` of "
+        "`The Beatles` is left alone); false: at its first token")})
     retain_all_leads: bool = field(default=True, metadata={
         "help": "retain KL on each retain_train prompt under every answer lead the training sets use"})
     retain_without_concept_start: bool = field(default=True, metadata={

@@ -53,13 +53,15 @@ def forget_answers(spec, item, all_aliases: bool = True) -> list[str]:
     return aliases if all_aliases else aliases[:1]
 
 
-def forget_examples(tokenizer, spec, items, leads: list[str] | None = None, all_aliases: bool = True) -> list[Example]:
+def forget_examples(tokenizer, spec, items, leads: list[str] | None = None, all_aliases: bool = True,
+                    from_distinguishing_token: bool = True) -> list[Example]:
     """The concept's own answers after each forget prompt (its lead, or every lead in `leads`): one example per
-    alias, or per item with `all_aliases` False. An answer whose first tokens also start another known answer
-    (`The` of `The Beatles` among `The ...` bands) has them moved into the prefix: the forget terms start at
-    its first distinguishing token and leave the shared start alone."""
+    alias, or per item with `all_aliases` False. With `from_distinguishing_token`, an answer whose first tokens
+    also start another known answer (`The` of `The Beatles` among `The ...` bands) has them moved into the
+    prefix: the forget terms start at its first distinguishing token and leave the shared start alone."""
+    split = (lambda lead, answer: shared_start(tokenizer, spec, lead, answer)) if from_distinguishing_token else None
     return _examples(tokenizer, spec, "forget_train", items, lambda it: forget_answers(spec, it, all_aliases), leads,
-                     split=lambda lead, answer: shared_start(tokenizer, spec, lead, answer))
+                     split=split)
 
 
 def shared_start(tokenizer, spec, lead: str, answer: str) -> tuple[str, str]:
@@ -103,7 +105,8 @@ def _training_items(spec, conf) -> tuple[list, list, list[str]]:
 def forget_set(tokenizer, spec, conf) -> list[Example]:
     """The forget examples the options ask for: each prompt under its own lead, or under every training lead."""
     items, _, leads = _training_items(spec, conf)
-    return forget_examples(tokenizer, spec, items, leads if conf.forget_all_leads else None, conf.forget_all_aliases)
+    return forget_examples(tokenizer, spec, items, leads if conf.forget_all_leads else None, conf.forget_all_aliases,
+                           conf.forget_from_distinguishing_token)
 
 
 def target_set(tokenizer, spec, conf) -> list[Example]:
