@@ -203,3 +203,15 @@ def test_the_first_token_rank_is_taken_at_the_first_distinguishing_token(tiny):
     def rank(pos: int) -> int:
         return int((logits[pos - 1] > logits[pos - 1, ids[pos]]).sum()) + 1
     assert plain.first_rank == rank(n) and shifted.first_rank == rank(n + offset)
+
+
+def test_the_other_known_answers_leave_out_the_answer_and_for_the_concept_every_alias(tiny_concept_path):
+    from agmask.scoring.distinct import known_answers
+
+    spec = load_concept(str(tiny_concept_path)).spec  # answers Inception, Inception (2010); Inception a candidate
+    known = known_answers(spec)
+    assert [a.casefold() for a in known] == list(dict.fromkeys(a.casefold() for a in spec.answers + spec.candidates))
+    for alias in spec.answers:
+        assert not {a.casefold() for a in spec.answers} & {a.casefold() for a in others_than(spec, alias)}
+    other = next(c for c in spec.candidates if not spec.is_concept_answer(c))
+    assert other not in others_than(spec, other) and spec.answers[0] in others_than(spec, other)
