@@ -102,9 +102,9 @@ def _item_continuations(model: nn.Module, tokenizer, concept: ConceptSpec, set_n
     prefix = prefix_for(tokenizer, concept, set_name, item)
     aliases = concept.answers_for(item)
     candidates = _mc_candidates(concept, aliases)
-    close = closing_for(concept.lead_for(set_name, item))
-    texts = list(dict.fromkeys(aliases + (candidates or [])))  # dedup, keep order
     lead = concept.lead_for(set_name, item)
+    close = closing_for(lead)
+    texts = list(dict.fromkeys(aliases + (candidates or [])))  # dedup, keep order
     rank_at = [distinguishing_offset(tokenizer, lead, t, others_than(concept, t), close) if t in aliases else 0
                for t in texts]  # only the aliases' ranks are read
     scores = dict(zip(texts, score_continuations(model, tokenizer, prefix, [t + close for t in texts],

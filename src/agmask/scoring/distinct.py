@@ -30,10 +30,11 @@ def others_than(spec, answer: str) -> list[str]:
     return [a for a in known_answers(spec) if a.casefold() not in own]
 
 
-def distinguishing_offset(tokenizer, lead: str, answer: str, others: list[str], close: str = "") -> int:
-    """How many leading tokens of `answer` (+ `close`) after `lead` also start one of `others`: the index,
-    within the answer's tokens, of its first distinguishing token (0 when its first token is its own; at
-    most its last token)."""
+def answer_tokens_and_offset(tokenizer, lead: str, answer: str, others: list[str],
+                             close: str = "") -> tuple[list[int], int]:
+    """`answer` (+ `close`)'s tokens after `lead` (tokenised together) and the index among them of its first
+    distinguishing token: how many of its leading tokens also start one of `others` (0 when its first token is
+    its own; at most its last token)."""
     lead_ids = tokens(tokenizer, lead)
     mine = tokens(tokenizer, lead + answer + close)
     start = common_prefix_len(lead_ids, mine)
@@ -43,4 +44,10 @@ def distinguishing_offset(tokenizer, lead: str, answer: str, others: list[str], 
         theirs = tokens(tokenizer, lead + other + close)
         if common_prefix_len(lead_ids, theirs) == start:
             shared = max(shared, common_prefix_len(own, theirs[start:]))
-    return min(shared, max(len(own) - 1, 0))
+    return own, min(shared, max(len(own) - 1, 0))
+
+
+def distinguishing_offset(tokenizer, lead: str, answer: str, others: list[str], close: str = "") -> int:
+    """The index, within `answer`'s tokens after `lead`, of its first distinguishing token (see
+    `answer_tokens_and_offset`)."""
+    return answer_tokens_and_offset(tokenizer, lead, answer, others, close)[1]

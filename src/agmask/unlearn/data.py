@@ -16,8 +16,8 @@ import torch.nn as nn
 from agmask.models.arch import decoder_layers
 from agmask.probing import capture, resid_hook_name
 from agmask.scoring import collate_answers, render_prompt
-from agmask.scoring.distinct import distinguishing_offset, others_than
-from agmask.scoring.encode import AnswerBatch, closing_for, common_prefix_len, tokens
+from agmask.scoring.distinct import answer_tokens_and_offset, others_than
+from agmask.scoring.encode import AnswerBatch, closing_for
 from agmask.scoring.logprobs import decoder_and_head, hidden_states
 from agmask.unlearn.objectives import answer_and_first_logprob, first_answer_token
 
@@ -31,14 +31,15 @@ class Example:
 def _examples(tokenizer, spec, set_name: str, items, answers_of, leads: list[str] | None,
               split=None) -> list[Example]:
     """One example per (item, answer) under the item's own lead or, with `leads`, one per (lead, item, answer),
-    lead-major; `answers_of(item)` lists the item's answers (one, or every alias). `split(lead, answer)`, if
-    given, returns (text moved to the end of the prefix, the rest of the answer)."""
+    lead-major; `answers_of(item)` lists the item's answers (one, or every alias), each followed by its lead's
+    closing quote. `split(lead, answer)`, if given, returns (text of the answer moved to the end of the prefix,
+    the rest of the answer)."""
     def examples(item, lead: str) -> list[Example]:
         prefix = render_prompt(tokenizer, item.prompt) + lead
         out = []
         for answer in answers_of(item):
-            moved, rest = split(lead, answer + closing_for(lead)) if split else ("", answer + closing_for(lead))
-            out.append(Example(prefix + moved, rest))
+            moved, rest = split(lead, answer) if split else ("", answer)
+            out.append(Example(prefix + moved, rest + closing_for(lead)))
         return out
 
     if not leads:
@@ -66,14 +67,11 @@ def forget_examples(tokenizer, spec, items, leads: list[str] | None = None, all_
 
 def shared_start(tokenizer, spec, lead: str, answer: str) -> tuple[str, str]:
     """(the text of `answer`'s leading tokens after `lead` that another known answer starts with too, the rest);
-    ("", answer) when its first token is its own. `answer` ends with the lead's closing quote, if any."""
-    close = closing_for(lead)
-    bare = answer[: len(answer) - len(close)] if close and answer.endswith(close) else answer
-    offset = distinguishing_offset(tokenizer, lead, bare, others_than(spec, bare), close)
+    ("", answer) when its first token is its own. `answer` is bare: the lead's closing quote comes after."""
+    own, offset = answer_tokens_and_offset(tokenizer, lead, answer, others_than(spec, answer), closing_for(lead))
     if offset == 0:
         return "", answer
-    joint = tokens(tokenizer, lead + answer)
-    shared = tokenizer.decode(joint[common_prefix_len(tokens(tokenizer, lead), joint):][:offset])
+    shared = tokenizer.decode(own[:offset])
     if not shared or not answer.startswith(shared) or len(shared) >= len(answer):
         return "", answer  # the shared tokens do not decode to a prefix of the text: keep the whole answer
     return shared, answer[len(shared):]
