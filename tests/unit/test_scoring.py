@@ -189,7 +189,9 @@ def test_the_first_token_rank_is_taken_at_the_first_distinguishing_token(tiny):
     start = len(tokens(tok, lead))
     assert offset > 0 and mine[: start + offset] == theirs[: start + offset]  # the shared start
     assert mine[start + offset] != theirs[start + offset]  # then its own token
-    assert distinguishing_offset(tok, lead, "The Beatles", ["Queen"], '"') == 0
+    # an answer no other shares a start with: only an initial (`T|he` to the tiny tokenizer) moves it
+    assert distinguishing_offset(tok, lead, "The Beatles", ["Queen"], '"') == \
+        distinguishing_offset(tok, lead, "The Beatles", [], '"') < offset
     # a prefix of another answer is distinguished by its closing quote at the latest
     short = distinguishing_offset(tok, lead, "The Who", ["The Whole Story"], '"')
     assert short == len(tokens(tok, lead + 'The Who"')) - start - 1
@@ -215,3 +217,22 @@ def test_the_other_known_answers_leave_out_the_answer_and_for_the_concept_every_
         assert not {a.casefold() for a in spec.answers} & {a.casefold() for a in others_than(spec, alias)}
     other = next(c for c in spec.candidates if not spec.is_concept_answer(c))
     assert other not in others_than(spec, other) and spec.answers[0] in others_than(spec, other)
+
+
+def test_a_one_letter_first_token_gives_way_to_the_next(tiny):
+    """`Einstein` is `E|instein` to the default model's tokenizer: the rank and the forget terms start after such an
+    initial; not when the answer is spelt letter by letter, is that letter alone, or the letter is followed by a dot."""
+    from agmask.scoring.encode import tokens
+
+    _, tok, _ = tiny
+    lead = 'The answer is "'
+    start = len(tokens(tok, lead))
+    pieces = {a: [tok.decode([t]) for t in tokens(tok, lead + a + '"')[start:]] for a in ("Einstein", "Euler", "E.T.")}
+    assert pieces["Einstein"][:2] == ["E", "in"] and pieces["Euler"][:2] == ["E", "u"] and pieces["E.T."][:2] == ["E", "."]
+    assert distinguishing_offset(tok, lead, "Einstein", [], '"') == 1
+    assert distinguishing_offset(tok, lead, "Euler", [], '"') == 0
+    assert distinguishing_offset(tok, lead, "E.T.", [], '"') == 0
+    assert distinguishing_offset(tok, lead, "E", [], '"') == 0
+    # after a shared start, an initial gives way as well
+    assert distinguishing_offset(tok, lead, "The Einstein", ["The Rolling Stones"], '"') == \
+        distinguishing_offset(tok, lead, "The Beatles", ["The Rolling Stones"], '"') + 1

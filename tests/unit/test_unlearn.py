@@ -389,6 +389,9 @@ def test_a_shared_answer_start_moves_to_the_prefix_and_the_forget_terms_start_af
     assert len(tokens(tok, lead + moved)) - len(tokens(tok, lead)) == offset  # exactly the shared tokens
     [whole] = data.forget_examples(tok, bands, bands.forget_train[:1], from_distinguishing_token=False)
     assert whole.answer == 'The Beatles"' and whole.prefix.endswith(lead)
-    alone = bands.model_copy(update={"candidates": ["The Beatles", "Queen"]})  # no other answer starts with The
+    alone = bands.model_copy(update={"answers": ["Queen"]})  # no other answer starts like Queen
     [own] = data.forget_examples(tok, alone, alone.forget_train[:1])
-    assert own.answer == 'The Beatles"' and own.prefix.endswith(lead)
+    assert own.answer == 'Queen"' and own.prefix.endswith(lead)
+    person = bands.model_copy(update={"answers": ["Einstein"], "candidates": ["Einstein", "Newton"]})
+    [initial] = data.forget_examples(tok, person, person.forget_train[:1])  # E|in...: the initial moves too
+    assert initial.prefix.endswith(lead + "E") and initial.answer == 'instein"'

@@ -8,6 +8,10 @@ concept's candidates and its aliases, a concept-level list that holds no evaluat
 answers it is the first token itself (offset 0); for `The Beatles` among `The ...` bands it is ` Beatles`
 (offset 1). The shared tokens are scored as usual; the rank and the first-token terms are taken where
 the answer becomes its own.
+
+A first token that is one letter says no more: `Einstein` is `E|instein` to the default model's tokenizer, and
+`E` starts thousands of names, listed or not (an adapter that answers "E. M. H. W. Heisenberg" keeps it at
+rank 1). So a one-letter distinguishing token followed by a longer piece of the answer gives way to that piece.
 """
 from __future__ import annotations
 
@@ -44,7 +48,18 @@ def answer_tokens_and_offset(tokenizer, lead: str, answer: str, others: list[str
         theirs = tokens(tokenizer, lead + other + close)
         if common_prefix_len(lead_ids, theirs) == start:
             shared = max(shared, common_prefix_len(own, theirs[start:]))
-    return own, min(shared, max(len(own) - 1, 0))
+    offset = min(shared, max(len(own) - 1, 0))
+    if _is_initial(tokenizer, own, offset, answer):
+        offset += 1  # the answer's next token is where it becomes its own
+    return own, offset
+
+
+def _is_initial(tokenizer, own: list[int], at: int, answer: str) -> bool:
+    """Is `own[at]` one letter followed by a longer piece of the answer (`E|instein`)? A tokenizer that spells
+    the answer letter by letter (`E|u|l|er`) has no initials."""
+    this, after = (tokenizer.decode(own[i: i + 1]).strip() for i in (at, at + 1))
+    inside = len(tokenizer.decode(own[: at + 2]).strip()) <= len(answer.strip())
+    return len(this) == 1 and this.isalpha() and len(after) > 1 and after[:2].isalpha() and inside
 
 
 def distinguishing_offset(tokenizer, lead: str, answer: str, others: list[str], close: str = "") -> int:
