@@ -222,6 +222,7 @@ def test_the_other_known_answers_leave_out_the_answer_and_for_the_concept_every_
 def test_a_one_letter_first_token_gives_way_to_the_next(tiny):
     """`Einstein` is `E|instein` to the default model's tokenizer: the rank and the forget terms start after such an
     initial; not when the answer is spelt letter by letter, is that letter alone, or the letter is followed by a dot."""
+    from agmask.scoring.distinct import answer_tokens_and_offset
     from agmask.scoring.encode import tokens
 
     _, tok, _ = tiny
@@ -230,6 +231,7 @@ def test_a_one_letter_first_token_gives_way_to_the_next(tiny):
     pieces = {a: [tok.decode([t]) for t in tokens(tok, lead + a + '"')[start:]] for a in ("Einstein", "Euler", "E.T.")}
     assert pieces["Einstein"][:2] == ["E", "in"] and pieces["Euler"][:2] == ["E", "u"] and pieces["E.T."][:2] == ["E", "."]
     assert distinguishing_offset(tok, lead, "Einstein", [], '"') == 1
+    assert answer_tokens_and_offset(tok, lead, "Einstein", [], '"', initials=False)[1] == 0  # what training uses
     assert distinguishing_offset(tok, lead, "Euler", [], '"') == 0
     assert distinguishing_offset(tok, lead, "E.T.", [], '"') == 0
     assert distinguishing_offset(tok, lead, "E", [], '"') == 0

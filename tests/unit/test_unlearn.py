@@ -393,5 +393,6 @@ def test_a_shared_answer_start_moves_to_the_prefix_and_the_forget_terms_start_af
     [own] = data.forget_examples(tok, alone, alone.forget_train[:1])
     assert own.answer == 'Queen"' and own.prefix.endswith(lead)
     person = bands.model_copy(update={"answers": ["Einstein"], "candidates": ["Einstein", "Newton"]})
-    [initial] = data.forget_examples(tok, person, person.forget_train[:1])  # E|in...: the initial moves too
-    assert initial.prefix.endswith(lead + "E") and initial.answer == 'instein"'
+    [initial] = data.forget_examples(tok, person, person.forget_train[:1])  # E|in...: ranked after the initial,
+    assert distinguishing_offset(tok, lead, "Einstein", ["Newton"], '"') == 1  # but trained from it
+    assert initial.prefix.endswith(lead) and initial.answer == 'Einstein"'

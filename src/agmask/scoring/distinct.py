@@ -11,7 +11,11 @@ the answer becomes its own.
 
 A first token that is one letter says no more: `Einstein` is `E|instein` to the default model's tokenizer, and
 `E` starts thousands of names, listed or not (an adapter that answers "E. M. H. W. Heisenberg" keeps it at
-rank 1). So a one-letter distinguishing token followed by a longer piece of the answer gives way to that piece.
+rank 1). So for the rank, a one-letter distinguishing token followed by a longer piece of the answer gives way
+to that piece. Training does not skip it (`initials=False`): the letter's probability is where the model can
+give the answer up; with the letter in the prompt, the forget terms must push down a near-certain continuation
+(`instein` after `E`), which on the training halves of a person and a landmark cost 2.7 and 12 times the
+locality (docs/METHOD.md).
 """
 from __future__ import annotations
 
@@ -34,11 +38,11 @@ def others_than(spec, answer: str) -> list[str]:
     return [a for a in known_answers(spec) if a.casefold() not in own]
 
 
-def answer_tokens_and_offset(tokenizer, lead: str, answer: str, others: list[str],
-                             close: str = "") -> tuple[list[int], int]:
+def answer_tokens_and_offset(tokenizer, lead: str, answer: str, others: list[str], close: str = "",
+                             initials: bool = True) -> tuple[list[int], int]:
     """`answer` (+ `close`)'s tokens after `lead` (tokenised together) and the index among them of its first
     distinguishing token: how many of its leading tokens also start one of `others` (0 when its first token is
-    its own; at most its last token)."""
+    its own; at most its last token), plus one where that token is an initial and `initials` is true."""
     lead_ids = tokens(tokenizer, lead)
     mine = tokens(tokenizer, lead + answer + close)
     start = common_prefix_len(lead_ids, mine)
@@ -49,7 +53,7 @@ def answer_tokens_and_offset(tokenizer, lead: str, answer: str, others: list[str
         if common_prefix_len(lead_ids, theirs) == start:
             shared = max(shared, common_prefix_len(own, theirs[start:]))
     offset = min(shared, max(len(own) - 1, 0))
-    if _is_initial(tokenizer, own, offset, answer):
+    if initials and _is_initial(tokenizer, own, offset, answer):
         offset += 1  # the answer's next token is where it becomes its own
     return own, offset
 

@@ -68,7 +68,8 @@ def forget_examples(tokenizer, spec, items, leads: list[str] | None = None, all_
 def shared_start(tokenizer, spec, lead: str, answer: str) -> tuple[str, str]:
     """(the text of `answer`'s leading tokens after `lead` that another known answer starts with too, the rest);
     ("", answer) when its first token is its own. `answer` is bare: the lead's closing quote comes after."""
-    own, offset = answer_tokens_and_offset(tokenizer, lead, answer, others_than(spec, answer), closing_for(lead))
+    own, offset = answer_tokens_and_offset(tokenizer, lead, answer, others_than(spec, answer), closing_for(lead),
+                                           initials=False)  # an initial stays in the answer (scoring.distinct)
     if offset == 0:
         return "", answer
     shared = tokenizer.decode(own[:offset])
