@@ -90,3 +90,19 @@ def test_random_like_matches_layers_and_avoids_the_top():
     assert sorted(l for l, _ in rand) == [0, 0, 2]
     assert not set(rand) & set(top)
     assert jaccard(top, top) == 1.0 and jaccard(top, rand) == 0.0
+
+
+def test_every_alias_attributes_one_sample_per_prompt_and_alias(tiny, spec):
+    """With all_aliases, the scores are the mean over (prompt, alias) samples: the per-alias runs, weighted."""
+    model, tok, _ = tiny
+    items = spec.forget_train[:3]
+    assert len(spec.answers) == 2 and not any(it.answer for it in items)
+    both = neuron_stats(model, tok, spec, "forget_train", items, batch_size=4, all_aliases=True)
+    first = neuron_stats(model, tok, spec, "forget_train", items, batch_size=4)
+    second = neuron_stats(model, tok, spec.model_copy(update={"answers": spec.answers[::-1]}), "forget_train", items,
+                          batch_size=4)
+    assert both.n == 2 * len(items) and first.n == len(items)
+    for name in SCORES:
+        expected = (first.mean(name) + second.mean(name)) / 2
+        assert torch.allclose(both.mean(name), expected, rtol=1e-4, atol=1e-7)
+        assert not torch.allclose(first.mean(name), second.mean(name))  # the second alias is attributed differently

@@ -56,12 +56,20 @@ class NeuronStats:
         return self.act_mean / max(self.n, 1)  # (L, I)
 
 
+def attribution_rows(spec, items: list, all_aliases: bool = False) -> list[tuple]:
+    """(item, answer) pairs attributed: each item with its first answer alias, or with every alias."""
+    return [(it, a) for it in items for a in (spec.answers_for(it) if all_aliases else spec.answers_for(it)[:1])]
+
+
 def neuron_stats(model: nn.Module, tokenizer, spec, set_name: str, items: list, batch_size: int = 8,
                  layers: list[int] | None = None, keep_per_sample: bool = False,
-                 advance: Advance | None = None, parallel: bool = False, positions: str = "answer") -> NeuronStats:
+                 advance: Advance | None = None, parallel: bool = False, positions: str = "answer",
+                 all_aliases: bool = False) -> NeuronStats:
     """Scores of every neuron of `layers` (default all) on a prompt set; shapes (L, intermediate).
 
     positions: where the scores are summed (answer | all | subject); the loss is on the answer either way.
+    all_aliases: one sample per (item, alias) instead of per item with its first alias (`attribution_rows`);
+    `advance` counts samples.
     parallel: split the items over the processes of a multi-process launch and all-reduce the sums
     (every process must call it); a no-op with one process.
     """
@@ -74,11 +82,12 @@ def neuron_stats(model: nn.Module, tokenizer, spec, set_name: str, items: list, 
     layers = list(range(n_layers)) if layers is None else layers
     names = [mlp_hook_name(i) for i in layers]
     device = next(model.parameters()).device
+    rows = attribution_rows(spec, items, all_aliases)
     if parallel and distributed.world_size() > 1:
-        local = _local_stats(model, tokenizer, spec, set_name, distributed.shard(items), batch_size, names,
+        local = _local_stats(model, tokenizer, spec, set_name, distributed.shard(rows), batch_size, names,
                              keep_per_sample, advance, device, positions)
         return _all_reduced(local, len(layers), model.config.intermediate_size, keep_per_sample)
-    return _local_stats(model, tokenizer, spec, set_name, items, batch_size, names, keep_per_sample, advance, device,
+    return _local_stats(model, tokenizer, spec, set_name, rows, batch_size, names, keep_per_sample, advance, device,
                         positions)
 
 
@@ -97,13 +106,13 @@ def _all_reduced(local: NeuronStats, n_layers: int, width: int, keep_per_sample:
     return out
 
 
-def _local_stats(model: nn.Module, tokenizer, spec, set_name: str, items: list, batch_size: int, names: list[str],
-                 keep_per_sample: bool, advance: Advance | None, device, positions: str) -> NeuronStats:
+def _local_stats(model: nn.Module, tokenizer, spec, set_name: str, rows: list[tuple], batch_size: int,
+                 names: list[str], keep_per_sample: bool, advance: Advance | None, device, positions: str) -> NeuronStats:
     stats = NeuronStats()
-    for lo in range(0, len(items), batch_size):
-        chunk = items[lo : lo + batch_size]
+    for lo in range(0, len(rows), batch_size):
+        chunk = [it for it, _ in rows[lo : lo + batch_size]]
+        answers = [a for _, a in rows[lo : lo + batch_size]]
         prefixes = [prefix_for(tokenizer, spec, set_name, it) for it in chunk]
-        answers = [spec.answers_for(it)[0] for it in chunk]
         batch = collate_answers(tokenizer, prefixes, answers)
         mask = position_mask(tokenizer, positions, batch, [it.prompt for it in chunk],
                              [p + a for p, a in zip(prefixes, answers)]).to(device)  # (B, T) summed positions

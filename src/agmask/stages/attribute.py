@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from agmask.attribution import layer_rankings, neuron_stats, score_tensors, top_neurons
+from agmask.attribution.gradients import attribution_rows
 from agmask.attribution import figures
 from agmask.config import NonNegativeFloat, NonNegativeInt, PositiveInt, stage_options
 from agmask.files import save_tensors, write_json
@@ -31,6 +32,9 @@ class Config:
         "help": "forget_train and retain_train prompts used (the first ones); 0 = all"})
     retain_weight: NonNegativeFloat = field(default=0.5, metadata={
         "help": "lambda in the contrastive score rank(forget) - lambda * rank(retain)"})
+    all_aliases: bool = field(default=False, metadata={
+        "help": "attribute every alias of the concept after each forget prompt (one sample per prompt and alias) "
+                "instead of its first alias alone"})
     top_k: PositiveInt = field(default=100, metadata={"help": "neurons listed in layers.json (and counted per layer)"})
     positions: Literal["answer", "all", "subject", "prompt"] = field(default="answer", metadata={
         "help": "where activation x gradient and Fisher are summed: answer (the answer-predicting positions), "
@@ -47,10 +51,11 @@ def run(cfg, run_dir: Path, session) -> None:
     spec = session.spec
     forget_items = spec.forget_train[: conf.max_items or None]
     retain_items = spec.retain_train[: conf.max_items or None]
-    with session.reporter.task("attributing (forward + backward)", len(forget_items) + len(retain_items)) as adv:
+    samples = len(attribution_rows(spec, forget_items, conf.all_aliases)) + len(retain_items)
+    with session.reporter.task("attributing (forward + backward)", samples) as adv:
         # several processes: each attributes its block of the prompts, the sums are all-reduced
         forget = neuron_stats(model, tokenizer, spec, "forget_train", forget_items, conf.batch_size, advance=adv,
-                              parallel=True, positions=conf.positions)
+                              parallel=True, positions=conf.positions, all_aliases=conf.all_aliases)
         retain = neuron_stats(model, tokenizer, spec, "retain_train", retain_items, conf.batch_size, advance=adv,
                               parallel=True, positions=conf.positions)
     tensors = score_tensors(forget, retain, conf.retain_weight)

@@ -31,7 +31,7 @@ class HalfAFit:
 
     def stats(self, conf):
         """(forget, retain) NeuronStats of half A for an attribute Config (cached per positions and items)."""
-        key = (conf.positions, conf.max_items, conf.batch_size)
+        key = (conf.positions, conf.max_items, conf.batch_size, conf.all_aliases)
         if key not in self._stats:
             model, tokenizer, _ = self.session.model()
             forget = self.fit_spec.forget_train[: conf.max_items or None]
@@ -39,7 +39,7 @@ class HalfAFit:
             self.reporter.log(f"tune: attribution on half A ({len(forget)} + {len(retain)} prompts, "
                               f"positions {conf.positions})")
             self._stats[key] = tuple(neuron_stats(model, tokenizer, self.fit_spec, name, items, conf.batch_size,
-                                                  positions=conf.positions)
+                                                  positions=conf.positions, all_aliases=conf.all_aliases)
                                      for name, items in (("forget_train", forget), ("retain_train", retain)))
         return self._stats[key]
 
