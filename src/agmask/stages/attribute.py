@@ -34,7 +34,8 @@ class Config:
         "help": "lambda in the contrastive score rank(forget) - lambda * rank(retain)"})
     all_aliases: bool = field(default=False, metadata={
         "help": "attribute every alias of the concept after each forget prompt (one sample per prompt and alias) "
-                "instead of its first alias alone"})
+                "instead of its first alias alone; off: on a person's and a composer's training halves it raised "
+                "the violation (docs/METHOD.md)"})
     top_k: PositiveInt = field(default=100, metadata={"help": "neurons listed in layers.json (and counted per layer)"})
     positions: Literal["answer", "all", "subject", "prompt"] = field(default="answer", metadata={
         "help": "where activation x gradient and Fisher are summed: answer (the answer-predicting positions), "
