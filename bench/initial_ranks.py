@@ -12,10 +12,12 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
+from pathlib import Path
 
 import torch
 
 from agmask.concepts import load_concept
+from agmask.concepts.schema import SET_NAMES
 from agmask.errors import AgmaskError
 from agmask.models import DEFAULT_MODEL, load
 from agmask.scoring import prefix_for
@@ -44,9 +46,13 @@ def main() -> int:
     ap.add_argument("--concept", required=True)
     ap.add_argument("--adapter", required=True, help="a saved adapter directory (RUN/adapters/NAME)")
     ap.add_argument("--model", default=DEFAULT_MODEL)
-    ap.add_argument("--set", default="forget_eval")
+    ap.add_argument("--set", default="forget_eval", choices=SET_NAMES)
     ap.add_argument("--items", type=int, default=8)
     args = ap.parse_args()
+    if not (Path(args.adapter) / "adapter_config.json").is_file():
+        print(f"error: --adapter {args.adapter} is not a saved adapter (no adapter_config.json there): pass "
+              "RUN/adapters/NAME of a finished unlearn stage", file=sys.stderr)
+        return 2
     try:
         from peft import PeftModel
 

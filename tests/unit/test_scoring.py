@@ -220,8 +220,9 @@ def test_the_other_known_answers_leave_out_the_answer_and_for_the_concept_every_
 
 
 def test_a_one_letter_first_token_gives_way_to_the_next(tiny):
-    """`Einstein` is `E|instein` to the default model's tokenizer: the rank and the forget terms start after such an
-    initial; not when the answer is spelt letter by letter, is that letter alone, or the letter is followed by a dot."""
+    """`Einstein` is `E|instein` to the default model's tokenizer: the rank is read after such an initial (training,
+    `initials=False`, keeps it); not when the answer is spelt letter by letter, is that letter alone, or the letter
+    is followed by a dot."""
     from agmask.scoring.distinct import answer_tokens_and_offset
     from agmask.scoring.encode import tokens
 

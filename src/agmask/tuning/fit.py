@@ -39,8 +39,9 @@ class HalfAFit:
             self.reporter.log(f"tune: attribution on half A ({len(forget)} + {len(retain)} prompts, "
                               f"positions {conf.positions})")
             self._stats[key] = tuple(neuron_stats(model, tokenizer, self.fit_spec, name, items, conf.batch_size,
-                                                  positions=conf.positions, all_aliases=conf.all_aliases)
-                                     for name, items in (("forget_train", forget), ("retain_train", retain)))
+                                                  positions=conf.positions, all_aliases=aliases)
+                                     for name, items, aliases in (("forget_train", forget, conf.all_aliases),
+                                                                  ("retain_train", retain, False)))
         return self._stats[key]
 
     def mask(self, attribute_conf, mask_conf) -> mask_stage.Selection:
