@@ -76,7 +76,7 @@ _all_layers.keeps_all = True
 CRITERIA = {"top100 (today)": _counts(100), "top256": _counts(256), "top1000": _counts(1000),
             "top-64 mass": _top_mass(64),
             "window4 top256": _window(256), "all layers": _all_layers,
-            "window4 top100": _window(100), "window4 top1000": _window(1000)}
+            "window4 top1000": _window(1000)}
 K = 256  # mask.k's default
 
 
@@ -130,6 +130,7 @@ def report(concept: str, stats: dict, subset: int, pairs: int, layers: int, seed
     spec = training_view(load_concept(concept).spec)
     halves = Halves.of(spec)
     n_f, n_r = (len(next(iter(stats[s].values()))) for s in ("forget_train", "retain_train"))
+    n_layers = next(iter(stats["forget_train"].values())).shape[1]
     rng = random.Random(seed)
     draws = []
     for _ in range(pairs):
@@ -150,6 +151,7 @@ def report(concept: str, stats: dict, subset: int, pairs: int, layers: int, seed
             disjoint += not set(a) & set(b)
             to_full += [jaccard(a, full), jaccard(b, full)]
         (d, ud), (h, uh) = chosen(criterion, stats, *demo, layers), chosen(criterion, stats, *half_a, layers)
+        d, h, full = (("all" if len(x) == n_layers else x) for x in (d, h, full))
         print(f"{Path(concept).stem:26s} {name:18s} pairs J {statistics.mean(overlaps):.2f} "
               f"(disjoint {disjoint}/{pairs}) units J {statistics.mean(units):.2f}  to-full J "
               f"{statistics.mean(to_full):.2f}  demo {d} vs A {h} J {jaccard(d, h):.2f} units J {jaccard(ud, uh):.2f}"
