@@ -59,9 +59,9 @@ def _window(top_k, width=LAYERS):
     """Layers of the contiguous window of `width` layers holding most top-k neurons, first; the rest after."""
     def order(forget, retain):
         counts = _per_layer(_combined(forget, retain), top_k).double()
-        sums = counts.unfold(0, width, 1).sum(1)
-        start = int(torch.argmax(sums))
-        inside = list(range(start, start + width))
+        wide = min(width, len(counts))
+        start = int(torch.argmax(counts.unfold(0, wide, 1).sum(1)))
+        inside = list(range(start, start + wide))
         return inside + [l for l in range(len(counts)) if l not in inside]
     return order
 

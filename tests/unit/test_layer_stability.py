@@ -52,3 +52,12 @@ def test_stats_are_cached_per_sample_and_read_back(stability, tmp_path):
     assert (tmp_path / "inception.pt").is_file()
     again = stability.cached_stats("inception", tmp_path, "no-such-model", 8, {})  # read from the cache: no load
     assert torch.equal(again["forget_train"]["saliency"], first["forget_train"]["saliency"])
+
+
+def test_report_prints_one_row_per_criterion_from_training_sets_only(stability, tmp_path, capsys):
+    stats = stability.cached_stats("inception", tmp_path, "tiny:llama", 8, {})
+    stability.report("inception", stats, subset=6, pairs=2, layers=2, seed=0)
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("inception")]
+    assert len(rows) == len(stability.CRITERIA)
+    assert all("pairs J" in r and "demo" in r and "vs A" in r for r in rows)
+    assert "full all" in next(r for r in rows if "all layers" in r)
