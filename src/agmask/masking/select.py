@@ -14,9 +14,18 @@ from agmask.errors import StageError
 METHODS = ("topk", "per_layer", "threshold")
 
 
-def choose_layers(ranking: list[int], count: int, explicit: list[int] | None, num_layers: int) -> list[int]:
-    """Explicit layers if given, else the first `count` of `ranking` (0 = all layers); sorted."""
-    layers = list(explicit) if explicit else (list(ranking[:count]) if count else list(range(num_layers)))
+def choose_layers(ranking: list[int], count: int, explicit: list[int] | None, num_layers: int,
+                  min_layer: int = 0) -> list[int]:
+    """Explicit layers if given, else the first `count` of `ranking` at or above `min_layer` (count 0: every layer
+    from `min_layer` on); sorted. `min_layer` does not apply to explicit layers."""
+    if explicit:
+        layers = list(explicit)
+    else:
+        if min_layer >= num_layers:
+            raise StageError(f"mask.min_depth leaves no layer (the first allowed would be {min_layer}, the model has "
+                             f"layers 0..{num_layers - 1}): lower mask.min_depth")
+        allowed = [l for l in ranking if l >= min_layer]
+        layers = allowed[:count] if count else list(range(min_layer, num_layers))
     bad = [l for l in layers if not 0 <= l < num_layers]
     if bad:
         raise StageError(f"unknown layer(s) {bad}: the model has layers 0..{num_layers - 1}")

@@ -12,6 +12,7 @@ chosen unit's group and effects).
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -19,7 +20,7 @@ from typing import Literal
 import torch
 from pydantic import field_validator
 
-from agmask.config import NonNegativeInt, PositiveFloat, PositiveInt, nearest, stage_options
+from agmask.config import Fraction, NonNegativeInt, PositiveFloat, PositiveInt, nearest, stage_options
 from agmask.errors import StageError
 from agmask.files import load_tensors, read_json, save_tensors, write_json
 from agmask.masking import choose_layers, full_layer_mask, mask_from_scores, random_mask_like
@@ -58,7 +59,9 @@ class Config:
         "help": "how layers are ranked: top_neurons (where the top-k combined neurons sit) or sensitivity "
                 "(forget gradient norm)"})
     layers: list[NonNegativeInt] = field(default_factory=list, metadata={
-        "help": "explicit layers, e.g. [10, 11]; they override num_layers and layer_criterion"})
+        "help": "explicit layers, e.g. [10, 11]; they override num_layers, layer_criterion and min_depth"})
+    min_depth: Fraction = field(default=0.0, metadata={
+        "help": "layers below this share of the model's depth are never chosen by num_layers (0.5: the upper half)"})
 
     selection: Literal["score", "causal"] = field(default="score", metadata={
         "help": "score: the top of mask.score; causal: mask.score proposes candidates, mean-ablation on the "
@@ -139,6 +142,11 @@ class Selection:
     record: dict | None = None  # causal: the measured effects
 
 
+def min_layer(conf: Config, num_layers: int) -> int:
+    """The first layer `mask.min_depth` lets the layer ranking choose."""
+    return math.ceil(conf.min_depth * num_layers - 1e-9)
+
+
 def select(conf: Config, score: torch.Tensor, rankings: dict, seed: int, log, causal=None) -> Selection:
     """The mask `conf` asks for from a (L, I) attribution score and the attribution's layer rankings
     (`layers_by_top_neurons`, `layers_by_sensitivity`). A causal selection needs `causal` = (model, tokenizer,
@@ -152,7 +160,8 @@ def select(conf: Config, score: torch.Tensor, rankings: dict, seed: int, log, ca
                           "layer_criterion": "causal sweep" if chosen.record["layer_sweep"] else "given"},
                          {"candidates": chosen.candidates},
                          {key: chosen.groups[i] for key, i in chosen.unit_groups.items()}, chosen.record)
-    layers = choose_layers(rankings[LAYER_CRITERIA[conf.layer_criterion]], conf.num_layers, conf.layers, score.shape[0])
+    layers = choose_layers(rankings[LAYER_CRITERIA[conf.layer_criterion]], conf.num_layers, conf.layers, score.shape[0],
+                           min_layer(conf, score.shape[0]))
     k = effective_k(conf, layers, score.shape[1], log)
     mask = mask_from_scores(score, layers, conf.method, k, conf.threshold)
     return Selection(mask, layers, {"method": conf.method, "selection": "score", "score": conf.score, "k": k})
