@@ -41,6 +41,22 @@ def test_a_mask_that_selects_nothing_is_a_clean_error():
         mask_from_scores(torch.zeros(2, 4), layers=[0], method="nope")
 
 
+def test_a_depth_floor_skips_the_layers_below_it_but_not_explicit_layers():
+    ranking = [1, 0, 5, 3, 2, 4]
+    assert choose_layers(ranking, 2, None, num_layers=6, min_layer=3) == [3, 5]
+    assert choose_layers(ranking, 0, None, num_layers=6, min_layer=4) == [4, 5]  # every layer from the floor on
+    assert choose_layers(ranking, 2, [0, 1], num_layers=6, min_layer=3) == [0, 1]
+    assert choose_layers(ranking, 2, None, num_layers=6) == [0, 1]
+    with pytest.raises(StageError, match="min_depth leaves no layer"):
+        choose_layers(ranking, 2, None, num_layers=6, min_layer=6)
+
+
+def test_min_depth_is_a_share_of_the_depth():
+    from agmask.stages.mask import Config as MaskConfig, min_layer
+
+    assert [min_layer(MaskConfig(min_depth=d), 24) for d in (0.0, 0.5, 0.51, 1.0)] == [0, 12, 13, 24]
+
+
 def test_ablation_masks_have_the_same_size_and_layers():
     scores = torch.randn(5, 20, generator=torch.Generator().manual_seed(1))
     mask = mask_from_scores(scores, layers=[1, 4], k=7)
