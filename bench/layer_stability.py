@@ -18,6 +18,7 @@ Reads no evaluation set (a training view of the concept). Prints one table row p
 from __future__ import annotations
 
 import argparse
+import math
 import random
 import statistics
 import sys
@@ -51,6 +52,15 @@ def _counts(top_k):
     return lambda forget, retain: _order(_per_layer(_combined(forget, retain), top_k))
 
 
+def _floored(top_k, min_depth):
+    """The count criterion with `mask.min_depth`: layers below the floor come last."""
+    def order(forget, retain):
+        ranking = _order(_per_layer(_combined(forget, retain), top_k))
+        floor = math.ceil(min_depth * len(ranking) - 1e-9)
+        return [l for l in ranking if l >= floor] + [l for l in ranking if l < floor]
+    return order
+
+
 def _top_mass(per_layer):
     return lambda forget, retain: _order(torch.topk(_combined(forget, retain), per_layer, dim=1).values.sum(1))
 
@@ -76,7 +86,7 @@ _all_layers.keeps_all = True
 CRITERIA = {"top100 (today)": _counts(100), "top256": _counts(256), "top1000": _counts(1000),
             "top-64 mass": _top_mass(64),
             "window4 top256": _window(256), "all layers": _all_layers,
-            "window4 top1000": _window(1000)}
+            "window4 top1000": _window(1000), "top100, min_depth 0.5": _floored(100, 0.5)}
 K = 256  # mask.k's default
 
 
@@ -122,7 +132,8 @@ def chosen(criterion, stats: dict, forget_idx: list[int], retain_idx: list[int],
     return picked, {(l, u) for l, u, _ in top_neurons(_combined(forget, retain), K, picked)}
 
 
-def report(concept: str, stats: dict, subset: int, pairs: int, layers: int, seed: int) -> None:
+def report(concept: str, stats: dict, subset: int, pairs: int, layers: int, seed: int,
+           only: list[str] | None = None) -> None:
     from agmask.concepts import load_concept
     from agmask.concepts.training_view import training_view
     from agmask.tuning.measure import Halves
@@ -142,6 +153,8 @@ def report(concept: str, stats: dict, subset: int, pairs: int, layers: int, seed
                    for name, part in (("forget_train", halves.forget_a), ("retain_train", halves.retain_a)))
     every = (list(range(n_f)), list(range(n_r)))
     for name, criterion in CRITERIA.items():
+        if only and name not in only:
+            continue
         full, _ = chosen(criterion, stats, *every, layers)
         overlaps, units, disjoint, to_full = [], [], 0, []
         for one, two in draws:
@@ -169,6 +182,7 @@ def main() -> int:
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=0)
+    ap.add_argument("--criterion", action="append", default=[], help="only these criteria (default: every one)")
     ap.add_argument("--stats-only", action="store_true", help="attribute and cache, print nothing")
     args = ap.parse_args()
     from agmask.errors import AgmaskError
@@ -180,7 +194,7 @@ def main() -> int:
         for concept in args.concept:
             stats = cached_stats(concept, args.cache, args.model, args.batch, state)
             if not args.stats_only:
-                report(concept, stats, args.subset, args.pairs, args.layers, args.seed)
+                report(concept, stats, args.subset, args.pairs, args.layers, args.seed, args.criterion)
     except AgmaskError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
