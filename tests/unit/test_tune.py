@@ -212,3 +212,22 @@ def test_the_cli_has_tune_and_recipe(tmp_path, tiny_concept_path, capsys):
     assert main(["tune", "--help"]) == 0
     text = capsys.readouterr().out
     assert "search_localisation" in text and "--recipe [auto|defaults]" in text
+
+
+def test_a_trial_adapts_only_the_layers_its_mask_touches(tmp_path, tiny_concept_path, monkeypatch):
+    import agmask.lora as lora
+
+    seen, real = [], lora.masked_lora
+
+    def spy(model, mask, layers=None, **kw):
+        seen.append((list(layers), mask.any(1).nonzero().flatten().tolist()))
+        return real(model, mask, layers=layers, **kw)
+
+    monkeypatch.setattr(lora, "masked_lora", spy)
+    cfg = _cfg(tmp_path, tiny_concept_path, trials=1)
+    cfg = cfg.model_copy(update={"overrides": {**cfg.overrides, "mask": {"k": 3, "num_layers": 0}}})  # every layer
+    pipeline.run_pipeline(cfg, stages=["tune"])
+    row = read_jsonl(cfg.run_dir / "tune" / "trials.jsonl")[0]
+    assert seen and all(layers == touched for layers, touched in seen)  # as the unlearn stage adapts them
+    assert row["mask"]["layers"] == seen[0][0] == [l for l, n in enumerate(row["mask"]["per_layer"]) if n]
+    assert sum(row["mask"]["per_layer"]) == row["mask"]["neurons"] == 3

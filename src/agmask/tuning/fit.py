@@ -70,7 +70,8 @@ class HalfAFit:
                  "random": random_mask_like(selection.mask, torch.Generator().manual_seed(cfg.seed))}
         model, tokenizer, _ = session.model()
         base = session.with_prior_adapters(model)
-        with masked_lora(base, param[method.parameterisation], layers=selection.layers, r=unlearn_conf.r,
+        layers = torch.nonzero(selection.mask.any(1)).flatten().tolist()  # the layers the mask touches, as unlearn
+        with masked_lora(base, param[method.parameterisation], layers=layers, r=unlearn_conf.r,
                          alpha=unlearn_conf.alpha, name=session.spec.name, seed=cfg.seed) as adapter:
             try:
                 rows = train(adapter, method, tokenizer, self.fit_spec, unlearn_conf, seed=cfg.seed, device=cfg.device,

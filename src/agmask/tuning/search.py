@@ -139,8 +139,9 @@ def run_trial(s: Setup, fit: HalfAFit, values: dict, base: dict) -> dict:
     _, tokenizer, _ = s.session.model()
     steps, after = fit.train(selection, confs["unlearn"], lambda model: measure(model, tokenizer, s.spec, s.halves))
     measurements = compare(base, after, s.spec)
-    return {"options": opts, "mask": {"layers": selection.layers, "k": selection.header["k"],
-                                      "neurons": int(selection.mask.sum())},
+    per_layer = selection.mask.sum(1)
+    return {"options": opts, "mask": {"layers": per_layer.nonzero().flatten().tolist(), "k": selection.header["k"],
+                                      "neurons": int(selection.mask.sum()), "per_layer": per_layer.tolist()},
             "steps": len(steps), "measurements": measurements, **assess(measurements)}
 
 
