@@ -194,7 +194,7 @@ def causal_selection(model: nn.Module, tokenizer, spec, score: torch.Tensor, opt
     taken = choose_groups(groups, opts.k, opts.neighbour_floor)
     if not taken:
         raise StageError(f"no candidate group lowers the concept's answer log-prob in layers {layers}; raise "
-                         "mask.candidates, or choose other layers (mask.layers, mask.num_layers)")
+                         "mask.candidates, or choose other layers (mask.layers, mask.causal_layers)")
     mask = torch.zeros(n_layers, width, dtype=torch.bool)
     unit_groups = {}
     for i, units in taken:

@@ -54,7 +54,10 @@ class Config:
     threshold: float | None = field(default=None, metadata={"help": "score threshold of method=threshold"})
     score: str = field(default="combined", metadata={"help": "the attribution score ranked: combined, "
                                                              "contrastive.saliency, forget.fisher, ..."})
-    num_layers: NonNegativeInt = field(default=4, metadata={"help": "the most concept-relevant layers; 0 = all"})
+    num_layers: NonNegativeInt = field(default=0, metadata={
+        "help": "score selection: the k best neurons of the model come from this many of the most concept-relevant "
+                "layers; 0 = every layer (the default: on the training halves of five concepts a 4-layer choice "
+                "changed with the prompts and cost locality, docs/METHOD.md)"})
     layer_criterion: Literal["top_neurons", "sensitivity"] = field(default="top_neurons", metadata={
         "help": "how layers are ranked: top_neurons (where the top-k combined neurons sit) or sensitivity "
                 "(forget gradient norm)"})
@@ -66,6 +69,8 @@ class Config:
     selection: Literal["score", "causal"] = field(default="score", metadata={
         "help": "score: the top of mask.score; causal: mask.score proposes candidates, mean-ablation on the "
                 "training sets measures them and chooses the layers (loads the model)"})
+    causal_layers: NonNegativeInt = field(default=4, metadata={
+        "help": "causal: layers kept from the layer sweep; 0 = every layer (no sweep)"})
     candidates: PositiveInt = field(default=128, metadata={"help": "causal: candidate units per layer, by mask.score"})
     group_size: PositiveInt = field(default=16, metadata={
         "help": "causal: candidates are measured in groups of this many consecutive attribution ranks"})
@@ -110,14 +115,14 @@ PRESETS = {"demo": {}, "full": {}}
 
 def default_k(conf: Config, intermediate_size: int, log) -> int:
     """The causal selection's k before its layers are known: mask.k, or the default capped as `effective_k`
-    caps it for `num_layers` (or the explicit) layers."""
-    count = len(conf.layers) or conf.num_layers or 1
+    caps it for `causal_layers` (or the explicit) layers."""
+    count = len(conf.layers) or conf.causal_layers or 1
     return effective_k(conf, list(conf.layers) or list(range(count)), intermediate_size, log)
 
 
 def causal_options(conf: Config, seed: int, k: int | None = None) -> CausalOptions:
     """The causal selection's options from the stage's (k: mask.k or, unset, DEFAULT_K)."""
-    return CausalOptions(k=k or conf.k or DEFAULT_K, num_layers=conf.num_layers, layers=tuple(conf.layers), candidates=conf.candidates,
+    return CausalOptions(k=k or conf.k or DEFAULT_K, num_layers=conf.causal_layers, layers=tuple(conf.layers), candidates=conf.candidates,
                          group_size=conf.group_size, items=conf.causal_items, positions=conf.causal_positions,
                          sweep_positions=conf.sweep_positions, neighbour_floor=conf.neighbour_floor,
                          batch_size=conf.causal_batch_size, seed=seed)

@@ -53,7 +53,7 @@ SPACE: tuple[Option, ...] = (
     Option("attribute", "positions", ("answer", "all", "prompt"), localisation=True),
     Option("mask", "selection", ("score", "causal"), localisation=True),
     Option("mask", "k", (128, 256, 512)),
-    Option("mask", "num_layers", (2, 4, 6)),
+    Option("mask", "num_layers", (0, 2, 4, 6)),
     Option("unlearn", "lr", low=5e-4, high=4e-3, log=True),
     Option("unlearn", "first_token_weight", (0.0, 1.0)),
     Option("unlearn", "first_token_margin", low=2.0, high=10.0, step=1.0, when=("unlearn.first_token_weight", 1.0),
