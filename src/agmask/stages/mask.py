@@ -56,8 +56,8 @@ class Config:
                                                              "contrastive.saliency, forget.fisher, ..."})
     num_layers: NonNegativeInt = field(default=0, metadata={
         "help": "score selection: the k best neurons of the model come from this many of the most concept-relevant "
-                "layers; 0 = every layer (the default: on the training halves of five concepts a 4-layer choice "
-                "changed with the prompts and cost locality, docs/METHOD.md)"})
+                "layers; 0 = every layer (the default: a 4-layer choice changes with the prompts, and every layer "
+                "was preferred on 3 of 5 concepts' training halves, docs/METHOD.md)"})
     layer_criterion: Literal["top_neurons", "sensitivity"] = field(default="top_neurons", metadata={
         "help": "how layers are ranked: top_neurons (where the top-k combined neurons sit) or sensitivity "
                 "(forget gradient norm)"})
