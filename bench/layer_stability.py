@@ -1,15 +1,15 @@
 """Does the mask's layer choice survive a change of prompts? Training sets only, no training.
 
     python bench/layer_stability.py --concept C [--concept C2 ...] [--cache DIR] [--subset 24] [--pairs 20]
-                                    [--model M] [--threads 1] [--stats-only]
+                                    [--criterion NAME ...] [--model M] [--threads 1] [--stats-only]
 
 Per concept, every forget_train and retain_train prompt is attributed once (per-sample saliency and Fisher at
 the answer positions, the attribute stage's defaults; cached as DIR/<concept>.pt). Then each layer criterion
 of `CRITERIA` chooses `--layers` layers from prompt subsets:
 
   pairs     `--pairs` draws of two disjoint random subsets of `--subset` forget and `--subset` retain prompts
-            (as far as the sets allow): the mean Jaccard overlap of the two layer sets, and the share of
-            pairs whose sets overlap in no layer;
+            (as far as the sets allow): the mean Jaccard overlap of the two layer sets, how many pairs
+            share no layer, and the mean overlap of the two masks (the K best units inside the layers);
   demo/A    the demo's subset (the first 24 of each set) against `agmask tune`'s half A (`tuning.measure.Halves`);
   full      each subset's overlap with the choice on every prompt.
 
