@@ -18,7 +18,6 @@ Reads no evaluation set (a training view of the concept). Prints one table row p
 from __future__ import annotations
 
 import argparse
-import math
 import random
 import statistics
 import sys
@@ -54,9 +53,11 @@ def _counts(top_k):
 
 def _floored(top_k, min_depth):
     """The count criterion with `mask.min_depth`: layers below the floor come last."""
+    from agmask.stages.mask import Config, min_layer
+
     def order(forget, retain):
         ranking = _order(_per_layer(_combined(forget, retain), top_k))
-        floor = math.ceil(min_depth * len(ranking) - 1e-9)
+        floor = min_layer(Config(min_depth=min_depth), len(ranking))
         return [l for l in ranking if l >= floor] + [l for l in ranking if l < floor]
     return order
 

@@ -48,9 +48,17 @@ def preflight(cfg: RunConfig, stage_modules: dict) -> list[LoadedConcept]:
     check_run_dir(cfg.run_dir)
     concepts = [load_concept(c) for c in cfg.concepts]
     check_model(cfg.model)
-    layers = getattr(resolved.get("mask"), "layers", None)
-    count = model_num_layers(cfg.model) if layers else None
-    if count is not None and any(layer >= count for layer in layers):
+    mask_conf = resolved.get("mask")
+    layers = getattr(mask_conf, "layers", None)
+    floored = bool(getattr(mask_conf, "min_depth", 0)) and not layers
+    count = model_num_layers(cfg.model) if layers or floored else None
+    if count is not None and layers and any(layer >= count for layer in layers):
         raise AgmaskError(f"bad option for stage mask: layers {sorted(l for l in layers if l >= count)} do not "
                           f"exist, {cfg.model} has layers 0..{count - 1}")
+    if count is not None and floored:
+        from agmask.stages.mask import min_layer
+
+        if min_layer(mask_conf, count) >= count:
+            raise AgmaskError(f"bad option for stage mask: min_depth {mask_conf.min_depth:g} leaves no layer of "
+                              f"{cfg.model} (layers 0..{count - 1}): lower mask.min_depth")
     return concepts

@@ -145,6 +145,7 @@ def test_a_deleted_adapter_mask_is_caught(run, capsys):
     ("unlearn.stpes=3", "unknown option(s) for stage unlearn: stpes (did you mean steps?)"),
     ("mask.layers=9", "mask: layers must be a list such as [1, 2], got 9"),
     ("mask.layers=[1, 9]", "mask: layers [9] do not exist, tiny:llama has layers 0..2"),
+    ("mask.min_depth=1", "mask: min_depth 1 leaves no layer of tiny:llama (layers 0..2)"),
     ("mask.k=-5", "mask: k"),
     ("mask.k=0", "mask: k"),
     ("mask.method=best", "mask: method"),

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 import torch
 
 from agmask.errors import StageError
-from agmask.masking import full_layer_mask, random_layers_mask, random_mask_like
+from agmask.masking import full_layer_mask, layers_of, random_layers_mask, random_mask_like
 
 DEFAULT_VARIANTS = ("causal", "saliency", "random_same_layers", "random_layers", "full_layers", "unmasked")
 SELECTED = ("causal", "saliency")  # the masks computed from the attribution; every other kind derives from one
@@ -83,10 +83,6 @@ def selected_needed(names: list[str], reference: str) -> list[str]:
     if kinds - set(SELECTED):
         need.add(reference)
     return [k for k in SELECTED if k in need]
-
-
-def layers_of(mask: torch.Tensor) -> list[int]:
-    return torch.nonzero(mask.any(1)).flatten().tolist()
 
 
 def variant_mask(variant: Variant, selected: dict[str, torch.Tensor], reference: str,

@@ -27,6 +27,7 @@ from peft import LoraConfig, PeftModel, get_peft_model
 
 from agmask.errors import StageError
 from agmask.files import atomic_dir, read_json, save_tensors, write_json
+from agmask.masking import layers_of
 from agmask.models.arch import arch_spec, base_causal_lm, mlp_module, mlp_module_names
 
 MASK_FILE = "mask.safetensors"
@@ -121,7 +122,7 @@ def attach_lora(model: nn.Module, mask: torch.Tensor | None, layers: list[int] |
     if layers is None:
         if mask is None:
             raise StageError("an unmasked LoRA needs explicit layers")
-        layers = torch.nonzero(mask.any(1)).flatten().tolist()
+        layers = layers_of(mask)
         if not layers:
             raise StageError("the mask selects no neuron, so there is no layer to adapt; pass layers explicitly "
                              "for an identity adapter")
@@ -233,7 +234,7 @@ def load_adapter(model: nn.Module, adapter_dir: Path, name: str | None = None, t
     name = name or "default"
     mask, layers = _saved_mask(adapter_dir)  # layers from the mask file: target_modules may be a regex string
     if mask is not None and not layers:
-        layers = torch.nonzero(mask.any(1)).flatten().tolist()
+        layers = layers_of(mask)
     if isinstance(model, PeftModel):
         model.load_adapter(str(adapter_dir), adapter_name=name, is_trainable=trainable)
         model.base_model.set_adapter(list(model.peft_config))

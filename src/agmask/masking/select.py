@@ -60,6 +60,11 @@ def mask_from_scores(scores: torch.Tensor, layers: list[int], method: str = "top
     return mask
 
 
+def layers_of(mask: torch.Tensor) -> list[int]:
+    """The layers a (L, I) mask touches, in order: the layers an adapter for it wraps."""
+    return torch.nonzero(mask.any(1)).flatten().tolist()
+
+
 def random_mask_like(mask: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     """Same number of units per layer as `mask`, drawn uniformly within each layer."""
     out = torch.zeros_like(mask)

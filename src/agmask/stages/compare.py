@@ -26,6 +26,7 @@ from pydantic import field_validator
 
 from agmask.config import NonNegativeInt, PositiveInt, config_json, stage_options
 from agmask.evaluate.config import QUANT_SCHEMES
+from agmask.masking import layers_of
 
 NAME = "compare"
 DIR = "compare"
@@ -140,7 +141,7 @@ def _selected_masks(session, needed: list[str], log,
             rankings = {} if causal else read_json(paths.attribute_layers)
             masks[kind] = mask_stage.select(wanted, score, rankings, session.cfg.seed, log, causal).mask
             source = f"mask.selection={wanted.selection}, made here with the run's mask options"
-        layers = torch.nonzero(masks[kind].any(1)).flatten().tolist()
+        layers = layers_of(masks[kind])
         info[kind] = {"source": source, "layers": layers, "units": int(masks[kind].sum()),
                       "per_layer": {str(l): int(masks[kind][l].sum()) for l in layers}}
     return masks, info

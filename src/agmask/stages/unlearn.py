@@ -15,6 +15,7 @@ from agmask.config import NonNegativeFloat, NonNegativeInt, PositiveFloat, Posit
 from agmask.errors import StageError
 from agmask.files import load_tensors, write_json, write_jsonl
 from agmask.lora import masked_lora, save_adapter
+from agmask.masking import layers_of
 from agmask.unlearn import get_method
 from agmask.unlearn.figures import loss_curves
 from agmask.unlearn.trainer import train
@@ -104,7 +105,7 @@ def run(cfg, run_dir: Path, session) -> None:
     mask = masks["mask"]
     if not mask.any():
         raise StageError("the mask selects no neuron: rerun `agmask mask` with a larger mask.k or other layers")
-    layers = sorted({int(l) for l in mask.any(1).nonzero().flatten()})
+    layers = layers_of(mask)
     param_mask = {"mask": mask, "random": masks["random"], "unmasked": None}[method.parameterisation]
     model, tokenizer, info = session.model()
     base = session.with_prior_adapters(model)

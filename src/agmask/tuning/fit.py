@@ -12,7 +12,7 @@ import json
 import torch
 
 from agmask.attribution import layer_rankings, neuron_stats, score_tensors
-from agmask.masking import random_mask_like
+from agmask.masking import layers_of, random_mask_like
 from agmask.progress import SILENT, Reporter
 from agmask.stages import mask as mask_stage
 from agmask.unlearn import get_method
@@ -70,8 +70,7 @@ class HalfAFit:
                  "random": random_mask_like(selection.mask, torch.Generator().manual_seed(cfg.seed))}
         model, tokenizer, _ = session.model()
         base = session.with_prior_adapters(model)
-        layers = torch.nonzero(selection.mask.any(1)).flatten().tolist()  # the layers the mask touches, as unlearn
-        with masked_lora(base, param[method.parameterisation], layers=layers, r=unlearn_conf.r,
+        with masked_lora(base, param[method.parameterisation], layers=layers_of(selection.mask), r=unlearn_conf.r,
                          alpha=unlearn_conf.alpha, name=session.spec.name, seed=cfg.seed) as adapter:
             try:
                 rows = train(adapter, method, tokenizer, self.fit_spec, unlearn_conf, seed=cfg.seed, device=cfg.device,

@@ -23,6 +23,7 @@ from agmask.config import config_json, resolve_stage_config
 from agmask.currency import digest
 from agmask.errors import AgmaskError
 from agmask.files import read_json, sha256_text, write_json
+from agmask.masking import layers_of
 from agmask.tuning.fit import HalfAFit
 from agmask.tuning.measure import Halves, compare, measure, neighbour_type, unseen_in_a
 from agmask.tuning.rule import RULE_VERSION, assess, objective_value, optuna_constraints
@@ -139,9 +140,8 @@ def run_trial(s: Setup, fit: HalfAFit, values: dict, base: dict) -> dict:
     _, tokenizer, _ = s.session.model()
     steps, after = fit.train(selection, confs["unlearn"], lambda model: measure(model, tokenizer, s.spec, s.halves))
     measurements = compare(base, after, s.spec)
-    per_layer = selection.mask.sum(1)
-    return {"options": opts, "mask": {"layers": per_layer.nonzero().flatten().tolist(), "k": selection.header["k"],
-                                      "neurons": int(selection.mask.sum()), "per_layer": per_layer.tolist()},
+    return {"options": opts, "mask": {"layers": layers_of(selection.mask), "k": selection.header["k"],
+                                      "neurons": int(selection.mask.sum()), "per_layer": selection.mask.sum(1).tolist()},
             "steps": len(steps), "measurements": measurements, **assess(measurements)}
 
 
