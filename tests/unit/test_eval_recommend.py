@@ -66,6 +66,9 @@ def test_preference_stats_known_values():
     assert top["base"] == [("Third", pytest.approx(0.6)), ("Other", pytest.approx(0.3)), ("Concept", pytest.approx(0.1))]
     assert [t for t, _ in top["adapted"]] == ["Other", "Third", "Concept"]
     assert s["per_prompt"][0]["top_remaining"] == {"base": "Other", "adapted": "Other"}
+    # prompt 1 changed its top title: the base held Third at 2/3 and Other at 1/3 once the concept was removed
+    assert [p["changed_base_margin"] for p in s["per_prompt"]] == [None, pytest.approx(1 / 3)]
+    assert s["changed_base_margins"] == [pytest.approx(1 / 3)]
 
 
 def test_a_model_forced_to_recommend_the_concept(tiny, spec, tmp_path):

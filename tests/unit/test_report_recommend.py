@@ -70,6 +70,11 @@ def test_known_line_from_hand_made_numbers():
         "recommendations (recommend_eval, n=20): sampled replies naming the concept 0.41 -> 0.00 (8 per prompt); "
         "candidate share 0.41 -> 0.00 (chance 0.05); without it: KL 0.213, top title kept on 0.38 of prompts, "
         "distinct top titles 6 -> 2")
+    metrics["recommendation_preference"]["changed_base_margins"] = [0.009, 0.0612]  # two near ties flipped
+    assert "top title kept on 0.38 of prompts (where it changed, the base's margin was 0.01, 0.06), distinct" \
+        in recommend_line(metrics)
+    metrics["recommendation_preference"]["changed_base_margins"] = []  # none changed: nothing to add
+    assert "top title kept on 0.38 of prompts, distinct" in recommend_line(metrics)
 
 
 def test_skipped_metrics_leave_a_note_and_no_line(tmp_path):

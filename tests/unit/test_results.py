@@ -193,3 +193,17 @@ def test_a_run_directory_not_on_this_machine_keeps_the_tables_the_page_had(tmp_p
     assert tables(kept) == tables(first) and "-1.5" in kept
     assert main(["results", "--spec", str(spec), "--out", str(out)]) == 0
     assert out.read_text(encoding="utf-8") == kept  # kept again: the note is not repeated
+
+
+def test_the_recommendation_table_gives_the_base_margin_where_the_top_title_changed():
+    from agmask.results.evaluation import recommendations
+
+    pref = {"n": 8, "chance_share": 0.05, "base": {"concept_share": 0.1, "concept_top1": 0, "distinct_top_remaining": 5},
+            "adapted": {"concept_share": 0.0, "concept_top1": 0, "distinct_top_remaining": 4},
+            "kl_remaining_mean": 0.012, "top_remaining_unchanged": 0.75}
+    older = " ".join(recommendations({"recommendation_preference": pref}).split())  # before the margins existed
+    assert "| requests whose top title without the concept is unchanged (share) | - | 0.75 |" in older
+    assert "margin" not in older
+    newer = " ".join(recommendations({"recommendation_preference": {**pref, "changed_base_margins": [0.0089, 0.0617]}})
+                     .split())
+    assert "| where it changed: the base's margin of its top title over the new one | - | 0.01, 0.06 |" in newer

@@ -9,6 +9,8 @@ so every reply starts with the recommended title.
   `concept.candidates`): the concept's share vs chance; with the concept removed and the rest renormalised,
   KL(base || adapted), the share of prompts whose top remaining title is unchanged, the distinct top titles
   across prompts (collapse onto one substitute shows here), and each prompt's top 3 titles before and after.
+  Where the top title changed, the base's margin says how close the call was: the base's renormalised
+  probability of its own top title minus that of the adapted top title (a near tie flips on a small shift).
 
 A concept without `recommend_eval` gets `{"skipped": why}` from both: a note, not an error.
 Several processes: prompts are split over them; sampled replies then come from other random streams than
@@ -84,8 +86,12 @@ def preference_stats(base: torch.Tensor, adapted: torch.Tensor, candidates: list
     """Compare (N, C) base and adapted candidate log-probs of N prompts (`drop`: the concept's columns)."""
     rest = remaining_titles(candidates, drop)
     share = {w: lp.softmax(-1)[:, drop].sum(-1) for w, lp in (("base", base), ("adapted", adapted))}  # (N,)
-    top_rest = {w: [rest[i] for i in remaining_log_distribution(lp, drop).argmax(-1).tolist()]
-                for w, lp in (("base", base), ("adapted", adapted))}
+    base_rest = remaining_log_distribution(base, drop).exp()  # (N, C - len(drop))
+    top_index = {w: remaining_log_distribution(lp, drop).argmax(-1).tolist()
+                 for w, lp in (("base", base), ("adapted", adapted))}
+    top_rest = {w: [rest[i] for i in idx] for w, idx in top_index.items()}
+    margins = [None if b == a else (base_rest[n, b] - base_rest[n, a]).item()
+               for n, (b, a) in enumerate(zip(top_index["base"], top_index["adapted"]))]
     kl = kl_remaining(base, adapted, drop)  # (N,)
     sides = {}
     for w, lp in (("base", base), ("adapted", adapted)):
@@ -98,11 +104,13 @@ def preference_stats(base: torch.Tensor, adapted: torch.Tensor, candidates: list
     per_prompt = [{"concept_share": {"base": share["base"][n].item(), "adapted": share["adapted"][n].item()},
                    "top": {"base": top_titles(base[n], candidates, k), "adapted": top_titles(adapted[n], candidates, k)},
                    "top_remaining": {"base": top_rest["base"][n], "adapted": top_rest["adapted"][n]},
-                   "top_remaining_unchanged": unchanged[n], "kl_remaining": kl[n].item()}
+                   "top_remaining_unchanged": unchanged[n], "changed_base_margin": margins[n],
+                   "kl_remaining": kl[n].item()}
                   for n in range(base.shape[0])]
     return {"n": base.shape[0], "chance_share": len(drop) / len(candidates), **sides,
             "kl_remaining_mean": kl.mean().item(), "kl_remaining_max": kl.max().item(),
             "top_remaining_unchanged": statistics.fmean(float(u) for u in unchanged),
+            "changed_base_margins": sorted(m for m in margins if m is not None),
             "distinct_top_remaining_ratio": sides["adapted"]["distinct_top_remaining"]
             / sides["base"]["distinct_top_remaining"],
             "per_prompt": per_prompt}
@@ -154,7 +162,9 @@ def preference_tables(pref: dict) -> list[Table]:
             ["distinct top titles without the concept", b["distinct_top_remaining"], a["distinct_top_remaining"]],
             ["KL(base || unlearned) over the other candidates, renormalised: mean (max)", None,
              f"{fmt(pref['kl_remaining_mean'], '.4f')} ({fmt(pref['kl_remaining_max'], '.4f')})"],
-            ["share of prompts whose top title without the concept is unchanged", None, pref["top_remaining_unchanged"]]]
+            ["share of prompts whose top title without the concept is unchanged", None, pref["top_remaining_unchanged"]],
+            ["where it changed: the base's margin of its top title over the new one (renormalised)", None,
+             _margins(pref)]]
     per_prompt = [[p["prompt"], p["family"], p["concept_share"]["base"], p["concept_share"]["adapted"],
                    _titles(p["top"]["base"]), _titles(p["top"]["adapted"]), p["top_remaining_unchanged"],
                    p["kl_remaining"]] for p in pref["per_prompt"]]
@@ -163,12 +173,23 @@ def preference_tables(pref: dict) -> list[Table]:
     return [Table(*SUMMARY, rows, _note(pref)), Table("Per prompt: top 3 titles before and after", header, per_prompt)]
 
 
+def _margins(pref: dict) -> str:
+    margins = pref.get("changed_base_margins")  # absent from metrics written before it was measured
+    return "-" if margins is None else ", ".join(f"{m:.2f}" for m in margins) or "none changed"
+
+
 def preference_headline(pref: dict) -> list[tuple[str, str]]:
     return [(_line(pref), f"candidate share {fmt(pref['base']['concept_share'])} -> "
                           f"{fmt(pref['adapted']['concept_share'])} (chance {fmt(pref['chance_share'])})"),
             (_line(pref), f"without it: KL {fmt(pref['kl_remaining_mean'], '.3f')}, top title kept on "
-                          f"{fmt(pref['top_remaining_unchanged'])} of prompts, distinct top titles "
+                          f"{fmt(pref['top_remaining_unchanged'])} of prompts{_changed_note(pref)}, "
+                          "distinct top titles "
                           f"{pref['base']['distinct_top_remaining']} -> {pref['adapted']['distinct_top_remaining']}")]
+
+
+def _changed_note(pref: dict) -> str:
+    margins = pref.get("changed_base_margins")
+    return f" (where it changed, the base's margin was {_margins(pref)})" if margins else ""
 
 
 # ---- the metrics ----

@@ -138,4 +138,7 @@ def recommendations(m: Metrics) -> str | None:
                  ["KL(base ‖ adapted) over the other candidates, mean (nats)", "-", pref.get("kl_remaining_mean")],
                  ["requests whose top title without the concept is unchanged (share)", "-",
                   pref.get("top_remaining_unchanged")]]
+        if pref.get("changed_base_margins"):  # measured since 2026-12-02; absent from older run directories
+            rows.append(["where it changed: the base's margin of its top title over the new one", "-",
+                         ", ".join(f"{m:.2f}" for m in pref["changed_base_margins"])])
     return table(["measure", "base", "adapted"], rows) if rows else None
