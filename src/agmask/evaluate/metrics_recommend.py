@@ -86,10 +86,10 @@ def preference_stats(base: torch.Tensor, adapted: torch.Tensor, candidates: list
     """Compare (N, C) base and adapted candidate log-probs of N prompts (`drop`: the concept's columns)."""
     rest = remaining_titles(candidates, drop)
     share = {w: lp.softmax(-1)[:, drop].sum(-1) for w, lp in (("base", base), ("adapted", adapted))}  # (N,)
-    base_rest = remaining_log_distribution(base, drop).exp()  # (N, C - len(drop))
-    top_index = {w: remaining_log_distribution(lp, drop).argmax(-1).tolist()
-                 for w, lp in (("base", base), ("adapted", adapted))}
+    remaining = {w: remaining_log_distribution(lp, drop) for w, lp in (("base", base), ("adapted", adapted))}
+    top_index = {w: lp.argmax(-1).tolist() for w, lp in remaining.items()}  # (N,) columns of `rest`
     top_rest = {w: [rest[i] for i in idx] for w, idx in top_index.items()}
+    base_rest = remaining["base"].exp()
     margins = [None if b == a else (base_rest[n, b] - base_rest[n, a]).item()
                for n, (b, a) in enumerate(zip(top_index["base"], top_index["adapted"]))]
     kl = kl_remaining(base, adapted, drop)  # (N,)
