@@ -22,6 +22,7 @@ from agmask import __version__
 from agmask.errors import StageError
 from agmask.files import read_json, sha256_file, sha256_text, write_json
 from agmask.rundir import DONE, STALE, RunDir
+from agmask.scoring.encode import SCORING_VERSION
 
 
 def _registry():
@@ -85,6 +86,8 @@ def input_parts(session, name: str) -> dict:
         "prior_adapters": [str(p) for p in session.prior_adapters],
         "upstream": upstream,
     }
+    if getattr(module, "SCORES_ANSWERS", False):  # its outputs hold answer scores: a new way to score redoes them
+        parts["scoring"] = SCORING_VERSION
     reads = getattr(module, "READS_OPTIONS", ())
     if reads:  # other stages' options it works with (compare: unlearn's), as they will be used: with the recipe,
         # except for the stage the recipe comes from (tune), which reads them as the user set them
@@ -128,7 +131,8 @@ def recorded_inputs(parts: dict) -> dict:
 _WHAT = {"concept": "the concept file changed", "stage_config": "its options changed",
          "core": "the model, seed, dtype or budget changed", "model_sha256": "the model's weights changed",
          "agmask": "agmask's version changed", "prior_adapters": "the earlier concepts' adapters changed",
-         "options_of": "the options it reads from other stages changed"}
+         "options_of": "the options it reads from other stages changed",
+         "scoring": "the way answers are scored changed (agmask.scoring.SCORING_VERSION)"}
 
 
 def stale_reason(done: dict, parts: dict) -> str:

@@ -226,3 +226,18 @@ def test_compare_s_input_hash_covers_the_options_it_reads_from_other_stages(prep
         assert other != base and other["options_of"] != base["options_of"], changed
         assert "the options it reads from other stages changed" in stale_reason({"inputs": recorded_inputs(base)}, other)
     assert parts(similarity={"permutations": 19}) == base  # a stage it does not read
+
+
+def test_a_new_way_to_score_answers_redoes_the_stages_that_score_and_not_training(prepared, tmp_path,
+                                                                                   tiny_concept_path, monkeypatch):
+    from agmask import currency
+
+    session = Session.create(_cfg(prepared, tmp_path, tiny_concept_path))
+    before = {name: currency.input_parts(session, name) for name in ("baseline", "attribute", "compare")}
+    monkeypatch.setattr(currency, "SCORING_VERSION", currency.SCORING_VERSION + 1)
+    after = {name: currency.input_parts(session, name) for name in before}
+    assert after["attribute"] == before["attribute"]  # attribution, the mask and training score nothing
+    for name in ("baseline", "compare"):
+        assert after[name] != before[name]
+        why = currency.stale_reason({"inputs": currency.recorded_inputs(before[name])}, after[name])
+        assert "the way answers are scored changed" in why

@@ -11,7 +11,8 @@ from agmask.models import load
 from agmask.scoring import answer_hit, prefix_for, score_items, summarize
 from agmask.scoring.continuation import score_continuations
 from agmask.scoring.distinct import distinguishing_offset, others_than
-from agmask.scoring.encode import closing_for, collate_answers, encode_answer, render_prompt, tokens
+from agmask.scoring.encode import (closes_answer, closing_for, closing_token_ids, collate_answers, encode_answer,
+                                   render_prompt, tokens)
 from agmask.scoring.generate import generate
 from agmask.scoring.logprobs import answer_logprobs, token_logprobs
 
@@ -62,6 +63,48 @@ def test_first_token_rank_matches_a_full_forward(tiny):
     first = encode_answer(tok, prefix, 'Memento"').input_ids[len(ids)]
     logits = model(torch.tensor([ids])).logits[0, -1]
     assert score.first_rank == int((logits > logits[first]).sum()) + 1
+
+
+def test_a_closing_token_is_the_quote_alone_after_punctuation_or_before_anything_but_a_letter():
+    assert all(closes_answer(p, '"') for p in ['"', '".', '",', '"\n', '."', ',"', '?"', '")'])
+    assert not any(closes_answer(p, '"') for p in ['"s', ' "', 'Knight"', '.', ' Rises', ''])
+    assert closes_answer("'", "'") and closes_answer(".'", "'") and not closes_answer("'s", "'")
+    assert not closes_answer('"', "")  # no quote opened, nothing closes
+
+
+@pytest.mark.parametrize("arch", ["tiny:llama", "tiny:qwen2"])
+def test_the_answer_ends_with_any_closing_token_however_the_model_punctuates(arch):
+    from agmask.models import load
+
+    model, tok, _ = load(arch)  # a copy of its own: it gains the tokens a real BPE vocabulary has
+    tok.add_tokens(['".', '."', "'s"])
+    model.resize_token_embeddings(len(tok))
+    prefix = render_prompt(tok, "Name a film.") + 'The movie is "'
+    closing = closing_token_ids(tok, '"')
+    assert [tok.decode([i]) for i in closing] == ['"', '".', '."']
+    assert all(closes_answer(tok.decode([i]), '"') for i in closing)
+    any_close, open_ended = score_continuations(model, tok, prefix, ['Memento"', "Memento"], close='"')
+    plain = score_continuations(model, tok, prefix, ['Memento"', "Memento"])  # no close given: tokens as they are
+    assert open_ended.logprob == pytest.approx(plain[1].logprob, abs=1e-5)  # no closing token, nothing changes
+    # by hand: the name's tokens, then the log of the probability of every closing token at the last position
+    ids = encode_answer(tok, prefix, 'Memento"').input_ids
+    start = encode_answer(tok, prefix, 'Memento"').answer_start
+    log_probs = model(torch.tensor([ids])).logits[0].float().log_softmax(-1)
+    name = sum(log_probs[k - 1, ids[k]].item() for k in range(start, len(ids) - 1))
+    ends = log_probs[len(ids) - 2, closing].logsumexp(-1).item()
+    assert any_close.logprob == pytest.approx(name + ends, abs=1e-4)
+    assert any_close.logprob >= plain[0].logprob - 1e-6  # at least the bare quote's probability
+
+
+def test_a_uniform_model_ends_the_answer_with_the_share_of_closing_tokens(tiny):
+    model, tok, _ = tiny
+    _uniform(model)
+    vocab = model.config.vocab_size
+    prefix = render_prompt(tok, "Which film?") + 'The movie is "'
+    score = score_continuations(model, tok, prefix, ['Inception"'], close='"')[0]
+    n = score.num_tokens
+    share = len([i for i in closing_token_ids(tok, '"') if i < vocab]) / vocab
+    assert score.logprob == pytest.approx(-(n - 1) * math.log(vocab) + math.log(share), rel=1e-5)
 
 
 def test_target_mask_counts_answer_tokens_even_when_pad_is_eos(tiny):

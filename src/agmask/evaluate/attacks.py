@@ -94,7 +94,7 @@ def answer_logprob(model: nn.Module, tokenizer, spec: ConceptSpec, set_name: str
     close = closing_for(spec.lead_for(set_name, item))
     prefix = prefix_for(tokenizer, spec, set_name, item)
     answers = [a + close for a in spec.answers_for(item)]
-    return max(s.logprob for s in score_continuations(model, tokenizer, prefix, answers, kv=kv))
+    return max(s.logprob for s in score_continuations(model, tokenizer, prefix, answers, kv=kv, close=close))
 
 
 def answer_view(rows: list[dict]) -> dict:

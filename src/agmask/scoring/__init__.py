@@ -108,7 +108,8 @@ def _item_continuations(model: nn.Module, tokenizer, concept: ConceptSpec, set_n
     rank_at = [distinguishing_offset(tokenizer, lead, t, others_than(concept, t), close) if t in aliases else 0
                for t in texts]  # only the aliases' ranks are read
     scores = dict(zip(texts, score_continuations(model, tokenizer, prefix, [t + close for t in texts],
-                                                 prefix_ids=tokens(tokenizer, prefix), kv=kv, rank_at=rank_at)))
+                                                 prefix_ids=tokens(tokenizer, prefix), kv=kv, rank_at=rank_at,
+                                                 close=close)))
     best = max(aliases, key=lambda a: scores[a].logprob)
     cand_lp = None
     if candidates:
@@ -179,7 +180,8 @@ def score_items(model: nn.Module, tokenizer, concept: ConceptSpec, set_name: str
 def item_logprobs(model: nn.Module, tokenizer, concept: ConceptSpec, set_name: str, items: list[PromptItem],
                   batch_size: int = 16) -> torch.Tensor:
     """(N,) answer log-prob per item (max over aliases, closing quote included): the batched path
-    without the multiple-choice view, for quick before/after comparisons (ablations, training checks)."""
+    without the multiple-choice view, for quick before/after comparisons (ablations, training checks). It
+    scores the bare closing quote, as training does; `score_items` counts every token that closes the answer."""
     pairs = [(i, prefix_for(tokenizer, concept, set_name, it), a + closing_for(concept.lead_for(set_name, it)))
              for i, it in enumerate(items) for a in concept.answers_for(it)]
     device = next(model.parameters()).device

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
-from agmask.scoring.encode import common_prefix_len, tokens
+from agmask.scoring.encode import closing_token_ids, common_prefix_len, tokens
 from agmask.scoring.kvcache import PrefixKV, batched_cache, cached_layers, empty_cache
 from agmask.scoring.logprobs import decoder_and_head
 
@@ -120,8 +120,12 @@ def pack_continuations(tokenizer, prefix: str, continuations: list[str],
 @torch.no_grad()
 def score_continuations(model: nn.Module, tokenizer, prefix: str, continuations: list[str],
                         prefix_ids: list[int] | None = None, kv: PrefixKV | None = None,
-                        rank_at: list[int] | None = None) -> list[ContinuationScore]:
+                        rank_at: list[int] | None = None, close: str = "") -> list[ContinuationScore]:
     """Summed log-prob and first-token rank of each continuation after `prefix`, in one forward pass.
+
+    close: the closing quote the continuations end with (`closing_for(lead)`; "" for none). A continuation
+    whose last token is one that closes the answer (`closing_token_ids`: `"` itself, `".`, `."`, ...) is
+    scored there by the probability of *any* such token: that the answer ends, however the model punctuates.
 
     rank_at: per continuation, the index of the answer token whose rank is its `first_rank` (its first
     distinguishing token, `agmask.scoring.distinct`; default 0, the first token; capped at its last).
@@ -155,7 +159,14 @@ def score_continuations(model: nn.Module, tokenizer, prefix: str, continuations:
     logits = head(hidden[torch.tensor(rows, device=device) - start]).float()  # (R, V)
     pick = torch.tensor([row_of[w] for w in packed.where], device=device)  # (P,)
     target_ids = torch.tensor(packed.targets, device=device)
-    picked = logits.log_softmax(-1)[pick, target_ids]  # (P,)
+    log_probs = logits.log_softmax(-1)
+    picked = log_probs[pick, target_ids]  # (P,)
+    if close:
+        closing = torch.tensor(closing_token_ids(tokenizer, close), device=device)
+        ends = torch.zeros_like(picked, dtype=torch.bool)  # (P,) the last token of a continuation that closes it
+        ends[torch.tensor(packed.lengths, device=device).cumsum(0) - 1] = True
+        ends &= torch.isin(target_ids, closing)
+        picked = torch.where(ends, log_probs[pick][:, closing].logsumexp(-1), picked)
     target_logits = logits[pick, target_ids]
     higher = (logits[pick] > target_logits[:, None]).sum(-1) + 1  # (P,) 1-based rank of each target token
 

@@ -7,11 +7,17 @@ the answer span starts at the first token where the two differ, so the merged to
 """
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass
 
 import torch
 
+# 2: the answer's closing quote is scored as any token that closes it (`closing_token_ids`), not the bare quote
+SCORING_VERSION = 2
 QUOTES = {'"': '"', "“": "”", "'": "'", "«": "»"}
+# punctuation a reply may put before the closing quote (`Max Planck."`): the quote still closes the answer
+PUNCTUATION_BEFORE_CLOSE = ".,!?;:"
+_CLOSING_IDS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # tokenizer -> {close: ids}; a cache only
 
 
 def render_prompt(tokenizer, prompt: str, system: str | None = None) -> str:
@@ -30,6 +36,25 @@ def closing_for(lead: str) -> str:
     """
     stripped = lead.rstrip(" ")
     return QUOTES.get(stripped[-1], "") if stripped else ""
+
+
+def closes_answer(piece: str, close: str) -> bool:
+    """Does a token reading `piece` end an answer whose lead opened a quote that `close` ends? It does when it
+    is the closing quote, alone or with what may follow it (`"`, `".`, `",`, `"\n`) or after punctuation
+    (`."`, `,"`), and not when a letter or digit follows the quote (`'s`: the answer goes on)."""
+    rest = piece.lstrip(PUNCTUATION_BEFORE_CLOSE)
+    return bool(close) and rest.startswith(close) and not rest[len(close):][:1].isalnum()
+
+
+def closing_token_ids(tokenizer, close: str) -> list[int]:
+    """Every vocabulary token that ends the answer (`closes_answer`), sorted: the answer's last scored
+    position counts them all, so that where the model writes `".` or `."` (single tokens to BPE) instead of a
+    bare `"`, the answer still ends. Decoding the vocabulary takes about a second; it is cached per tokenizer."""
+    per_close = _CLOSING_IDS.setdefault(tokenizer, {})
+    if close not in per_close:
+        pieces = tokenizer.batch_decode([[i] for i in range(len(tokenizer))])
+        per_close[close] = [i for i, piece in enumerate(pieces) if closes_answer(piece, close)]
+    return per_close[close]
 
 
 def tokens(tokenizer, text: str) -> list[int]:

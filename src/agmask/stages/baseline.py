@@ -17,6 +17,7 @@ from agmask.scoring import (QA_SETS, ItemScore, PrefixKV, answer_hit, generate, 
 NAME = "baseline"
 DIR = "baseline"
 DEPENDS: tuple[str, ...] = ()
+SCORES_ANSWERS = True  # its outputs hold answer scores (agmask.scoring.SCORING_VERSION is in its input hash)
 PARALLEL = True  # several processes: each scores and answers its block of the prompts
 
 

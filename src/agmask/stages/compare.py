@@ -31,6 +31,7 @@ from agmask.masking import layers_of
 NAME = "compare"
 DIR = "compare"
 DEPENDS: tuple[str, ...] = ("baseline", "attribute", "mask")
+SCORES_ANSWERS = True  # its outputs hold answer scores (agmask.scoring.SCORING_VERSION is in its input hash)
 READS_OPTIONS: tuple[str, ...] = ("mask", "unlearn", "evaluate")  # it trains and evaluates with their options
 RESUMABLE = True  # an interrupted compare keeps its finished rows (compare.json) and continues
 RESUMES_ACROSS = ("variants", "seeds")  # ... also when the variants or seeds listed change

@@ -16,6 +16,7 @@ from agmask.files import read_jsonl
 NAME = "evaluate"
 DIR = "eval"
 DEPENDS: tuple[str, ...] = ("baseline", "unlearn")
+SCORES_ANSWERS = True  # its outputs hold answer scores (agmask.scoring.SCORING_VERSION is in its input hash)
 PARALLEL = True  # several processes: per-item scoring and generation are split over them (evaluate.context)
 RESUMABLE = True  # an interrupted evaluation continues metric by metric (eval/metrics.json)
 Config = EvalConfig

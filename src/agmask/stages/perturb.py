@@ -33,6 +33,7 @@ from agmask.scoring.encode import closing_for
 NAME = "perturb"
 DIR = "perturb"
 DEPENDS: tuple[str, ...] = ()
+SCORES_ANSWERS = True  # its outputs hold answer scores (agmask.scoring.SCORING_VERSION is in its input hash)
 SET = "forget_eval"  # prompts, lead and answers come from this set
 BASE_FAMILY = "wording"
 

@@ -20,6 +20,7 @@ from agmask.files import write_json, write_jsonl
 NAME = "tune"
 DIR = "tune"
 DEPENDS: tuple[str, ...] = ()
+SCORES_ANSWERS = True  # its outputs hold answer scores (agmask.scoring.SCORING_VERSION is in its input hash)
 READS_OPTIONS = ("attribute", "mask", "unlearn")  # their options are part of its input hash
 WITH_RECIPE = False  # ... as the user set them: the recipe is what tune itself writes
 RESUMABLE = True  # an interrupted search continues from tune/optuna.db
