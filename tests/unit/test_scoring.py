@@ -282,3 +282,25 @@ def test_a_one_letter_first_token_gives_way_to_the_next(tiny):
     # after a shared start, an initial gives way as well
     assert distinguishing_offset(tok, lead, "The Einstein", ["The Rolling Stones"], '"') == \
         distinguishing_offset(tok, lead, "The Beatles", ["The Rolling Stones"], '"') + 1
+
+
+@pytest.mark.parametrize("arch", ["tiny:llama", "tiny:qwen2"])
+def test_a_batch_scores_its_closing_quote_as_score_continuations_does(arch):
+    from agmask.models import load
+
+    model, tok, _ = load(arch)
+    tok.add_tokens(['".', '."'])
+    model.resize_token_embeddings(len(tok))
+    prefix = render_prompt(tok, "Name a film.") + 'The movie is "'
+    answers = ['Memento"', 'The Matrix"', "Memento"]
+    batch = collate_answers(tok, [prefix] * 3, answers, closes=['"'] * 3)
+    assert [i for i, _, _ in batch.closing] == [0, 1]  # the third answer has no closing quote
+    summed = answer_logprobs(model, batch).tolist()
+    cached = [s.logprob for s in score_continuations(model, tok, prefix, answers, close='"')]
+    assert summed == pytest.approx(cached, abs=1e-4)
+    bare = answer_logprobs(model, collate_answers(tok, [prefix] * 3, answers)).tolist()
+    assert summed[0] > bare[0] and summed[1] > bare[1] and summed[2] == pytest.approx(bare[2], abs=1e-6)
+    head = model.get_output_embeddings().weight.requires_grad_(True)
+    answer_logprobs(model, batch)[0].backward()  # differentiable through the closing position
+    closing = closing_token_ids(tok, '"')
+    assert torch.isfinite(head.grad).all() and head.grad[closing].abs().sum() > 0

@@ -412,3 +412,30 @@ def test_a_shared_answer_start_moves_to_the_prefix_and_the_forget_terms_start_af
     [initial] = data.forget_examples(tok, person, person.forget_train[:1])  # E|in...: ranked after the initial,
     assert distinguishing_offset(tok, lead, "Einstein", ["Newton"], '"') == 1  # but trained from it
     assert initial.prefix.endswith(lead) and initial.answer == 'Einstein"'
+
+
+def test_forget_any_close_marks_the_closing_quote_of_every_forget_example_and_nothing_else(tiny, spec):
+    from agmask.scoring.encode import closing_token_ids
+    from agmask.unlearn.data import collate, forget_set, retain_set
+
+    model, tok, _ = tiny
+    plain, any_close = (forget_set(tok, spec, _conf(forget_any_close=on)) for on in (False, True))
+    assert [(e.prefix, e.answer) for e in plain] == [(e.prefix, e.answer) for e in any_close]  # same examples
+    assert all(e.close == "" for e in plain) and all(e.close == '"' for e in any_close)
+    assert all(e.close == "" for e in retain_set(tok, spec, _conf(forget_any_close=True)))  # forget terms only
+    batch = collate(tok, any_close[:4], "cpu")
+    assert [(i, t) for i, t, _ in batch.closing] == [(i, int(batch.attention_mask[i].sum()) - 2) for i in range(4)]
+    assert all(ids == tuple(closing_token_ids(tok, '"')) for _, _, ids in batch.closing)
+    assert collate(tok, plain[:4], "cpu").closing == ()
+
+
+def test_forget_any_close_trains_and_its_start_equals_the_plain_run_where_one_token_closes(spec):
+    from agmask.models import load
+
+    runs = {}
+    for on in (False, True):
+        model, tok, info = load("tiny:llama")  # one closing token in this vocabulary: both score the same
+        adapter = attach_lora(model, torch.ones(info.num_layers, info.intermediate_size, dtype=torch.bool), r=4)
+        runs[on] = [r["loss"] for r in train(adapter, METHODS["masked_lora"], tok, spec,
+                                             _conf(forget_any_close=on), seed=3)]
+    assert runs[True] == pytest.approx(runs[False], abs=1e-5)

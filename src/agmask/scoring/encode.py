@@ -101,6 +101,8 @@ class AnswerBatch:
     # precomputed once because the layers below it are frozen (see unlearn/trainer.py).
     start_layer: int = 0
     start_hidden: torch.Tensor | None = None
+    # (row, position, ids): positions whose target closes the answer, scored as any of `ids` (closing_token_ids)
+    closing: tuple[tuple[int, int, tuple[int, ...]], ...] = ()
 
     @property
     def targets(self) -> torch.Tensor:
@@ -110,11 +112,15 @@ class AnswerBatch:
     def to(self, device) -> "AnswerBatch":
         hidden = self.start_hidden.to(device) if self.start_hidden is not None else None
         return AnswerBatch(self.input_ids.to(device), self.attention_mask.to(device), self.target_mask.to(device),
-                           self.start_layer, hidden)
+                           self.start_layer, hidden, self.closing)
 
 
-def collate_answers(tokenizer, prefixes: list[str], answers: list[str]) -> AnswerBatch:
-    """Build a right-padded batch of prefix+answer with a mask of the answer-predicting positions."""
+def collate_answers(tokenizer, prefixes: list[str], answers: list[str], closes: list[str] | None = None) -> AnswerBatch:
+    """Build a right-padded batch of prefix+answer with a mask of the answer-predicting positions.
+
+    closes: per answer, the closing quote it ends with ("" for none): where its last token is one that closes
+    the answer, that position is scored as any closing token (`AnswerBatch.closing`, as `score_continuations`
+    scores it)."""
     encoded = [encode_answer(tokenizer, p, a) for p, a in zip(prefixes, answers)]
     width = max(len(e.input_ids) for e in encoded)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
@@ -126,4 +132,9 @@ def collate_answers(tokenizer, prefixes: list[str], answers: list[str]) -> Answe
         ids[i, :n] = torch.tensor(e.input_ids)
         attn[i, :n] = 1
         tmask[i, e.answer_start - 1 : n - 1] = 1  # position t predicts token t+1
-    return AnswerBatch(ids, attn, tmask)
+    closing = []
+    for i, (e, answer, close) in enumerate(zip(encoded, answers, closes or [""] * len(answers))):
+        ids_closing = closing_token_ids(tokenizer, close) if close and answer.endswith(close) else []
+        if e.input_ids[-1] in ids_closing and len(e.input_ids) - e.answer_start > 1:
+            closing.append((i, len(e.input_ids) - 2, tuple(ids_closing)))
+    return AnswerBatch(ids, attn, tmask, closing=tuple(closing))

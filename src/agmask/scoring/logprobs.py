@@ -53,8 +53,15 @@ def answer_log_softmax(model: nn.Module, batch: AnswerBatch) -> tuple[torch.Tens
 
 
 def answer_token_logprobs(batch: AnswerBatch, log_softmax: torch.Tensor, where: torch.Tensor) -> torch.Tensor:
-    """(B, T) the log-prob of each answer token, from `answer_log_softmax`'s output; 0 elsewhere."""
+    """(B, T) the log-prob of each answer token, from `answer_log_softmax`'s output; 0 elsewhere. A position in
+    `batch.closing` takes the log of the summed probability of every token that closes the answer."""
     lp = log_softmax.gather(-1, batch.targets[where].unsqueeze(-1)).squeeze(-1)  # (N,)
+    if batch.closing:
+        flat = where.flatten().long().cumsum(0) - 1  # (B * T,) each answer position's row in log_softmax
+        rows = [int(flat[i * where.shape[1] + t]) for i, t, _ in batch.closing]
+        ends = torch.stack([log_softmax[r, torch.tensor(ids, device=log_softmax.device)].logsumexp(-1)
+                            for r, (_, _, ids) in zip(rows, batch.closing)])
+        lp = lp.index_put((torch.tensor(rows, device=lp.device),), ends)
     out = torch.zeros(batch.input_ids.shape, dtype=lp.dtype, device=lp.device)
     out[where] = lp
     return out

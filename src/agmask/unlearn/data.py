@@ -26,20 +26,22 @@ from agmask.unlearn.objectives import answer_and_first_logprob, first_answer_tok
 class Example:
     prefix: str
     answer: str
+    close: str = ""  # the closing quote `answer` ends with, scored as any token that closes it ("": the bare tokens)
 
 
 def _examples(tokenizer, spec, set_name: str, items, answers_of, leads: list[str] | None,
-              split=None) -> list[Example]:
+              split=None, any_close: bool = False) -> list[Example]:
     """One example per (item, answer) under the item's own lead or, with `leads`, one per (lead, item, answer),
     lead-major; `answers_of(item)` lists the item's answers (one, or every alias), each followed by its lead's
     closing quote. `split(lead, answer)`, if given, returns (text of the answer moved to the end of the prefix,
-    the rest of the answer)."""
+    the rest of the answer). `any_close`: the closing quote is scored as any token that closes the answer."""
     def examples(item, lead: str) -> list[Example]:
         prefix = render_prompt(tokenizer, item.prompt) + lead
         out = []
         for answer in answers_of(item):
             moved, rest = split(lead, answer) if split else ("", answer)
-            out.append(Example(prefix + moved, rest + closing_for(lead)))
+            close = closing_for(lead)
+            out.append(Example(prefix + moved, rest + close, close if any_close else ""))
         return out
 
     if not leads:
@@ -55,14 +57,16 @@ def forget_answers(spec, item, all_aliases: bool = True) -> list[str]:
 
 
 def forget_examples(tokenizer, spec, items, leads: list[str] | None = None, all_aliases: bool = True,
-                    from_distinguishing_token: bool = True) -> list[Example]:
+                    from_distinguishing_token: bool = True, any_close: bool = False) -> list[Example]:
     """The concept's own answers after each forget prompt (its lead, or every lead in `leads`): one example per
     alias, or per item with `all_aliases` False. With `from_distinguishing_token`, an answer whose first tokens
     also start another known answer (`The` of `The Beatles` among `The ...` bands) has them moved into the
-    prefix: the forget terms start at its first distinguishing token and leave the shared start alone."""
+    prefix: the forget terms start at its first distinguishing token and leave the shared start alone. With
+    `any_close`, the answer's end is scored as any token that closes it (`".` as much as `"`), so the forget
+    terms cannot lower it by moving the model to another punctuation."""
     split = (lambda lead, answer: shared_start(tokenizer, spec, lead, answer)) if from_distinguishing_token else None
     return _examples(tokenizer, spec, "forget_train", items, lambda it: forget_answers(spec, it, all_aliases), leads,
-                     split=split)
+                     split=split, any_close=any_close)
 
 
 def shared_start(tokenizer, spec, lead: str, answer: str) -> tuple[str, str]:
@@ -105,7 +109,7 @@ def forget_set(tokenizer, spec, conf) -> list[Example]:
     """The forget examples the options ask for: each prompt under its own lead, or under every training lead."""
     items, _, leads = _training_items(spec, conf)
     return forget_examples(tokenizer, spec, items, leads if conf.forget_all_leads else None, conf.forget_all_aliases,
-                           conf.forget_from_distinguishing_token)
+                           conf.forget_from_distinguishing_token, conf.forget_any_close)
 
 
 def target_set(tokenizer, spec, conf) -> list[Example]:
@@ -133,7 +137,8 @@ def first_answer_tokens(tokenizer, examples: list[Example]) -> torch.Tensor:
 def collate(tokenizer, examples: list[Example], device, start: tuple[int, list[torch.Tensor]] | None = None) -> AnswerBatch:
     """A right-padded batch; with `start = (layer, per-example cached inputs of that layer)` the frozen
     layers below `layer` are skipped (their output is taken from the cache)."""
-    batch = collate_answers(tokenizer, [e.prefix for e in examples], [e.answer for e in examples])
+    batch = collate_answers(tokenizer, [e.prefix for e in examples], [e.answer for e in examples],
+                            [e.close for e in examples])
     if start is not None:
         layer, cached = start
         hidden = torch.zeros(*batch.input_ids.shape, cached[0].shape[-1], dtype=cached[0].dtype)  # (B, T, H)
