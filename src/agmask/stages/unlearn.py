@@ -66,7 +66,7 @@ class Config:
     forget_from_distinguishing_token: bool = field(default=True, metadata={"help": (
         "forget terms start at each answer's first token not shared with another candidate's start (`The` of "
         "`The Beatles` is left alone); false: at its first token")})
-    forget_any_close: bool = field(default=False, metadata={"help": (
+    forget_any_close: bool = field(default=True, metadata={"help": (
         "forget terms score an answer's closing quote as any token that closes it (`\"`, `\".`, `.\"`), as "
         "evaluation does; false: the bare quote, which the forget terms can push down alone")})
     retain_all_leads: bool = field(default=True, metadata={
