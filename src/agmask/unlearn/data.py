@@ -57,7 +57,7 @@ def forget_answers(spec, item, all_aliases: bool = True) -> list[str]:
 
 
 def forget_examples(tokenizer, spec, items, leads: list[str] | None = None, all_aliases: bool = True,
-                    from_distinguishing_token: bool = True, any_close: bool = False) -> list[Example]:
+                    from_distinguishing_token: bool = True, any_close: bool = True) -> list[Example]:
     """The concept's own answers after each forget prompt (its lead, or every lead in `leads`): one example per
     alias, or per item with `all_aliases` False. With `from_distinguishing_token`, an answer whose first tokens
     also start another known answer (`The` of `The Beatles` among `The ...` bands) has them moved into the
