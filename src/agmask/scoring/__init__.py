@@ -180,19 +180,22 @@ def score_items(model: nn.Module, tokenizer, concept: ConceptSpec, set_name: str
 def item_logprobs(model: nn.Module, tokenizer, concept: ConceptSpec, set_name: str, items: list[PromptItem],
                   batch_size: int = 16) -> torch.Tensor:
     """(N,) answer log-prob per item (max over aliases, closing quote included): the batched path
-    without the multiple-choice view, for quick before/after comparisons (ablations, training checks). It
-    scores the bare closing quote, as training does; `score_items` counts every token that closes the answer."""
-    pairs = [(i, prefix_for(tokenizer, concept, set_name, it), a + closing_for(concept.lead_for(set_name, it)))
-             for i, it in enumerate(items) for a in concept.answers_for(it)]
+    without the multiple-choice view, for quick before/after comparisons (ablations, training checks). Like
+    `score_items`, it scores the closing quote as every token that closes the answer."""
+    pairs = []  # (item index, prefix, answer + closing quote, closing quote) per item and alias
+    for i, it in enumerate(items):
+        close = closing_for(concept.lead_for(set_name, it))
+        pairs += [(i, prefix_for(tokenizer, concept, set_name, it), a + close, close) for a in concept.answers_for(it)]
     device = next(model.parameters()).device
     values = []
     for lo in range(0, len(pairs), batch_size):
         chunk = pairs[lo : lo + batch_size]
-        batch = collate_answers(tokenizer, [p for _, p, _ in chunk], [a for _, _, a in chunk]).to(device)
+        batch = collate_answers(tokenizer, [p for _, p, _, _ in chunk], [a for _, _, a, _ in chunk],
+                                [c for *_, c in chunk]).to(device)
         values.append(answer_logprobs(model, batch).float().cpu())
     flat = torch.cat(values)
     out = torch.full((len(items),), float("-inf"))
-    for (i, _, _), v in zip(pairs, flat):
+    for (i, *_), v in zip(pairs, flat):
         out[i] = max(out[i], v)
     return out
 

@@ -166,7 +166,7 @@ def score_continuations(model: nn.Module, tokenizer, prefix: str, continuations:
         ends = torch.zeros_like(picked, dtype=torch.bool)  # (P,) the last token of a continuation that closes it
         ends[torch.tensor(packed.lengths, device=device).cumsum(0) - 1] = True
         ends &= torch.isin(target_ids, closing)
-        picked = torch.where(ends, log_probs[pick][:, closing].logsumexp(-1), picked)
+        picked = torch.where(ends, log_probs[:, closing].logsumexp(-1)[pick], picked)  # per head row, then picked
     target_logits = logits[pick, target_ids]
     higher = (logits[pick] > target_logits[:, None]).sum(-1) + 1  # (P,) 1-based rank of each target token
 

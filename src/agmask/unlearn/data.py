@@ -36,11 +36,10 @@ def _examples(tokenizer, spec, set_name: str, items, answers_of, leads: list[str
     closing quote. `split(lead, answer)`, if given, returns (text of the answer moved to the end of the prefix,
     the rest of the answer). `any_close`: the closing quote is scored as any token that closes the answer."""
     def examples(item, lead: str) -> list[Example]:
-        prefix = render_prompt(tokenizer, item.prompt) + lead
+        prefix, close = render_prompt(tokenizer, item.prompt) + lead, closing_for(lead)
         out = []
         for answer in answers_of(item):
             moved, rest = split(lead, answer) if split else ("", answer)
-            close = closing_for(lead)
             out.append(Example(prefix + moved, rest + close, close if any_close else ""))
         return out
 
