@@ -86,8 +86,9 @@ def input_parts(session, name: str) -> dict:
         "prior_adapters": [str(p) for p in session.prior_adapters],
         "upstream": upstream,
     }
-    if getattr(module, "SCORES_ANSWERS", False):  # its outputs hold answer scores: a new way to score redoes them
-        parts["scoring"] = SCORING_VERSION
+    scores = getattr(module, "SCORES_ANSWERS", False)  # a bool, or a function of the stage's options
+    if scores(session.stage_config(name)) if callable(scores) else scores:
+        parts["scoring"] = SCORING_VERSION  # its outputs hold answer scores: a new way to score redoes them
     reads = getattr(module, "READS_OPTIONS", ())
     if reads:  # other stages' options it works with (compare: unlearn's), as they will be used: with the recipe,
         # except for the stage the recipe comes from (tune), which reads them as the user set them

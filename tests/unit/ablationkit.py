@@ -11,11 +11,12 @@ from agmask.scoring.logprobs import answer_logprobs
 
 
 def direct_ablated_logprob(model, tok, spec, set_name, item, units: dict[int, list[int]], means, kind: str) -> float:
-    """Answer log-prob (first alias + closing quote) of one item with `units` (layer -> unit ids) set to
+    """Answer log-prob (first alias + closing quote, scored as any closing token) of one item with `units` (layer -> unit ids) set to
     `means[layer, unit]` at the `kind` positions, from a plain forward of the whole prompt."""
     prefix = prefix_for(tok, spec, set_name, item)
-    answer = spec.answers_for(item)[0] + closing_for(spec.lead_for(set_name, item))
-    batch = collate_answers(tok, [prefix], [answer])
+    close = closing_for(spec.lead_for(set_name, item))
+    answer = spec.answers_for(item)[0] + close
+    batch = collate_answers(tok, [prefix], [answer], closes=[close])  # the quote as any token that closes it
     where = position_mask(tok, kind, batch, [item.prompt], [prefix + answer])[0].bool()  # (T,)
     handles = []
     for layer, idx in units.items():

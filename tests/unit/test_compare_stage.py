@@ -232,12 +232,18 @@ def test_a_new_way_to_score_answers_redoes_the_stages_that_score_and_not_trainin
                                                                                    tiny_concept_path, monkeypatch):
     from agmask import currency
 
-    session = Session.create(_cfg(prepared, tmp_path, tiny_concept_path))
-    before = {name: currency.input_parts(session, name) for name in ("baseline", "attribute", "compare")}
+    cfg = _cfg(prepared, tmp_path, tiny_concept_path)
+    session = Session.create(cfg)
+    causal = Session.create(cfg.model_copy(update={"overrides": {**cfg.overrides, "mask": {"selection": "causal"}}}))
+    names = ("baseline", "attribute", "mask", "ablate", "compare")
+    before = {name: currency.input_parts(session, name) for name in names}
+    causal_before = currency.input_parts(causal, "mask")
     monkeypatch.setattr(currency, "SCORING_VERSION", currency.SCORING_VERSION + 1)
     after = {name: currency.input_parts(session, name) for name in before}
-    assert after["attribute"] == before["attribute"]  # attribution, the mask and training score nothing
-    for name in ("baseline", "compare"):
+    # attribution, the mask by score and training score no answer; a causal mask measures answer log-probs
+    assert after["attribute"] == before["attribute"] and after["mask"] == before["mask"]
+    assert currency.input_parts(causal, "mask") != causal_before
+    for name in ("baseline", "ablate", "compare"):
         assert after[name] != before[name]
         why = currency.stale_reason({"inputs": currency.recorded_inputs(before[name])}, after[name])
         assert "the way answers are scored changed" in why

@@ -131,3 +131,31 @@ def test_mean_neurons_at_every_position_equals_the_batched_measurement(tiny, spe
     assert torch.allclose(hooked, batched, atol=1e-4)
     assert not torch.allclose(hooked, zeroed, atol=1e-3)  # the mean is not zero
     assert all(not m._forward_pre_hooks for m in model.modules())
+
+
+@pytest.mark.parametrize("kind", ["all", "subject"])
+def test_the_closing_quote_counts_as_any_token_that_closes_the_answer_as_every_scorer_does(spec, kind):
+    from agmask.models import load
+    from agmask.scoring import score_continuations
+
+    model, tok, info = load("tiny:llama")  # a copy of its own: it gains the closing tokens a real BPE vocabulary has
+    tok.add_tokens(['".', '."'])
+    model.resize_token_embeddings(len(tok))
+    items = spec.forget_train
+    prompts = encode_prompts(tok, spec, "forget_train", items, kinds=(kind,))
+    assert all(c is not None and len(c[1]) == 3 for c in prompts.closing)  # `"`, `".`, `."`
+    cache_inputs(model, tok, prompts, [0, 2], batch_size=3)
+    lead = spec.lead_for("forget_train", items[0])
+    scored = [score_continuations(model, tok, prefix_for(tok, spec, "forget_train", it),
+                                  [spec.answers_for(it)[0] + closing_for(lead)], close=closing_for(lead))[0].logprob
+              for it in items]
+    assert prompts.base.tolist() == pytest.approx(scored, abs=1e-4)
+    bare = encode_prompts(tok, spec, "forget_train", items, kinds=(kind,))
+    bare.closing = []  # the bare quote token alone: strictly less probability
+    cache_inputs(model, tok, bare, [0])
+    assert (prompts.base > bare.base).all()
+    means = activation_means(model, tok, encode_prompts(tok, spec, "retain_train", spec.retain_train, (kind,)))[kind]
+    units = {2: [5, 9, 30]}
+    got = ablated_logprobs(model, tok, prompts, [{2: _as_mask(units[2], info.intermediate_size)}], kind, means)[0]
+    direct = [_direct(model, tok, spec, "forget_train", it, units, means, kind) for it in items]
+    assert got.tolist() == pytest.approx(direct, abs=1e-4)  # after the cached header too (subject)

@@ -14,8 +14,9 @@ ablated position lies in it, its keys and values are the same in every row and u
 so they are computed once and the ablated forwards run only the tokens after it (for the 0.5B model's
 template with its default system prompt, about 40% of a prompt's tokens).
 
-Effects are changes of the summed answer log-prob (prompt + lead + first alias + closing quote):
-`change = ablated - clean`, per ablation and prompt.
+Effects are changes of the summed answer log-prob (prompt + lead + first alias + closing quote, the quote
+scored as any token that closes the answer, as every other scorer does): `change = ablated - clean`, per
+ablation and prompt.
 """
 from __future__ import annotations
 
@@ -33,7 +34,7 @@ from agmask.progress import Advance
 from agmask.scoring import collate_answers, prefix_for
 from agmask.scoring.encode import AnswerBatch, closing_for
 from agmask.scoring.kvcache import cached_layers, empty_cache
-from agmask.scoring.logprobs import decoder_and_head, position_ids_from_mask, token_logprobs
+from agmask.scoring.logprobs import answer_token_logprobs, decoder_and_head, position_ids_from_mask, token_logprobs
 
 Ablation = dict[int, torch.Tensor]  # layer -> (intermediate,) bool: the units replaced in that layer
 
@@ -46,6 +47,8 @@ class EncodedPrompts:
     ids: list[torch.Tensor]  # per prompt (T_n,) joint prompt + lead + answer tokens
     target: list[torch.Tensor]  # per prompt (T_n,) 1 where the position predicts an answer token
     where: dict[str, list[torch.Tensor]]  # positions kind -> per prompt (T_n,) 1 on those positions
+    # per prompt: (position, closing token ids) where its last target closes the answer (scored as any of them)
+    closing: list[tuple[int, tuple[int, ...]] | None] = field(default_factory=list)
     base: torch.Tensor | None = None  # (N,) clean answer log-prob, set by cache_inputs
     # layer -> per prompt (T_n, H): the residual stream entering that layer, set by cache_inputs
     inputs: dict[int, list[torch.Tensor]] = field(default_factory=dict)
@@ -74,12 +77,14 @@ class EncodedPrompts:
 def encode_prompts(tokenizer, spec, set_name: str, items: list, kinds: tuple[str, ...] = ("all",)) -> EncodedPrompts:
     """Each item with its first answer alias (+ the closing quote its lead opens), positions of each kind."""
     prefixes = [prefix_for(tokenizer, spec, set_name, it) for it in items]
-    answers = [spec.answers_for(it)[0] + closing_for(spec.lead_for(set_name, it)) for it in items]
+    closes = [closing_for(spec.lead_for(set_name, it)) for it in items]
+    answers = [spec.answers_for(it)[0] + close for it, close in zip(items, closes)]
     out = EncodedPrompts(set_name, [], [], {check_positions(k): [] for k in kinds})
-    for item, prefix, answer in zip(items, prefixes, answers):
-        one = collate_answers(tokenizer, [prefix], [answer])
+    for item, prefix, answer, close in zip(items, prefixes, answers, closes):
+        one = collate_answers(tokenizer, [prefix], [answer], closes=[close])
         out.ids.append(one.input_ids[0])
         out.target.append(one.target_mask[0])
+        out.closing.append(one.closing[0][1:] if one.closing else None)
         for kind in kinds:
             out.where[kind].append(position_mask(tokenizer, kind, one, [item.prompt], [prefix + answer])[0])
     return out
@@ -104,7 +109,8 @@ def _collate(prompts: EncodedPrompts, rows: list[int], pad_id: int, start: int, 
             where[i, :t] = prompts.where[kind][n].bool()
         if hidden is not None:
             hidden[i, :t] = prompts.inputs[start][n]
-    batch = AnswerBatch(ids, attn, tgt, start, hidden).to(device)
+    closing = tuple((i, *prompts.closing[n]) for i, n in enumerate(rows) if prompts.closing and prompts.closing[n])
+    batch = AnswerBatch(ids, attn, tgt, start, hidden, closing).to(device)
     return batch, (where.to(device) if kind is not None else None)
 
 
@@ -240,12 +246,11 @@ def _answer_logprobs_after(model: nn.Module, batch: AnswerBatch, header, skip: i
     else:
         with skip_layers(model, batch.start_layer):
             hidden = body(inputs_embeds=batch.start_hidden[:, skip:], **kwargs).last_hidden_state
-    where = (batch.target_mask.bool() & batch.attention_mask.bool())[:, skip:]  # (B, T - skip)
-    logits = head(hidden[where]).float()  # (N, V): answer-predicting positions only
-    lp = logits.log_softmax(-1).gather(-1, batch.targets[:, skip:][where].unsqueeze(-1)).squeeze(-1)  # (N,)
-    out = torch.zeros(where.shape, dtype=lp.dtype, device=lp.device)
-    out[where] = lp
-    return out.sum(-1)
+    tail = AnswerBatch(batch.input_ids[:, skip:], batch.attention_mask[:, skip:], batch.target_mask[:, skip:],
+                       closing=tuple((i, t - skip, ids) for i, t, ids in batch.closing))  # the rows after the header
+    where = (tail.target_mask.bool() & tail.attention_mask.bool())  # (B, T - skip)
+    log_softmax = head(hidden[where]).float().log_softmax(-1)  # (N, V): answer-predicting positions only
+    return answer_token_logprobs(tail, log_softmax, where).sum(-1)
 
 
 @dataclass(frozen=True)

@@ -24,6 +24,7 @@ NAME = "ablate"
 DIR = "ablate"
 DEPENDS: tuple[str, ...] = ("attribute", "mask")
 READS_OPTIONS: tuple[str, ...] = ("attribute",)  # the split-half attributions use its options
+SCORES_ANSWERS = True  # its outputs hold answer scores (agmask.scoring.SCORING_VERSION is in its input hash)
 POSITIONS = Literal["all", "answer", "subject", "prompt"]
 
 

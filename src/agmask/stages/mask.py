@@ -36,6 +36,11 @@ DEFAULT_K = 256
 DEFAULT_K_MAX_SHARE = 0.25
 
 
+def SCORES_ANSWERS(conf) -> bool:  # noqa: N802 (the stage attribute agmask.currency reads)
+    """A causal selection measures answer log-probs (agmask.scoring.SCORING_VERSION joins its input hash)."""
+    return conf.selection == "causal"
+
+
 def score_names() -> list[str]:
     """The keys of attribute/scores.safetensors."""
     from agmask.attribution import SCORES
