@@ -255,3 +255,36 @@ def test_base_references_match_their_collated_recomputation(tiny, spec):
     with torch.no_grad():
         again, again_first = candidate_logprobs(model, collate_packed(packs[::-1], torch.device("cpu")))
     assert torch.allclose(logp, again.flip(0), atol=1e-5) and torch.allclose(first, again_first.flip(0), atol=1e-5)
+
+
+@pytest.mark.parametrize("arch", ["tiny:llama", "tiny:qwen2"])
+def test_with_any_close_a_title_ends_as_the_evaluation_scores_it_whatever_closes_it(spec, arch):
+    """Where the vocabulary has several closing tokens (`"`, `".`, `."`), the packed titles score their closing
+    quote as any of them, exactly as the evaluation does (`score_continuations(close=...)`), and differentiably;
+    without any_close, as the bare quote."""
+    from agmask.models import load
+    from agmask.scoring.encode import closing_token_ids
+
+    model, tok, _ = load(arch)  # a copy of its own: it gains the closing tokens a real BPE vocabulary has
+    tok.add_tokens(['".', '."'])
+    model.resize_token_embeddings(len(tok))
+    titles = recommend_titles(spec, all_candidates=True)
+    items = spec.recommend_train[:3]
+    bare, any_close = (collate_packed(pack_prompts(tok, spec, items, titles, on), torch.device("cpu"))
+                       for on in (False, True))
+    assert not bare.closing and len(any_close.closing) == 1
+    assert any_close.closing[0][1].tolist() == closing_token_ids(tok, '"')
+    assert len(any_close.closing[0][0]) == len(items) * len(titles.names)  # every title closes with `"`
+    summed, _ = candidate_logprobs(model, any_close)
+    plain, _ = candidate_logprobs(model, bare)
+    for b, item in enumerate(items):
+        prefix = prefix_for(tok, spec, RECOMMEND, item)
+        names = [t + '"' for t in titles.names]
+        ends_any = [s.logprob for s in score_continuations(model, tok, prefix, names, close='"')]
+        ends_bare = [s.logprob for s in score_continuations(model, tok, prefix, names)]
+        assert summed[b].tolist() == pytest.approx(ends_any, abs=1e-4)
+        assert plain[b].tolist() == pytest.approx(ends_bare, abs=1e-4)
+    assert (summed > plain).all()  # the bare quote is one of the closing tokens
+    head = model.get_output_embeddings().weight.requires_grad_(True)
+    candidate_logprobs(model, any_close)[0].sum().backward()
+    assert torch.isfinite(head.grad).all() and head.grad[closing_token_ids(tok, '"')].abs().sum() > 0

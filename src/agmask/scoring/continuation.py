@@ -93,11 +93,34 @@ class PackedContinuations:
     where: list[int]  # per scored token, continuation after continuation: the packed index that predicts it
     targets: list[int]  # per scored token: the token it predicts
     lengths: list[int]  # per continuation: its scored tokens (the answer span), consecutive in `where`
+    closing: tuple[int, ...] = ()  # the tokens that close an answer (`closing_token_ids`); () for none
+    ends: tuple[int, ...] = ()  # indices into `targets` of each continuation's last token where it is one of them
+
+    def scored(self, log_probs: torch.Tensor, pick: torch.Tensor, offset: int = 0) -> torch.Tensor:
+        """(P,) the log-prob of each scored token from (R, V) `log_probs` (`pick`: its row there), a continuation's
+        closing token as the log of the summed probability of every token in `closing`: that the answer ends,
+        however the model punctuates. `offset`: where this pack's tokens start in `pick` (a batch of packs)."""
+        rows = pick[offset : offset + len(self.targets)]
+        picked = log_probs[rows, torch.tensor(self.targets, device=log_probs.device)]
+        if not self.ends:
+            return picked
+        return any_closing_token(picked, log_probs, rows, torch.tensor(self.ends, device=log_probs.device),
+                                 torch.tensor(self.closing, device=log_probs.device))
+
+
+def any_closing_token(picked: torch.Tensor, log_probs: torch.Tensor, rows: torch.Tensor, ends: torch.Tensor,
+                      closing: torch.Tensor) -> torch.Tensor:
+    """(P,) `picked` with each token at `ends` (indices into it) scored as the log of the summed probability of
+    every token in `closing`, read from row `rows[end]` of (R, V) `log_probs`."""
+    return picked.index_put((ends,), log_probs[rows[ends]][:, closing].logsumexp(-1))
 
 
 def pack_continuations(tokenizer, prefix: str, continuations: list[str],
-                       prefix_ids: list[int] | None = None) -> PackedContinuations:
-    """Tokenise prefix + each continuation jointly and pack them into one sequence with its attention."""
+                       prefix_ids: list[int] | None = None, close: str = "") -> PackedContinuations:
+    """Tokenise prefix + each continuation jointly and pack them into one sequence with its attention.
+
+    close: the closing quote the continuations end with ("" for none); a continuation whose last token is one
+    that closes the answer is scored there as any of them (`PackedContinuations.scored`)."""
     prefix_ids = tokens(tokenizer, prefix) if prefix_ids is None else prefix_ids
     joints = [tokens(tokenizer, prefix + c) for c in continuations]
     starts = [common_prefix_len(prefix_ids, j) for j in joints]  # each continuation's answer span start
@@ -113,8 +136,13 @@ def pack_continuations(tokenizer, prefix: str, continuations: list[str],
         for k in range(start, len(joint)):
             where.append(shared - 1 if k == shared else shared + node_of[tuple(joint[shared:k])])
             targets.append(joint[k])
+    lengths = [len(j) - s for j, s in zip(joints, starts)]
+    closing = tuple(closing_token_ids(tokenizer, close)) if close else ()
+    lasts = [int(n) - 1 for n in torch.tensor(lengths).cumsum(0)]
+    ends = tuple(k for k, c in zip(lasts, continuations) if c.endswith(close) and targets[k] in closing) \
+        if closing else ()
     return PackedContinuations(joints[0][:shared] + node_tokens, allowed, positions, shared, where, targets,
-                               [len(j) - s for j, s in zip(joints, starts)])
+                               lengths, closing, ends)
 
 
 @torch.no_grad()
@@ -135,7 +163,7 @@ def score_continuations(model: nn.Module, tokenizer, prefix: str, continuations:
     if not continuations:
         return []
     prefix_ids = tokens(tokenizer, prefix) if prefix_ids is None else prefix_ids
-    packed = pack_continuations(tokenizer, prefix, continuations, prefix_ids)
+    packed = pack_continuations(tokenizer, prefix, continuations, prefix_ids, close)
     device = next(model.parameters()).device
     body, head = decoder_and_head(model)
     dtype = next(model.parameters()).dtype
@@ -159,14 +187,7 @@ def score_continuations(model: nn.Module, tokenizer, prefix: str, continuations:
     logits = head(hidden[torch.tensor(rows, device=device) - start]).float()  # (R, V)
     pick = torch.tensor([row_of[w] for w in packed.where], device=device)  # (P,)
     target_ids = torch.tensor(packed.targets, device=device)
-    log_probs = logits.log_softmax(-1)
-    picked = log_probs[pick, target_ids]  # (P,)
-    if close:
-        closing = torch.tensor(closing_token_ids(tokenizer, close), device=device)
-        ends = torch.zeros_like(picked, dtype=torch.bool)  # (P,) the last token of a continuation that closes it
-        ends[torch.tensor(packed.lengths, device=device).cumsum(0) - 1] = True
-        ends &= torch.isin(target_ids, closing)
-        picked = torch.where(ends, log_probs[:, closing].logsumexp(-1)[pick], picked)  # per head row, then picked
+    picked = packed.scored(logits.log_softmax(-1), pick)  # (P,)
     target_logits = logits[pick, target_ids]
     higher = (logits[pick] > target_logits[:, None]).sum(-1) + 1  # (P,) 1-based rank of each target token
 

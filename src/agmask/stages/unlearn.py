@@ -68,7 +68,8 @@ class Config:
         "`The Beatles` is left alone); false: at its first token")})
     forget_any_close: bool = field(default=True, metadata={"help": (
         "forget terms score an answer's closing quote as any token that closes it (`\"`, `\".`, `.\"`), as "
-        "evaluation does; false: the bare quote, which the forget terms can push down alone")})
+        "evaluation does, and so do the recommendation terms' titles; false: the bare quote, which the forget "
+        "terms can push down alone")})
     retain_all_leads: bool = field(default=True, metadata={
         "help": "retain KL on each retain_train prompt under every answer lead the training sets use"})
     retain_without_concept_start: bool = field(default=True, metadata={

@@ -20,7 +20,7 @@ import torch
 import torch.nn as nn
 
 from agmask.scoring import prefix_for
-from agmask.scoring.continuation import PackedContinuations, additive_mask, pack_continuations
+from agmask.scoring.continuation import PackedContinuations, additive_mask, any_closing_token, pack_continuations
 from agmask.scoring.encode import closing_for
 from agmask.scoring.logprobs import decoder_and_head, hidden_states
 from agmask.unlearn.data import input_of_layer
@@ -49,13 +49,15 @@ def recommend_titles(spec, all_candidates: bool) -> Titles:
     return Titles(names, concept, spec.concept_candidates())
 
 
-def pack_prompts(tokenizer, spec, items, titles: Titles) -> list[PackedContinuations]:
-    """Each item's prompt + lead with the titles (+ the lead's closing quote) as continuations."""
+def pack_prompts(tokenizer, spec, items, titles: Titles, any_close: bool = False) -> list[PackedContinuations]:
+    """Each item's prompt + lead with the titles (+ the lead's closing quote) as continuations; with `any_close`
+    a title's closing quote is scored as any token that closes it (as the evaluation scores it)."""
     out = []
     for item in items:
         close = closing_for(spec.lead_for(SET, item))
         prefix = prefix_for(tokenizer, spec, SET, item)
-        out.append(pack_continuations(tokenizer, prefix, [t + close for t in titles.names]))
+        out.append(pack_continuations(tokenizer, prefix, [t + close for t in titles.names],
+                                      close=close if any_close else ""))
     return out
 
 
@@ -72,6 +74,8 @@ class CandidateBatch:
     owner: torch.Tensor  # (P,) b * C + c: the prompt and title it belongs to
     first: torch.Tensor  # (B * C,) index in P of each title's first token
     num_titles: int
+    # per set of closing tokens: (indices in P of the titles' closing tokens scored as any of them, those tokens)
+    closing: tuple[tuple[torch.Tensor, torch.Tensor], ...] = ()
     start_layer: int = 0  # > 0: start_hidden (B, N, H) is the residual stream entering this layer
     start_hidden: torch.Tensor | None = None
 
@@ -79,7 +83,9 @@ class CandidateBatch:
         moved = {name: getattr(self, name).to(device) for name in
                  ("input_ids", "allowed", "position_ids", "head_at", "pick", "targets", "owner", "first")}
         hidden = self.start_hidden.to(device) if self.start_hidden is not None else None
-        return CandidateBatch(**moved, num_titles=self.num_titles, start_layer=self.start_layer, start_hidden=hidden)
+        closing = tuple((ends.to(device), ids.to(device)) for ends, ids in self.closing)
+        return CandidateBatch(**moved, num_titles=self.num_titles, closing=closing, start_layer=self.start_layer,
+                              start_hidden=hidden)
 
 
 def collate_packed(packs: list[PackedContinuations], device,
@@ -92,7 +98,10 @@ def collate_packed(packs: list[PackedContinuations], device,
     allowed = torch.eye(width, dtype=torch.bool).repeat(len(packs), 1, 1)
     positions = torch.zeros(len(packs), width, dtype=torch.long)
     head_at, pick, targets, owner, first = [], [], [], [], []
+    ends: dict[tuple[int, ...], list[int]] = {}  # closing tokens -> indices in P scored as any of them
     for b, p in enumerate(packs):
+        if p.ends:
+            ends.setdefault(p.closing, []).extend(len(targets) + e for e in p.ends)
         n = len(p.ids)
         ids[b, :n] = torch.tensor(p.ids)
         allowed[b, :n, :n] = p.allowed
@@ -110,7 +119,8 @@ def collate_packed(packs: list[PackedContinuations], device,
                 owner.append(b * num_titles + c)
                 k += 1
     batch = CandidateBatch(ids, allowed, positions, torch.tensor(head_at), torch.tensor(pick), torch.tensor(targets),
-                           torch.tensor(owner), torch.tensor(first), num_titles)
+                           torch.tensor(owner), torch.tensor(first), num_titles,
+                           tuple((torch.tensor(at), torch.tensor(ids_)) for ids_, at in ends.items()))
     if start is not None:
         layer, cached = start
         hidden = torch.zeros(len(packs), width, cached[0].shape[-1], dtype=cached[0].dtype)  # (B, N, H)
@@ -132,6 +142,8 @@ def candidate_logprobs(model: nn.Module, batch: CandidateBatch) -> tuple[torch.T
                            batch.position_ids)  # (B, N, H)
     logp = head(hidden[batch.head_at[:, 0], batch.head_at[:, 1]]).float().log_softmax(-1)  # (R, V)
     picked = logp[batch.pick, batch.targets]  # (P,)
+    for ends, closing in batch.closing:
+        picked = any_closing_token(picked, logp, batch.pick, ends, closing)
     size = batch.input_ids.shape[0] * batch.num_titles
     summed = picked.new_zeros(size).index_add(0, batch.owner, picked)  # (B * C,)
     return summed.view(-1, batch.num_titles), picked[batch.first].view(-1, batch.num_titles)
@@ -178,7 +190,7 @@ def recommend_source(setup: Setup, titles: Titles, batch_size: int | None) -> Ca
     """recommend_train's prompts with `titles` packed after each lead, drawn `batch_size` per step (None: the
     trainer's batch size), with the model's (N, C) title log-probs ("candidate_logprob") and first-token
     log-probs ("candidate_first_logprob") as references."""
-    packs = pack_prompts(setup.tokenizer, setup.spec, setup.spec.recommend_train, titles)
+    packs = pack_prompts(setup.tokenizer, setup.spec, setup.spec.recommend_train, titles, setup.conf.forget_any_close)
     start = None
     if setup.cached_layer > 0:
         start = (setup.cached_layer, packed_layer_inputs(setup.model, packs, setup.cached_layer))
