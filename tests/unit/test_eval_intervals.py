@@ -9,6 +9,7 @@ import yaml
 from agmask.concepts import load_concept
 from agmask.evaluate import EvalConfig, evaluate_model
 from agmask.evaluate.intervals import interval, ratio_interval
+from agmask.evaluate.metrics_utility import most_moved
 from evalkit import add_adapter
 
 CFG = EvalConfig(generation_tokens=6, free_generation_tokens=6, corpus_tokens=64, corpus_window=32, batch_size=4,
@@ -66,6 +67,12 @@ def test_locality_is_reported_for_anchored_and_unseen_neighbours(tiny, mixed_spe
         assert iv["estimate"] == pytest.approx(part["mean_abs_delta_answer_logprob"])
         assert iv["n"] == part["n"]
     assert loc["intervals"]["anchored.mean_abs_delta_answer_logprob"]["low"] is None  # one prompt: no spread
+    moved = loc["most_moved"]  # every neighbour (3 < 5), largest |change| first, with its status
+    assert [abs(r["change"]) for r in moved] == sorted((abs(r["change"]) for r in moved), reverse=True)
+    assert sum(abs(r["change"]) for r in moved) == pytest.approx(3 * loc["mean_abs_delta_answer_logprob"])
+    assert {r["answer"]: r["status"] for r in moved}["Memento"] == "anchored"
+    assert [r["status"] for r in moved].count("unseen") == 2
+    assert all(r["change"] == pytest.approx(r["adapted"] - r["base"]) for r in moved)
     kl = m["kl_greedy"]
     for s, v in kl["sets"].items():
         iv = kl["intervals"][f"sets.{s}.mean_kl_per_token"]
@@ -83,3 +90,10 @@ def test_an_identity_adapter_has_zero_width_locality_intervals(tiny, mixed_spec,
     loc = evaluate_model(add_adapter(model, [0]), tok, mixed_spec, cfg, tmp_path)["metrics"]["locality"]
     iv = loc["intervals"]["unseen.mean_abs_delta_answer_logprob"]
     assert (iv["estimate"], iv["low"], iv["high"]) == (0.0, 0.0, 0.0)
+
+
+def test_most_moved_keeps_the_largest_changes_either_way():
+    base = [{"index": i, "prompt": f"q{i}", "answer": f"a{i}", "answer_logprob": -5.0} for i in range(4)]
+    adapted = [dict(r, answer_logprob=v) for r, v in zip(base, (-5.5, -2.0, -9.0, -5.0))]
+    moved = most_moved(base, adapted, {0: "unseen", 1: "anchored", 2: "unseen"}, n=2)
+    assert [(r["answer"], r["status"], r["change"]) for r in moved] == [("a2", "unseen", -4.0), ("a1", "anchored", 3.0)]

@@ -60,8 +60,26 @@ def locality_headline(loc: dict) -> list[tuple[str, str]]:
     return [("locality", text)]
 
 
+MOST_MOVED = 5  # neighbours listed by how far their answer moved
+
+
+def most_moved(base: list[dict], adapted: list[dict], status: dict[int, str], n: int = MOST_MOVED) -> list[dict]:
+    """The `n` neighbours whose answer log-prob moved furthest (either way), largest first: where locality
+    is lost, by prompt, so a reader can see whether one answer or many carry the mean."""
+    rows = [{"prompt": b["prompt"], "answer": b["answer"], "status": status.get(b["index"], "anchored"),
+             "base": b["answer_logprob"], "adapted": a["answer_logprob"],
+             "change": a["answer_logprob"] - b["answer_logprob"]} for b, a in zip(base, adapted)]
+    return sorted(rows, key=lambda r: -abs(r["change"]))[:n]
+
+
 def locality_tables(loc: dict) -> list[Table]:
-    return [set_table(loc, NEIGHBOR_STATUSES)]  # all neighbours, then anchored and unseen
+    tables = [set_table(loc, NEIGHBOR_STATUSES)]  # all neighbours, then anchored and unseen
+    if loc.get("most_moved"):
+        tables.append(Table("Neighbours that moved most", ("answer", "status", "base", "unlearned", "change", "prompt"),
+                            [[r["answer"], r["status"], r["base"], r["adapted"], r["change"], r["prompt"]]
+                             for r in loc["most_moved"]],
+                            note="answer log-prob in nats, largest |change| first"))
+    return tables
 
 
 @metric("locality", "locality", report=locality_tables, headline=locality_headline)
@@ -71,14 +89,15 @@ def locality(ctx: EvalContext) -> dict:
     the base did not pick it."""
     out = _neighbours(ctx)
     split = ctx.spec.neighbor_split()
-    deltas = {r["index"]: abs(a["answer_logprob"] - r["answer_logprob"])
-              for r, a in zip(ctx.scores("neighbors", "base"), ctx.scores("neighbors", "adapted"))}
+    base, adapted = ctx.scores("neighbors", "base"), ctx.scores("neighbors", "adapted")
+    deltas = {r["index"]: abs(a["answer_logprob"] - r["answer_logprob"]) for r, a in zip(base, adapted)}
     intervals = {"mean_abs_delta_answer_logprob": ctx.interval(list(deltas.values()))}
     for status in NEIGHBOR_STATUSES:  # the unseen part is the locality that counts
         keep = set(split[status])
         out[status] = _neighbours(ctx, keep)
         intervals[f"{status}.mean_abs_delta_answer_logprob"] = ctx.interval([d for i, d in deltas.items() if i in keep])
-    return {**out, "intervals": intervals}
+    status = {i: s for s in NEIGHBOR_STATUSES for i in split[s]}
+    return {**out, "intervals": intervals, "most_moved": most_moved(base, adapted, status)}
 
 
 def retain_tables(v: dict) -> list[Table]:
