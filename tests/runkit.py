@@ -103,4 +103,5 @@ def snapshot(run_dir: Path) -> dict[str, str]:
 # unlearn's defaults before the first full `agmask tune` (docs/TUNING.md): tests that pin a code path recorded
 # under them (loss rows, the option sets, the recommendation terms' effect) train with these.
 PLAIN_NPO = {"first_token_weight": 0.0, "first_token_margin": 0.0, "retain_weight": 1.0, "forget_all_leads": False,
-             "retain_all_leads": False, "retain_without_concept_start": False, "keep_rest_weight": 0.0}
+             "retain_all_leads": False, "retain_without_concept_start": False, "keep_rest_weight": 0.0,
+             "preference_weight": 0.0}

@@ -216,7 +216,8 @@ def test_a_concept_without_recommend_train_trains_as_with_the_options_off(tiny, 
     notes = _Notes()
     on = train(attach_lora(copy.deepcopy(model), None, layers=[1, 2], r=4), METHODS["masked_lora"], tok, bare,
                _conf(recommend_weight=1.0, preference_weight=1.0), reporter=notes)
-    off = train(attach_lora(model, None, layers=[1, 2], r=4), METHODS["masked_lora"], tok, spec, _conf())
+    off = train(attach_lora(model, None, layers=[1, 2], r=4), METHODS["masked_lora"], tok, spec,
+                _conf(preference_weight=0.0))
     strip = [[{k: v for k, v in r.items() if k != "seconds"} for r in rows] for rows in (on, off)]
     assert strip[0] == strip[1]
     assert [line for line in notes.lines if "recommend_train" in line] == \

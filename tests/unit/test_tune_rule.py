@@ -171,7 +171,7 @@ def test_the_search_holds_what_the_user_set_and_what_it_may_not_search():
     plan = Search.plan(base, {"unlearn": {"lr": 1e-3}}, localisation=False, has_recommend=False)
     searched = {o.key for o in plan.searched}
     assert plan.fixed == {"attribute.positions": "answer", "mask.selection": "score", "unlearn.lr": 1e-3,
-                          "unlearn.recommend_weight": 0.0, "unlearn.preference_weight": 0.0}
+                          "unlearn.recommend_weight": 0.0, "unlearn.preference_weight": 1.0}
     assert searched == {o.key for o in SPACE} - set(plan.fixed)
     # the hinge margin is searched only when the first-token term is on
     params = {"attribute.retain_weight": 0.5, "mask.k": 128, "mask.num_layers": 2, "unlearn.first_token_weight": 0.0,
@@ -192,6 +192,9 @@ def test_the_search_holds_what_the_user_set_and_what_it_may_not_search():
     assert defaults["unlearn.first_token_margin"] == 8.0 and defaults["unlearn.retain_all_leads"] is True
     assert "unlearn.first_token_margin" not in plain and plain["unlearn.first_token_weight"] == 0.0
     assert plain["attribute.retain_weight"] == 1.0 and plain["unlearn.retain_all_leads"] is False
+    # with recommend_train the preference term is searched: on in the defaults, off in the two older recipes
+    rec = Search.plan(base, {"unlearn": {"lr": 1e-3}}, localisation=False, has_recommend=True).start_points(base)
+    assert [p["unlearn.preference_weight"] for _, p in rec] == [1.0, 0.0, 0.0]
 
 
 @pytest.mark.parametrize("name", ["inception", "jurassic-park", "harry-potter"])

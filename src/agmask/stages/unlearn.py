@@ -77,11 +77,12 @@ class Config:
     cache_frozen_layers: bool = field(default=True, metadata={
         "help": "run the frozen layers below the adapter once, not every step"})
 
-    # Recommendation prompts (recommend_train; masked_lora and its ablations). Off by default: no value is chosen yet.
+    # Recommendation prompts (recommend_train; masked_lora and its ablations). The preference term is on (its rule and
+    # trials: docs/METHOD.md, "Keeping the rest of the recommendations"); the forget terms there are off.
     recommend_weight: NonNegativeFloat = field(default=0.0, metadata={"help": (
         "weight of the forget terms (NPO + first_token_weight x first-token term) on the concept's title after "
         "each recommend_train prompt's lead; 0 = off")})
-    preference_weight: NonNegativeFloat = field(default=0.0, metadata={"help": (
+    preference_weight: NonNegativeFloat = field(default=1.0, metadata={"help": (
         "weight of KL(base || adapted) over recommend_train's candidate distribution with the concept removed "
         "and renormalised (keeps the other recommendations); 0 = off")})
     recommend_batch_size: NonNegativeInt = field(default=2, metadata={"help": (

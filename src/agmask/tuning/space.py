@@ -69,13 +69,14 @@ SPACE: tuple[Option, ...] = (
 
 # Tried first, in this order (each only where it is a point of the searched ranges): the stages' own defaults,
 # plain NPO (the defaults before the first full tune) and the defaults before the rule's revision (no keep-the-rest
-# term: the first full tune's choice).
+# term: the first full tune's choice); neither of the last two had the preference term.
 START_POINTS: tuple[tuple[str, dict], ...] = (
     ("defaults", {}),
     ("plain NPO", {"attribute.retain_weight": 1.0, "unlearn.first_token_weight": 0.0,
                    "unlearn.retain_weight": 1.0, "unlearn.forget_all_leads": False, "unlearn.keep_rest_weight": 0.0,
-                   "unlearn.retain_without_concept_start": False, "unlearn.retain_all_leads": False}),
-    ("without keep the rest", {"unlearn.keep_rest_weight": 0.0}),
+                   "unlearn.retain_without_concept_start": False, "unlearn.retain_all_leads": False,
+                   "unlearn.preference_weight": 0.0}),
+    ("without keep the rest", {"unlearn.keep_rest_weight": 0.0, "unlearn.preference_weight": 0.0}),
 )
 
 
