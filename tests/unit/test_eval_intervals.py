@@ -95,5 +95,5 @@ def test_an_identity_adapter_has_zero_width_locality_intervals(tiny, mixed_spec,
 def test_most_moved_keeps_the_largest_changes_either_way():
     base = [{"index": i, "prompt": f"q{i}", "answer": f"a{i}", "answer_logprob": -5.0} for i in range(4)]
     adapted = [dict(r, answer_logprob=v) for r, v in zip(base, (-5.5, -2.0, -9.0, -5.0))]
-    moved = most_moved(base, adapted, {0: "unseen", 1: "anchored", 2: "unseen"}, n=2)
+    moved = most_moved(base, adapted, {0: "unseen", 1: "anchored", 2: "unseen", 3: "anchored"}, n=2)
     assert [(r["answer"], r["status"], r["change"]) for r in moved] == [("a2", "unseen", -4.0), ("a1", "anchored", 3.0)]

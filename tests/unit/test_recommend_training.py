@@ -223,6 +223,11 @@ def test_a_concept_without_recommend_train_trains_as_with_the_options_off(tiny, 
     assert [line for line in notes.lines if "recommend_train" in line] == \
         ["concept tinyfilm has no recommend_train prompts: recommend_weight and preference_weight have nothing to "
          "act on; training without them"]
+    notes = _Notes()  # only the preference term on, as in the defaults: the note names it alone
+    train(attach_lora(copy.deepcopy(model), None, layers=[1, 2], r=4), METHODS["masked_lora"], tok, bare,
+          _conf(preference_weight=1.0), reporter=notes)
+    assert [line for line in notes.lines if "recommend_train" in line] == \
+        ["concept tinyfilm has no recommend_train prompts: preference_weight has nothing to act on; training without it"]
 
 
 def test_negative_recommendation_options_are_clean_errors():

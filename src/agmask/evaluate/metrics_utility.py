@@ -66,7 +66,7 @@ MOST_MOVED = 5  # neighbours listed by how far their answer moved
 def most_moved(base: list[dict], adapted: list[dict], status: dict[int, str], n: int = MOST_MOVED) -> list[dict]:
     """The `n` neighbours whose answer log-prob moved furthest (either way), largest first: where locality
     is lost, by prompt, so a reader can see whether one answer or many carry the mean."""
-    rows = [{"prompt": b["prompt"], "answer": b["answer"], "status": status.get(b["index"], "anchored"),
+    rows = [{"prompt": b["prompt"], "answer": b["answer"], "status": status[b["index"]],
              "base": b["answer_logprob"], "adapted": a["answer_logprob"],
              "change": a["answer_logprob"] - b["answer_logprob"]} for b, a in zip(base, adapted)]
     return sorted(rows, key=lambda r: -abs(r["change"]))[:n]

@@ -28,8 +28,10 @@ def prepare(setup: Setup) -> Plan:
             titles = recommend_titles(setup.spec, all_candidates=conf.preference_weight > 0)
             sources["recommend"] = recommend_source(setup, titles, conf.recommend_batch_size or None)
         else:
-            setup.reporter.log(f"concept {setup.spec.name} has no recommend_train prompts: recommend_weight and "
-                               "preference_weight have nothing to act on; training without them")
+            on = [name for name in ("recommend_weight", "preference_weight") if getattr(conf, name) > 0]
+            setup.reporter.log(f"concept {setup.spec.name} has no recommend_train prompts: {' and '.join(on)} "
+                               f"{'have' if len(on) > 1 else 'has'} nothing to act on; training without "
+                               f"{'them' if len(on) > 1 else 'it'}")
     starts = data.first_answer_tokens(setup.tokenizer, sources["forget"].examples) \
         if conf.retain_without_concept_start or conf.keep_rest_weight > 0 else None
     if conf.keep_rest_weight > 0:
