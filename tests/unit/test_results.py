@@ -104,6 +104,17 @@ def test_a_missing_run_names_the_command_that_makes_it_and_sections_without_file
     assert "Last command that completed a stage: `agmask run -q` at `abc123`" in page
 
 
+def test_a_run_whose_first_stage_is_still_running_says_so_not_that_it_predates_recording(tmp_path):
+    run = tmp_path / "started"
+    run.mkdir()
+    write_json(run / "manifest.json", {"model": {"spec": "tiny:llama"}, "concept": {"name": "tinyfilm", "source": "x"}})
+    page = _page(RunEntry(run_dir=run, label="validation", purpose="Running."))
+    assert "No stage has completed yet" in page and "made before agmask recorded" not in page
+    (run / "baseline").mkdir()
+    (run / "baseline" / "DONE").write_text("{}")
+    assert "made before agmask recorded" in _page(RunEntry(run_dir=run, label="validation", purpose="Old."))
+
+
 def test_an_incremental_run_shows_each_concept_and_the_regression_table(tmp_path):
     top = _run_dir(tmp_path, "inc", concepts=["a", "b"], runs=["/elsewhere/inc/a", "/elsewhere/inc/b"])
     for name in ("a", "b"):

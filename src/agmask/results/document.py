@@ -160,8 +160,12 @@ def render_run(entry: RunEntry, previous: dict[str, str] | None = None) -> str:
         return "\n\n".join(lines + [f"*Not a run directory*: {code(str(root))} has no manifest.json."])
     command, commit = run.manifest.get("command"), run.manifest.get("commit")
     lines.append(f"Run directory {code(str(root))}: {_facts(run)}.")
-    lines.append(f"Last command that completed a stage: {code(command)} at {code(commit or '-')}." if command
-                 else "Its commands were not recorded (made before agmask recorded them).")
+    if command:
+        lines.append(f"Last command that completed a stage: {code(command)} at {code(commit or '-')}.")
+    elif not list(root.glob("*/DONE")):
+        lines.append("No stage has completed yet: regenerate the page once one has.")
+    else:
+        lines.append("Its commands were not recorded (made before agmask recorded them).")
     if run.manifest.get("concepts"):  # incremental: one run directory per concept under the top one
         for concept_dir in (root / Path(r).name for r in run.manifest.get("runs", [])):
             sub = RunView(concept_dir)
