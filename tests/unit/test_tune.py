@@ -49,7 +49,7 @@ class Exploding(list):
 def test_tune_reads_only_the_training_sets_and_writes_its_outputs(tmp_path, tiny_concept_path):
     loaded = load_concept(str(tiny_concept_path))
     poisoned = loaded.spec.model_copy(update={name: Exploding() for name in EVAL_SETS})
-    cfg = _cfg(tmp_path, tiny_concept_path, trials=3)
+    cfg = _cfg(tmp_path, tiny_concept_path, trials=3, baseline_start=True)  # the demo budget leaves plain NPO out
     session = Session(cfg, LoadedConcept(poisoned, loaded.source, loaded.text), cfg.run_dir)
     pipeline.check_manifest(session)  # as the driver does: the model's sha256
     assert pipeline.run_stage(session, "tune") is True  # the real stage: training view, halves, Optuna, rule
@@ -71,6 +71,16 @@ def test_tune_reads_only_the_training_sets_and_writes_its_outputs(tmp_path, tiny
     assert 0 <= halves["neighbour_b_unseen_in_a"] <= halves["neighbour_b"] <= halves["retain_b"]
     assert (out / "trials.png").stat().st_size > 1000 and (out / "optuna.db").is_file()
     assert pipeline.run_stage(session, "tune") is False  # up to date
+
+
+def test_without_the_baseline_start_a_search_skips_plain_npo_and_times_each_trial(tmp_path, tiny_concept_path):
+    cfg = _cfg(tmp_path, tiny_concept_path, trials=3, baseline_start=False)
+    pipeline.run_pipeline(cfg, stages=["tune"])
+    rows = read_jsonl(cfg.run_dir / "tune" / "trials.jsonl")
+    assert [r["start"] for r in rows] == ["defaults", "without keep the rest", "sampled"]
+    for r in rows:  # where a trial's time went: training on half A, scoring half B (the rest: attribution, mask)
+        assert r["time"]["train"] > 0 and r["time"]["measure"] > 0
+        assert r["time"]["train"] + r["time"]["measure"] <= r["seconds"] + 0.1
 
 
 def test_an_interrupted_search_keeps_its_finished_trials_and_runs_to_the_budget(tmp_path, tiny_concept_path,

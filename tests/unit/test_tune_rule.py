@@ -192,6 +192,8 @@ def test_the_search_holds_what_the_user_set_and_what_it_may_not_search():
     assert defaults["unlearn.first_token_margin"] == 8.0 and defaults["unlearn.retain_all_leads"] is True
     assert "unlearn.first_token_margin" not in plain and plain["unlearn.first_token_weight"] == 0.0
     assert plain["attribute.retain_weight"] == 1.0 and plain["unlearn.retain_all_leads"] is False
+    # the demo budget leaves the plain-NPO baseline out; the other two stay, in order
+    assert plan.start_points(base, baseline=False) == [(label0, defaults), (label2, without)]
     # with recommend_train the preference term is searched: on in the defaults, off in the two older recipes
     rec = Search.plan(base, {"unlearn": {"lr": 1e-3}}, localisation=False, has_recommend=True).start_points(base)
     assert [p["unlearn.preference_weight"] for _, p in rec] == [1.0, 0.0, 0.0]

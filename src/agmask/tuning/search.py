@@ -27,7 +27,7 @@ from agmask.masking import layers_of
 from agmask.tuning.fit import HalfAFit
 from agmask.tuning.measure import Halves, compare, measure, neighbour_type, unseen_in_a
 from agmask.tuning.rule import RULE_VERSION, assess, objective_value, optuna_constraints
-from agmask.tuning.space import SPACE, START_POINTS, STAGES, Search, by_stage
+from agmask.tuning.space import SPACE, STAGES, Search, by_stage, start_point_recipes
 
 STUDY_DB = "optuna.db"
 BASE_FILE = "base.json"  # the base model's half-B rows, measured once per study
@@ -101,7 +101,7 @@ def setup(session, conf) -> Setup:
                "prior_adapters": [str(p) for p in session.prior_adapters],
                "base": {s: config_json(c) for s, c in base_confs.items()},
                "searched": [repr(o) for o in plan.searched], "fixed": plan.fixed,
-               "start_points": list(START_POINTS) if conf.start_points else [], "startup": conf.startup_trials,
+               "start_points": list(start_point_recipes(conf.baseline_start)) if conf.start_points else [], "startup": conf.startup_trials,
                "retain_halves": "by answer",  # a study of the every-other split judged other prompts
                "measures": "other titles",  # ... and its base rows lack the other titles' log-probs
                "rule": RULE_VERSION}  # the sampler's objective follows the rule
@@ -138,11 +138,20 @@ def run_trial(s: Setup, fit: HalfAFit, values: dict, base: dict) -> dict:
     confs = {stage: dataclasses.replace(s.base_confs[stage], **opts[stage]) for stage in STAGES}
     selection = fit.mask(confs["attribute"], confs["mask"])
     _, tokenizer, _ = s.session.model()
-    steps, after = fit.train(selection, confs["unlearn"], lambda model: measure(model, tokenizer, s.spec, s.halves))
+    timed: dict[str, float] = {}
+
+    def measure_timed(model) -> dict:
+        started = time.perf_counter()
+        rows = measure(model, tokenizer, s.spec, s.halves)
+        timed["measure"] = round(time.perf_counter() - started, 1)
+        return rows
+
+    steps, after = fit.train(selection, confs["unlearn"], measure_timed)
     measurements = compare(base, after, s.spec)
     return {"options": opts, "mask": {"layers": layers_of(selection.mask), "k": selection.header["k"],
                                       "neurons": int(selection.mask.sum()), "per_layer": selection.mask.sum(1).tolist()},
-            "steps": len(steps), "measurements": measurements, **assess(measurements)}
+            "steps": len(steps), "measurements": measurements, **assess(measurements),
+            "time": {"train": steps[-1]["seconds"] if steps else 0.0, "measure": timed.get("measure", 0.0)}}
 
 
 def _summary(row: dict) -> str:
@@ -167,7 +176,7 @@ def search(session, conf, out: Path, log=lambda line: None) -> tuple[list[dict],
             study = optuna.create_study(storage=storage, study_name=s.study_name, direction="minimize",
                                         load_if_exists=True, sampler=_sampler(session.cfg.seed, 0, conf.startup_trials))
             if not study.get_trials(deepcopy=False) and conf.start_points:
-                for label, params in s.plan.start_points(s.base_confs):
+                for label, params in s.plan.start_points(s.base_confs, conf.baseline_start):
                     study.enqueue_trial(params, user_attrs={"start": label})
             _retry_interrupted(study, storage, log)
             kept = len(_finished(study))
@@ -198,7 +207,8 @@ def search(session, conf, out: Path, log=lambda line: None) -> tuple[list[dict],
                     trial.set_constraint(name, value)
                 study.tell(trial, objective_value(row))
                 left = (conf.trials - done - 1) * row["seconds"] / 60
-                log(f"tune: trial {trial.number} ({done + 1} of {conf.trials}, {label}) in {row['seconds']:.0f} s: "
+                log(f"tune: trial {trial.number} ({done + 1} of {conf.trials}, {label}) in {row['seconds']:.0f} s "
+                    f"(training {row['time']['train']:.0f}, half B {row['time']['measure']:.0f}): "
                     f"{_summary(row)}" + (f"; about {left:.0f} min left" if left >= 1 else ""))
             return [t.user_attrs["row"] for t in sorted(_finished(study), key=lambda t: t.number)], s
     finally:

@@ -80,6 +80,14 @@ START_POINTS: tuple[tuple[str, dict], ...] = (
 )
 
 
+BASELINE_START = "plain NPO"  # a baseline more than a candidate: it forgets on no concept measured
+
+
+def start_point_recipes(baseline: bool = True) -> tuple[tuple[str, dict], ...]:
+    """START_POINTS, without plain NPO unless `baseline`."""
+    return tuple(p for p in START_POINTS if baseline or p[0] != BASELINE_START)
+
+
 def base_value(option: Option, base: dict):
     """The option's value in the stages' resolved configs `base` ({stage: Config}); mask.k unset is DEFAULT_K."""
     value = getattr(base[option.stage], option.name)
@@ -116,11 +124,12 @@ class Search:
                 values[option.key] = option.suggest(trial)
         return values
 
-    def start_points(self, base: dict) -> list[tuple[str, dict]]:
+    def start_points(self, base: dict, baseline: bool = True) -> list[tuple[str, dict]]:
         """The starting points as Optuna params: the searched options' values, skipping a value outside its range
-        (the sampler draws that one) and a point that adds nothing to an earlier one."""
+        (the sampler draws that one) and a point that adds nothing to an earlier one; without `baseline`, plain
+        NPO is left out."""
         points, seen = [], []
-        for label, overrides in START_POINTS:
+        for label, overrides in start_point_recipes(baseline):
             values = dict(self.fixed)
             params = {}
             for option in self.searched:
