@@ -143,7 +143,7 @@ def run_trial(s: Setup, fit: HalfAFit, values: dict, base: dict) -> dict:
     def measure_timed(model) -> dict:
         started = time.perf_counter()
         rows = measure(model, tokenizer, s.spec, s.halves)
-        timed["measure"] = round(time.perf_counter() - started, 1)
+        timed["measure"] = round(time.perf_counter() - started, 3)
         return rows
 
     steps, after = fit.train(selection, confs["unlearn"], measure_timed)
