@@ -65,6 +65,8 @@ def test_tune_reads_only_the_training_sets_and_writes_its_outputs(tmp_path, tiny
     from agmask.tuning.rule import choose
 
     assert choice["trial"] == choose(rows) and choice["options"] == choice["trial"]["options"]
+    assert choice["missed_constraints"] == [name for name, c in choice["trial"]["constraints"].items()
+                                            if c is not None and not c["met"]]
     assert choice["space"]["fixed"]["mask.k"] == 12 and "unlearn.lr" in choice["space"]["searched"]
     halves = choice["halves"]  # what half B's neighbour locality stands on
     assert halves["retain_a"] + halves["retain_b"] == len(loaded.spec.retain_train)

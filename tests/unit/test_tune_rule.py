@@ -6,7 +6,8 @@ from pathlib import Path
 import pytest
 
 from agmask.tuning.measure import compare
-from agmask.tuning.rule import CONSTRAINTS, RULE, assess, choose, objective_value, optuna_constraints
+from agmask.tuning.recipe import choice_line
+from agmask.tuning.rule import CONSTRAINTS, RULE, assess, choose, missed, objective_value, optuna_constraints
 
 DOCS = Path(__file__).resolve().parents[2] / "docs" / "TUNING.md"
 
@@ -90,11 +91,21 @@ def test_without_a_feasible_trial_the_rule_picks_the_least_violating_trial_that_
     assert [round(r["violation"], 6) for r in rows] == [0.5, 0.2, 0.1, 0.54, 0.04]
     assert [r["forgets"] for r in rows] == [True, True, True, False, False]
     assert choose(rows)["trial"] == 2
+    assert missed(rows[2]) == ["neighbour_abs"] and missed(rows[4]) == ["forget_rank", "neighbour_abs"]
+    assert missed(_row(7)) == []
     # when no trial forgets: the least violating of all, ties by the lower change
     assert choose(rows[3:])["trial"] == 4
     tied = [_row(0, neighbour_abs=0.6, mc_top1=0.1), _row(1, neighbour_abs=0.6, mc_top1=0.1, worst_lead_rank=9e4)]
     assert choose(tied)["trial"] == 0
     assert choose([{"trial": 0, "state": "failed", "error": "x"}]) is None and choose([]) is None
+
+
+def test_the_summary_line_names_the_constraints_an_infeasible_choice_misses():
+    row = {**_row(0, neighbour_abs=0.55, general_abs=0.3), "start": "defaults"}
+    choice = {"trial": row, "trials": 3, "options": {"unlearn": {"lr": 0.002}},
+              "meets_every_constraint": False, "missed_constraints": missed(row)}
+    assert "the least violating, missing neighbour_abs, general_abs" in choice_line(choice)
+    assert "meets every constraint" in choice_line({**choice, "meets_every_constraint": True, "missed_constraints": []})
 
 
 def test_the_rule_and_every_constraint_are_written_in_the_docs():

@@ -53,7 +53,7 @@ PRESETS = {"demo": {"trials": 3, "baseline_start": False, "search_localisation":
 def run(cfg, run_dir: Path, session) -> None:
     from agmask.tuning.figures import trials_figure
     from agmask.tuning.recipe import options_text
-    from agmask.tuning.rule import CONSTRAINTS, RULE, choose
+    from agmask.tuning.rule import CONSTRAINTS, MORE_TRIALS, RULE, choose, missed
     from agmask.tuning.search import describe_space, search
 
     conf: Config = session.stage_config(NAME)
@@ -70,13 +70,16 @@ def run(cfg, run_dir: Path, session) -> None:
     write_json(out / "choice.json", {
         "options": chosen["options"], "trial": chosen, "rule": RULE,
         "constraints": {c.name: c.text for c in CONSTRAINTS}, "meets_every_constraint": chosen["feasible"],
+        "missed_constraints": missed(chosen),
         "trials": len(rows), "study": setup.study_name, "space": describe_space(setup.plan), "budget": cfg.budget,
         "halves": setup.halves_note,
     })
     trials_figure(out / "trials.png", rows, chosen,
                   f"tune on {session.spec.name}: {len(rows)} trials (half B of the training sets)")
-    session.reporter.log(f"tune: chose trial {chosen['trial']} ({chosen['start']}; "
-                         f"{'meets every constraint' if chosen['feasible'] else 'the least violating'}): "
+    how = ("meets every constraint" if chosen["feasible"] else
+           f"no trial met every constraint: the least violating, missing {', '.join(missed(chosen))} on half B; "
+           + MORE_TRIALS)
+    session.reporter.log(f"tune: chose trial {chosen['trial']} ({chosen['start']}; {how}): "
                          + options_text(chosen["options"]))
 
 

@@ -105,7 +105,8 @@ def choice_line(choice: dict) -> str:
     trial, m = choice["trial"], choice["trial"]["measurements"]
     fmt = lambda v, spec=".2f": "-" if v is None else format(v, spec)
     how = ("meets every constraint" if choice["meets_every_constraint"]
-           else "no trial met every constraint: the least violating")
+           else "no trial met every constraint: the least violating"
+           + (f", missing {', '.join(choice['missed_constraints'])}" if choice.get("missed_constraints") else ""))
     options = options_text(choice["options"])
     return (f"tune: trial {trial['trial']} of {choice['trials']} ({trial['start']}; {how}) on half B: worst-lead "
             f"median first-token rank {fmt(m['worst_lead_rank'], '.0f')}, neighbour-type |change| "

@@ -97,6 +97,14 @@ def assess(measurements: dict) -> dict:
             "objective": locality(measurements)}
 
 
+def missed(assessment: dict) -> list[str]:
+    """The constraints an assessed trial does not meet, in `CONSTRAINTS` order (empty when it is feasible)."""
+    return [name for name, s in assessment["constraints"].items() if s is not None and not s["met"]]
+
+
+MORE_TRIALS = "more trials may find one that does: --budget full, or --set tune.trials=N with N above this search's"
+
+
 def optuna_constraints(assessment: dict) -> dict[str, float]:
     """One value per constraint, <= 0 when met (0 when it does not apply): Optuna's constrained-TPE input."""
     return {name: 0.0 if s is None else float(s["margin"]) for name, s in assessment["constraints"].items()}
