@@ -81,7 +81,7 @@ def test_without_the_baseline_start_a_search_skips_plain_npo_and_times_each_tria
     rows = read_jsonl(cfg.run_dir / "tune" / "trials.jsonl")
     assert [r["start"] for r in rows] == ["defaults", "without keep the rest", "sampled"]
     for r in rows:  # where a trial's time went: training on half A, scoring half B (the rest: attribution, mask)
-        assert r["time"]["train"] > 0 and r["time"]["measure"] > 0  # milliseconds kept: a fast machine scores in < 0.05 s
+        assert r["time"]["train"] > 0 and r["time"]["measure"] > 0  # in ms: a fast machine scores in < 0.05 s
         assert r["time"]["train"] + r["time"]["measure"] <= r["seconds"] + 0.1
 
 

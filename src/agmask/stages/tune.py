@@ -52,8 +52,8 @@ PRESETS = {"demo": {"trials": 3, "baseline_start": False, "search_localisation":
 
 def run(cfg, run_dir: Path, session) -> None:
     from agmask.tuning.figures import trials_figure
-    from agmask.tuning.recipe import options_text
-    from agmask.tuning.rule import CONSTRAINTS, MORE_TRIALS, RULE, choose, missed
+    from agmask.tuning.recipe import options_text, verdict
+    from agmask.tuning.rule import CONSTRAINTS, RULE, choose, missed
     from agmask.tuning.search import describe_space, search
 
     conf: Config = session.stage_config(NAME)
@@ -76,9 +76,8 @@ def run(cfg, run_dir: Path, session) -> None:
     })
     trials_figure(out / "trials.png", rows, chosen,
                   f"tune on {session.spec.name}: {len(rows)} trials (half B of the training sets)")
-    how = ("meets every constraint" if chosen["feasible"] else
-           f"no trial met every constraint: the least violating, missing {', '.join(missed(chosen))} on half B; "
-           + MORE_TRIALS)
+    how = verdict(chosen["feasible"], missed(chosen)) + ("" if chosen["feasible"] else
+          " on half B; more trials may find one that does: --budget full, or --set tune.trials=N above this search's")
     session.reporter.log(f"tune: chose trial {chosen['trial']} ({chosen['start']}; {how}): "
                          + options_text(chosen["options"]))
 

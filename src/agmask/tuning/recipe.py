@@ -100,13 +100,18 @@ def options_text(options: dict[str, dict]) -> str:
     return ", ".join(f"{stage}.{k}={show(v)}" for stage, opts in options.items() for k, v in opts.items())
 
 
+def verdict(meets_every_constraint: bool, missed: list[str]) -> str:
+    """How the chosen trial stands against the constraints, naming those it misses (log line and summary)."""
+    if meets_every_constraint:
+        return "meets every constraint"
+    return "no trial met every constraint: the least violating" + (f", missing {', '.join(missed)}" if missed else "")
+
+
 def choice_line(choice: dict) -> str:
     """One line on tune/choice.json for the CLI summary."""
     trial, m = choice["trial"], choice["trial"]["measurements"]
     fmt = lambda v, spec=".2f": "-" if v is None else format(v, spec)
-    how = ("meets every constraint" if choice["meets_every_constraint"]
-           else "no trial met every constraint: the least violating"
-           + (f", missing {', '.join(choice['missed_constraints'])}" if choice.get("missed_constraints") else ""))
+    how = verdict(choice["meets_every_constraint"], choice.get("missed_constraints", []))
     options = options_text(choice["options"])
     return (f"tune: trial {trial['trial']} of {choice['trials']} ({trial['start']}; {how}) on half B: worst-lead "
             f"median first-token rank {fmt(m['worst_lead_rank'], '.0f')}, neighbour-type |change| "

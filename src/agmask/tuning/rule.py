@@ -102,9 +102,6 @@ def missed(assessment: dict) -> list[str]:
     return [name for name, s in assessment["constraints"].items() if s is not None and not s["met"]]
 
 
-MORE_TRIALS = "more trials may find one that does: --budget full, or --set tune.trials=N with N above this search's"
-
-
 def optuna_constraints(assessment: dict) -> dict[str, float]:
     """One value per constraint, <= 0 when met (0 when it does not apply): Optuna's constrained-TPE input."""
     return {name: 0.0 if s is None else float(s["margin"]) for name, s in assessment["constraints"].items()}
