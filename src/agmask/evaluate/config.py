@@ -97,6 +97,13 @@ class EvalConfig:
             if unknown:
                 raise ValueError(f"{name}: {unknown} are not evaluation sets ({', '.join(EVAL_QA_SETS)})")
             object.__setattr__(self, name, sets)
+        from agmask.config import nearest
+        from agmask.evaluate import METRICS  # the registry, filled once the package has loaded
+
+        unknown = [name for name in self.metrics if name not in METRICS]
+        if unknown:
+            raise ValueError(f"metrics: unknown metric {unknown[0]!r}{nearest(unknown[0], METRICS)} "
+                             f"(known: {', '.join(METRICS)})")
         object.__setattr__(self, "metrics", tuple(self.metrics))
 
 

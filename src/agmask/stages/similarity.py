@@ -17,9 +17,10 @@ from pathlib import Path
 
 import numpy as np
 
-from agmask.config import NonNegativeInt, stage_options
+from agmask.config import NonNegativeInt, nearest, stage_options
 from agmask.errors import StageError
 from agmask.files import load_tensors, read_json, write_json
+from agmask.scoring import QA_SETS
 from agmask.similarity import semantic
 from agmask.similarity.figures import matrices_figure, rsa_figure
 from agmask.similarity.rsa import cosine_matrix, layer_rsa, summarize_matrix
@@ -47,6 +48,10 @@ class Config:
         object.__setattr__(self, "kinds", tuple(self.kinds))
         if not self.sets:
             raise ValueError("sets must name at least one prompt set")
+        unknown = [name for name in self.sets if name not in QA_SETS]
+        if unknown:
+            raise ValueError(f"sets: {unknown[0]!r}{nearest(unknown[0], QA_SETS)} is not a set the probe stores "
+                             f"({', '.join(QA_SETS)})")
         if self.position not in POSITIONS:
             raise ValueError(f"position must be one of {', '.join(POSITIONS)}")
         if not self.kinds or set(self.kinds) - set(KINDS):
