@@ -154,6 +154,7 @@ def test_a_deleted_adapter_mask_is_caught(run, capsys):
     ("evaluate.kl_sets=[forget_train]", "not evaluation sets"),
     ("evaluate.metrics=[locality, localty]", "unknown metric 'localty' (did you mean locality?)"),
     ("similarity.sets=[neighbours]", "'neighbours' (did you mean neighbors?) is not a set the probe stores"),
+    ("evaluate.lm_eval_include_path=/no/such/tasks", "/no/such/tasks is not a directory"),
 ])
 def test_bad_options_fail_before_anything_is_written(capsys, tmp_path, tiny_concept_path, setting, needle):
     run_dir = tmp_path / "new"

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import field
+from pathlib import Path
 
 from agmask.config import stage_options
 
@@ -80,6 +81,9 @@ class EvalConfig:
                 raise ValueError(f"{name} must be >= 1")
         if self.lm_eval_limit < 0:
             raise ValueError("lm_eval_limit must be >= 0")
+        if self.lm_eval_include_path and not Path(self.lm_eval_include_path).expanduser().is_dir():
+            raise ValueError(f"lm_eval_include_path: {self.lm_eval_include_path} is not a directory (give the folder "
+                             f"that holds your lm-eval task YAML files)")
         steps = tuple(int(k) for k in self.full_relearn_steps)
         if any(k < 1 for k in steps) or list(steps) != sorted(set(steps)):
             raise ValueError("full_relearn_steps must be increasing positive step counts, e.g. [10, 20, 50]")
