@@ -215,9 +215,12 @@ def test_a_stale_choice_is_not_applied_and_a_damaged_one_is_an_error(tmp_path, t
 def test_the_cli_has_tune_and_recipe(tmp_path, tiny_concept_path, capsys):
     sets = [a for s, o in FAST.items() for k, v in o.items() for a in ("--set", f"{s}.{k}={v}")]
     args = ["--model", "tiny:llama", "--concept", str(tiny_concept_path), "--run-dir", str(tmp_path / "run"), "-q",
-            "--set", "tune.trials=1", *sets]
-    assert main(["tune", *args]) == 0
+            *sets]
+    assert main(["tune", "--trials", "0", *args]) == 2
+    assert "--trials" in capsys.readouterr().err
+    assert main(["tune", "--trials", "1", *args]) == 0  # the flag is --set tune.trials=1 (the demo runs 3)
     assert read_json(tmp_path / "run" / "tune" / "choice.json")["trials"] == 1
+    args += ["--set", "tune.trials=1"]  # the recipe stages check that the choice is current for these options
     assert main(["attribute", *args, "--recipe", "mine"]) == 2
     assert "'mine' is not one of 'auto', 'defaults'" in capsys.readouterr().err
     assert pipeline.all_stages().index("tune") == pipeline.all_stages().index("attribute") - 1

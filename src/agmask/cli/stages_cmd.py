@@ -1,6 +1,8 @@
 """`agmask run` and one command per stage; `agmask STAGE --help` lists every option of that stage."""
 from __future__ import annotations
 
+import functools
+
 import click
 
 from agmask.cli.options import build_config, run_options
@@ -75,13 +77,36 @@ def run_command(extra_stages: tuple[str, ...], **opts) -> None:
         print_run_summary(run_dir)
 
 
+# Stage options that also get a flag of their own on the stage's command: `agmask tune --trials 8` is
+# `agmask tune --set tune.trials=8` (a --set of the same option wins).
+OPTION_FLAGS: dict[str, dict[str, str]] = {
+    "tune": {"trials": "Trials the search runs in all (tune.trials): raise it to continue a search."},
+}
+
+
+def _option_flags(name: str):
+    """Click options for the stage's OPTION_FLAGS, each an integer that defaults to the stage's own setting."""
+    flags = [click.option(f"--{option.replace('_', '-')}", f"flag_{option}", type=click.IntRange(min=1), default=None,
+                          help=help_text) for option, help_text in OPTION_FLAGS.get(name, {}).items()]
+    return lambda fn: functools.reduce(lambda f, d: d(f), reversed(flags), fn)
+
+
+def _flags_as_sets(name: str, opts: dict) -> dict:
+    """Move each given flag into --set STAGE.OPTION=VALUE, before the user's own --set ones."""
+    sets = tuple(f"{name}.{option}={value}" for option in OPTION_FLAGS.get(name, {})
+                 if (value := opts.pop(f"flag_{option}", None)) is not None)
+    return {**opts, "sets": sets + tuple(opts["sets"])}
+
+
 def _stage_command(name: str, help_text: str) -> click.Command:
     @click.command(name, help=help_text, cls=StageCommand, stage=name)
     @run_options
+    @_option_flags(name)
     def command(**opts) -> None:
         from agmask.cli.summary import print_run_summary
         from agmask.pipeline import run_pipeline
 
+        opts = _flags_as_sets(name, opts)
         cfg = build_config(**opts)
         for run_dir in run_pipeline(cfg, stages=[name], reporter=_reporter(opts["quiet"])):
             if _is_main():  # several processes: one summary
