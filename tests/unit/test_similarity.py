@@ -135,7 +135,6 @@ def test_similarity_needs_the_probe(tmp_path, tiny_concept_path, fake_embedder):
 
 
 @pytest.mark.parametrize("overrides, needle", [
-    ({"sets": ["relearn"]}, "the probe stored no set relearn"),
     ({"sets": ["retain_eval"], "max_items": 2}, "needs at least 3 prompts"),
 ])
 def test_unusable_prompt_sets_are_clean_errors(tmp_path, tiny_concept_path, fake_embedder, overrides, needle):
@@ -144,7 +143,8 @@ def test_unusable_prompt_sets_are_clean_errors(tmp_path, tiny_concept_path, fake
         run_pipeline(_cfg(tmp_path, tiny_concept_path, **overrides), stages=["similarity"])
 
 
-@pytest.mark.parametrize("overrides", [{"sets": []}, {"position": "first"}, {"kinds": ["attn"]}, {"permutations": -1}])
+@pytest.mark.parametrize("overrides", [{"sets": []}, {"sets": ["relearn"]}, {"position": "first"}, {"kinds": ["attn"]},
+                                       {"permutations": -1}])
 def test_bad_options_are_clean_errors(tmp_path, tiny_concept_path, overrides):
     from agmask.config import resolve_stage_config
     from agmask.pipeline import stage_module
