@@ -101,13 +101,12 @@ class EvalConfig:
             if unknown:
                 raise ValueError(f"{name}: {unknown} are not evaluation sets ({', '.join(EVAL_QA_SETS)})")
             object.__setattr__(self, name, sets)
-        from agmask.config import nearest
-        from agmask.evaluate import METRICS  # the registry, filled once the package has loaded
+        from agmask.evaluate.registry import check_known  # filled once the package (its metric modules) has loaded
 
-        unknown = [name for name in self.metrics if name not in METRICS]
-        if unknown:
-            raise ValueError(f"metrics: unknown metric {unknown[0]!r}{nearest(unknown[0], METRICS)} "
-                             f"(known: {', '.join(METRICS)})")
+        try:
+            check_known(self.metrics)
+        except ValueError as e:
+            raise ValueError(f"metrics: {e}") from None
         object.__setattr__(self, "metrics", tuple(self.metrics))
 
 

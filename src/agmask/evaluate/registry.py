@@ -59,6 +59,15 @@ def metric(name: str, kind: str, report: Callable[[dict], list["Table"]] | None 
     return register
 
 
+def check_known(names: tuple[str, ...] | list[str]) -> None:
+    """ValueError naming the first unregistered metric, with the nearest registered name (for option checks)."""
+    from agmask.config import nearest
+
+    unknown = [name for name in names if name not in METRICS]
+    if unknown:
+        raise ValueError(f"unknown metric {unknown[0]!r}{nearest(unknown[0], METRICS)} (known: {', '.join(METRICS)})")
+
+
 def resolve(names: tuple[str, ...] | list[str]) -> list[Metric]:
     """The metrics to run, in registry order; unknown names are a clean error."""
     unknown = sorted(set(names) - set(METRICS))

@@ -89,12 +89,9 @@ class Config:
     @field_validator("metrics")
     @classmethod
     def _known_metrics(cls, v: list[str]) -> list[str]:
-        from agmask.config import nearest
-        from agmask.evaluate import METRICS
+        from agmask.evaluate.registry import check_known
 
-        unknown = [m for m in v if m not in METRICS]
-        if unknown:
-            raise ValueError(f"unknown metric {unknown[0]!r}{nearest(unknown[0], METRICS)} (known: {', '.join(METRICS)})")
+        check_known(v)
         if not v:
             raise ValueError("name at least one metric")
         return v
